@@ -1,0 +1,37 @@
+# pyrunner — see README.md. `make run` starts the stack, `make test` tests it.
+GO      ?= go
+BINS    := bin/pyrunner-api bin/pyrunner-worker bin/pyrunner-demodata
+export CGO_ENABLED := 1
+
+.PHONY: all build deps run stop test test-go test-python bench clean
+
+all: build
+
+build:
+	$(GO) build -o bin/pyrunner-api ./api
+	$(GO) build -o bin/pyrunner-worker ./worker
+	$(GO) build -o bin/pyrunner-demodata ./cmd/pyrunner-demodata
+
+deps:
+	@tools/deps.sh
+
+run: deps build
+	@tools/stack.sh start
+
+stop:
+	@tools/stack.sh stop
+
+test: deps build test-python test-go
+
+test-go:
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 40m ./...
+
+test-python:
+	cd python && /usr/bin/python3 -m pytest -q tests
+
+bench: deps build
+	$(GO) run ./bench
+
+clean:
+	rm -rf bin .run

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/ztrade/pyrunner/pkg/run"
+)
+
+// statusOf is the one place error codes become HTTP statuses.
+var statusOf = map[run.Code]int{
+	run.ECodeInvalid:      http.StatusBadRequest,
+	run.ECodeUnauthorized: http.StatusUnauthorized,
+	run.ECodeForbidden:    http.StatusForbidden,
+	run.ECodeNotFound:     http.StatusNotFound,
+	run.ECodeConflict:     http.StatusConflict,
+	run.ECodeTooLarge:     http.StatusRequestEntityTooLarge,
+	run.ECodeTooMany:      http.StatusTooManyRequests,
+	run.ECodeUnavailable:  http.StatusServiceUnavailable,
+	run.ECodeInternal:     http.StatusInternalServerError,
+}
+
+// errorHandler answers every error as {"detail": "..."}: a *run.Error with
+// its code's status, Echo's own errors (unknown route, body too large) as
+// they are, and anything else as a 500 that leaks nothing.
+func errorHandler(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	status, detail := http.StatusInternalServerError, "internal error"
+	var he *echo.HTTPError
+	switch {
+	case errors.As(err, &he):
+		status = he.Code
+		detail = http.StatusText(he.Code)
+		if m, ok := he.Message.(string); ok {
+			detail = m
+		}
+		if status == http.StatusRequestEntityTooLarge {
+			detail = "request body too large"
+		}
+	case run.ErrorCode(err) != run.ECodeInternal:
+		status, detail = statusOf[run.ErrorCode(err)], run.ErrorMessage(err)
+	default:
+		slog.Error("request failed", "method", c.Request().Method, "path", c.Path(), "err", err)
+	}
+	c.JSON(status, map[string]string{"detail": detail})
+}

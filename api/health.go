@@ -1,0 +1,34 @@
+package main
+
+import (
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/ztrade/pyrunner/pkg/liveness"
+	"github.com/ztrade/pyrunner/pkg/queue"
+	"github.com/ztrade/pyrunner/pkg/store"
+)
+
+// health is GET /health and GET /v1/health: Redis, live workers and queue
+// sizes. It answers 503 when Redis is unreachable.
+func (s *server) health(c echo.Context) error {
+	ctx := c.Request().Context()
+	body := map[string]any{
+		"status":       "ok",
+		"scripts_root": s.cfg.ScriptsPath,
+		"jwt_auth":     s.cfg.JWTAuth,
+		"redis":        "ok",
+		"workers":      []store.WorkerInfo{},
+		"queues":       map[string]queue.Sizes{},
+	}
+	if err := s.store.Ping(ctx); err != nil {
+		body["status"], body["redis"] = "error", "unreachable"
+		return c.JSON(http.StatusServiceUnavailable, body)
+	}
+	if ws, err := s.store.Workers(ctx, liveness.Stale); err == nil {
+		body["workers"] = ws
+	}
+	body["queues"] = s.queue.Sizes(queue.QueueResearch, queue.QueueScripts)
+	return c.JSON(http.StatusOK, body)
+}

@@ -1,0 +1,102 @@
+// Command pyrunner-api is pyrunner's HTTP front: it validates requests,
+// records and queues runs in Redis, and answers from what the workers
+// write back. It never touches the K-line database and keeps no state of
+// its own, so any number can run behind a load balancer.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+
+	"github.com/ztrade/pyrunner/pkg/config"
+	"github.com/ztrade/pyrunner/pkg/liveness"
+	"github.com/ztrade/pyrunner/pkg/queue"
+	"github.com/ztrade/pyrunner/pkg/store"
+)
+
+func main() {
+	if err := start(); err != nil {
+		fmt.Fprintln(os.Stderr, "pyrunner-api:", err)
+		os.Exit(1)
+	}
+}
+
+// server holds what the handlers share.
+type server struct {
+	cfg    *config.Config
+	store  *store.Store
+	queue  *queue.Client
+	waiter *store.Waiter
+}
+
+func start() error {
+	cfg, err := config.Load("pyrunner-api", os.Args[1:], os.Getenv, os.Stderr)
+	if err != nil {
+		return err
+	}
+	cfg.SetupLogging("pyrunner-api")
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	st, err := store.Open(ctx, cfg.RedisURL, cfg.KeyPrefix, cfg.ResultTTL)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	q, err := queue.NewClient(cfg.RedisURL)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	bg, cancelBg := context.WithCancel(context.Background())
+	defer cancelBg()
+	waiter, err := st.NewWaiter(bg)
+	if err != nil {
+		return fmt.Errorf("subscribe to completions: %w", err)
+	}
+	go liveness.Reap(bg, st)
+
+	s := &server{cfg: cfg, store: st, queue: q, waiter: waiter}
+	e := s.routes()
+	httpSrv := &http.Server{Addr: cfg.Listen, Handler: e, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- httpSrv.ListenAndServe() }()
+	slog.Info("api ready", "listen", cfg.Listen, "redis", config.RedactURL(cfg.RedisURL))
+	select {
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		}
+	case <-ctx.Done():
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return httpSrv.Shutdown(shutCtx)
+}
+
+// routes builds the Echo router with every endpoint.
+func (s *server) routes() *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = errorHandler
+	e.Use(middleware.Recover())
+	e.Use(middleware.BodyLimit(fmt.Sprintf("%dB", 2*s.cfg.MaxCodeBytes+64<<10)))
+
+	e.GET("/health", s.health)
+	e.GET(s.cfg.APIPrefix+"/health", s.health)
+
+	e.POST("/v1/research/run", s.researchRun)
+	e.GET("/v1/research/runs/:id", s.researchGet)
+	e.POST("/v1/research/runs/:id/cancel", s.researchCancel)
+	return e
+}

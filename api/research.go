@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+
+	"github.com/ztrade/pyrunner/pkg/queue"
+	"github.com/ztrade/pyrunner/pkg/research"
+	"github.com/ztrade/pyrunner/pkg/run"
+)
+
+// queueAllowance is how long past its own time limit a synchronous call
+// waits for a run, to cover time spent in queue and loading data.
+const queueAllowance = 30 * time.Second
+
+// researchRun is POST /v1/research/run: validate, record, queue, and (by
+// default) wait for the result.
+func (s *server) researchRun(c echo.Context) error {
+	var req research.Request
+	dec := json.NewDecoder(c.Request().Body)
+	if err := dec.Decode(&req); err != nil {
+		return run.Errorf(run.ECodeInvalid, "invalid JSON body: %v", err)
+	}
+	wait := true
+	if req.Wait != nil {
+		wait = *req.Wait
+	}
+	if q := c.QueryParam("wait"); q != "" {
+		b, err := strconv.ParseBool(q)
+		if err != nil {
+			return run.Errorf(run.ECodeInvalid, "wait must be true or false, not %q", q)
+		}
+		wait = b
+	}
+	now := time.Now()
+	warnings, err := req.Normalize(research.Limits{
+		MaxCodeBytes: s.cfg.MaxCodeBytes, DefaultTimeoutSec: s.cfg.DefaultTimeoutSec,
+		MaxTimeoutSec: s.cfg.MaxTimeoutSec, MaxRows: s.cfg.MaxRows,
+	}, now)
+	if err != nil {
+		return err
+	}
+	req.Wait = nil
+	stored, _ := json.Marshal(research.Stored{Request: req, Warnings: warnings})
+	r := &run.Run{ID: uuid.NewString(), Kind: run.KindResearch, Status: run.StatusQueued, CreatedAt: now, Request: string(stored)}
+	ctx := c.Request().Context()
+	if err := s.store.CreateRun(ctx, r); err != nil {
+		return run.Errorf(run.ECodeUnavailable, "cannot record the run: redis unavailable")
+	}
+	timeout := time.Duration(req.TimeoutSec)*time.Second + time.Minute
+	if err := s.queue.EnqueueResearch(ctx, r.ID, timeout); err != nil {
+		s.store.DeleteRun(context.WithoutCancel(ctx), r.ID)
+		return run.Errorf(run.ECodeUnavailable, "cannot queue the run: redis unavailable")
+	}
+	if !wait {
+		return c.JSON(http.StatusAccepted, map[string]string{"id": r.ID, "status": string(r.Status), "poll": pollURL(r.ID)})
+	}
+	return s.answerResearch(c, r.ID, s.waitCap(time.Duration(req.TimeoutSec)*time.Second+queueAllowance))
+}
+
+// researchGet is GET /v1/research/runs/{id}[?wait=N].
+func (s *server) researchGet(c echo.Context) error {
+	var d time.Duration
+	if q := c.QueryParam("wait"); q != "" {
+		n, err := strconv.ParseFloat(q, 64)
+		if err != nil || n < 0 {
+			return run.Errorf(run.ECodeInvalid, "wait must be a number of seconds, not %q", q)
+		}
+		d = s.waitCap(time.Duration(n * float64(time.Second)))
+	}
+	if _, err := s.researchRecord(c); err != nil {
+		return err
+	}
+	return s.answerResearch(c, c.Param("id"), d)
+}
+
+// researchCancel is POST /v1/research/runs/{id}/cancel: a queued run is
+// dropped from the queue, a running one is killed; both end "stopped".
+func (s *server) researchCancel(c echo.Context) error {
+	r, err := s.researchRecord(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	if !r.Status.Terminal() {
+		if _, err := s.store.Update(ctx, r.ID, &run.Run{StopRequested: true}); err != nil {
+			return err
+		}
+		dropped, err := s.queue.Cancel(queue.QueueResearch, r.ID)
+		if err != nil {
+			return run.Errorf(run.ECodeUnavailable, "cannot cancel: %v", err)
+		}
+		if dropped {
+			msg := "stopped before it started"
+			b, _ := json.Marshal(research.Failure(msg, nil))
+			s.store.SetResult(ctx, r.ID, b)
+			s.store.Update(ctx, r.ID, &run.Run{Status: run.StatusStopped, FinishedAt: time.Now(), Error: msg})
+		}
+	}
+	return s.answerResearch(c, r.ID, 10*time.Second)
+}
+
+// researchRecord reads the research run named in the path.
+func (s *server) researchRecord(c echo.Context) (*run.Run, error) {
+	id := c.Param("id")
+	if _, err := uuid.Parse(id); err != nil {
+		return nil, run.Errorf(run.ECodeNotFound, "run %q not found", id)
+	}
+	r, err := s.store.GetRun(c.Request().Context(), id)
+	if err != nil {
+		return nil, err
+	}
+	if r.Kind != run.KindResearch {
+		return nil, run.Errorf(run.ECodeNotFound, "research run %s not found", id)
+	}
+	return r, nil
+}
+
+// waitCap bounds a wait by PYRUNNER_MAX_WAIT_SEC.
+func (s *server) waitCap(d time.Duration) time.Duration {
+	return min(d, time.Duration(s.cfg.MaxWaitSec)*time.Second)
+}
+
+// answerResearch waits up to d for the run to end, then answers 200 with
+// the finished body, or 202 with the run so far.
+func (s *server) answerResearch(c echo.Context, id string, d time.Duration) error {
+	r, err := s.waitFor(c.Request().Context(), id, d)
+	if err != nil {
+		return err
+	}
+	if !r.Status.Terminal() {
+		return c.JSON(http.StatusAccepted, research.NewResponse(r, nil, pollURL(id)))
+	}
+	res := &research.Result{}
+	b, err := s.store.GetResult(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	if b == nil || json.Unmarshal(b, res) != nil {
+		res = research.Failure(r.Error, nil) // ended by a reaper: no result was written
+	}
+	return c.JSON(http.StatusOK, research.NewResponse(r, res, ""))
+}
+
+// waitFor returns the run once it has ended or d has passed, whichever is
+// first. It wakes on the completion event, never by polling.
+func (s *server) waitFor(ctx context.Context, id string, d time.Duration) (*run.Run, error) {
+	done, unregister := s.waiter.Register(id)
+	defer unregister()
+	r, err := s.store.GetRun(ctx, id)
+	if err != nil || r.Status.Terminal() || d <= 0 {
+		return r, err
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("client went away: %w", ctx.Err())
+	}
+	return s.store.GetRun(context.WithoutCancel(ctx), id)
+}
+
+func pollURL(id string) string { return "/v1/research/runs/" + id }

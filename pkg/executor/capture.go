@@ -1,0 +1,55 @@
+package executor
+
+import (
+	"sync"
+	"unicode/utf8"
+)
+
+// capBuffer keeps the first max bytes written to it and counts the rest,
+// so a run that floods its output costs bounded memory.
+type capBuffer struct {
+	mu        sync.Mutex
+	max       int
+	buf       []byte
+	truncated bool
+}
+
+func (c *capBuffer) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	room := c.max - len(c.buf)
+	if room >= len(p) {
+		c.buf = append(c.buf, p...)
+	} else {
+		if room > 0 {
+			c.buf = append(c.buf, p[:room]...)
+		}
+		c.truncated = true
+	}
+	return len(p), nil
+}
+
+// String returns what was kept, cut back so it never ends inside a UTF-8
+// character.
+func (c *capBuffer) String() (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.buf
+	if c.truncated {
+		b = trimPartialRune(b)
+	}
+	return string(b), c.truncated
+}
+
+// trimPartialRune drops an incomplete UTF-8 sequence at the end of b.
+func trimPartialRune(b []byte) []byte {
+	for i := 1; i <= utf8.UTFMax && i <= len(b); i++ {
+		if utf8.RuneStart(b[len(b)-i]) {
+			if !utf8.FullRune(b[len(b)-i:]) {
+				return b[:len(b)-i]
+			}
+			break
+		}
+	}
+	return b
+}

@@ -1,0 +1,264 @@
+// Package executor runs research code in Python. An Executor takes a Job
+// (code, the df frame, limits, and a callback serving load_kline) and
+// returns what the run produced. The Python side is python/harness.py; Go
+// and Python talk over a socketpair on the child's file descriptor 3.
+package executor
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ztrade/pyrunner/pkg/frame"
+	"github.com/ztrade/pyrunner/pkg/research"
+)
+
+// LoadRequest is what user code passed to load_kline.
+type LoadRequest struct {
+	Exchange string `json:"exchange"`
+	Symbol   string `json:"symbol"`
+	BinSize  string `json:"binSize"`
+	Start    int64  `json:"start"`
+	End      int64  `json:"end"`
+	Limit    int64  `json:"limit"`
+}
+
+// Job is one research run.
+type Job struct {
+	RunID   string
+	Code    string
+	Timeout time.Duration
+	Frame   *frame.Frame
+	// LoadKline serves load_kline calls from user code.
+	LoadKline func(ctx context.Context, r LoadRequest) (*frame.Frame, error)
+}
+
+// Output is what a run produced.
+type Output struct {
+	OK              bool
+	Error           string
+	TimedOut        bool
+	Result          json.RawMessage
+	Images          []research.Image
+	Warnings        []string
+	Stdout          string
+	StdoutTruncated bool
+	Stderr          string
+	StderrTruncated bool
+	// ExitCode is the process's exit code, negative for a signal.
+	ExitCode int
+}
+
+// Executor runs research jobs. Run returns an error only when the run
+// could not be attempted at all; failures of the user's code are Outputs.
+type Executor interface {
+	Run(ctx context.Context, job Job) (*Output, error)
+	// Mode names the executor ("cold" or "warm") for health and logs.
+	Mode() string
+	Close() error
+}
+
+// Limits bound every run.
+type Limits struct {
+	MaxOutputBytes int
+	MaxImages      int
+	MaxImageBytes  int
+	MemoryBytes    int64
+	FileBytes      int64
+	OpenFiles      int
+	Processes      int
+}
+
+// Options configure an executor.
+type Options struct {
+	Python  string
+	WorkDir string
+	Limits  Limits
+	// Passthrough names worker environment variables user code may see.
+	Passthrough []string
+}
+
+// ErrCancelled marks a run whose context was cancelled (stop or shutdown).
+var ErrCancelled = errors.New("run cancelled")
+
+// harnessPath writes the embedded harness once per worker and returns it.
+func harnessPath(workDir string, src []byte) (string, error) {
+	dir := filepath.Join(workDir, ".harness")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("executor: make %s: %w", dir, err)
+	}
+	p := filepath.Join(dir, "harness.py")
+	tmp := p + "." + strconv.Itoa(os.Getpid())
+	if err := os.WriteFile(tmp, src, 0o644); err != nil {
+		return "", fmt.Errorf("executor: write harness: %w", err)
+	}
+	return p, os.Rename(tmp, p)
+}
+
+// childEnv is the whole environment user code gets: a minimal base, the
+// passthrough names, and nothing else of the worker's (no DB credentials,
+// Redis URL or JWT secret).
+func childEnv(home, mplDir string, passthrough []string) []string {
+	env := []string{
+		"PATH=/usr/local/bin:/usr/bin:/bin",
+		"HOME=" + home,
+		"TMPDIR=" + home,
+		"LANG=C.UTF-8",
+		"TZ=UTC",
+		"PYTHONUNBUFFERED=1",
+		"PYTHONDONTWRITEBYTECODE=1",
+		"MPLBACKEND=Agg",
+		"MPLCONFIGDIR=" + mplDir,
+		"OPENBLAS_NUM_THREADS=1",
+		"OMP_NUM_THREADS=1",
+		"MKL_NUM_THREADS=1",
+	}
+	// OpenBLAS needs these on some CPUs to pick a kernel that works.
+	for _, k := range append([]string{"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}, passthrough...) {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
+}
+
+// conversation runs the job over an open channel: send the job, serve
+// load_kline requests, and return the harness's result message.
+func conversation(ctx context.Context, conn net.Conn, job Job, lim Limits) (*resultMsg, error) {
+	w := bufio.NewWriterSize(conn, 1<<20)
+	r := bufio.NewReaderSize(conn, 1<<16)
+	header := map[string]any{
+		"type": "job", "code": job.Code, "timeoutSec": int(job.Timeout / time.Second),
+		"maxImages": lim.MaxImages, "maxImageBytes": lim.MaxImageBytes,
+		"memoryBytes": lim.MemoryBytes, "fileBytes": lim.FileBytes, "openFiles": lim.OpenFiles, "processes": lim.Processes,
+		"frame": job.Frame.Header(),
+	}
+	if err := writeMsg(w, header, job.Frame.ByteLen(), job.Frame.WriteBody); err != nil {
+		return nil, fmt.Errorf("send job: %w", err)
+	}
+	for {
+		h, err := readMsg(r)
+		if err != nil {
+			return nil, err
+		}
+		var kind struct {
+			Type string `json:"type"`
+		}
+		if err := json.Unmarshal(h, &kind); err != nil {
+			return nil, fmt.Errorf("bad message from harness: %w", err)
+		}
+		switch kind.Type {
+		case "result":
+			var res resultMsg
+			if err := json.Unmarshal(h, &res); err != nil {
+				return nil, fmt.Errorf("bad result from harness: %w", err)
+			}
+			return &res, nil
+		case "load_kline":
+			var req LoadRequest
+			json.Unmarshal(h, &req)
+			f, err := job.LoadKline(ctx, req)
+			if err != nil {
+				err = writeMsg(w, map[string]any{"type": "error", "error": err.Error()}, 0, nil)
+			} else {
+				err = writeMsg(w, map[string]any{"type": "frame", "frame": f.Header()}, f.ByteLen(), f.WriteBody)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("answer load_kline: %w", err)
+			}
+		default:
+			return nil, fmt.Errorf("unexpected message %q from harness", kind.Type)
+		}
+	}
+}
+
+type resultMsg struct {
+	OK       bool             `json:"ok"`
+	Error    *string          `json:"error"`
+	Result   json.RawMessage  `json:"result"`
+	Images   []research.Image `json:"images"`
+	Warnings []string         `json:"warnings"`
+}
+
+// socketPair returns the parent's end as a net.Conn and the child's as a file.
+func socketPair() (net.Conn, *os.File, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("executor: socketpair: %w", err)
+	}
+	parent := os.NewFile(uintptr(fds[0]), "pyrunner-channel")
+	child := os.NewFile(uintptr(fds[1]), "pyrunner-channel-child")
+	conn, err := net.FileConn(parent)
+	parent.Close()
+	if err != nil {
+		child.Close()
+		return nil, nil, fmt.Errorf("executor: channel: %w", err)
+	}
+	return conn, child, nil
+}
+
+// exitCode is the seed's return code: the exit status, or minus the
+// signal that killed the process.
+func exitCode(ps *os.ProcessState) int {
+	if ps == nil {
+		return -1
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return -int(ws.Signal())
+	}
+	return ps.ExitCode()
+}
+
+// FindPython returns explicit when set (checking it works), or else the
+// first python3 on PATH, then /usr/bin/python3, that imports numpy and
+// pandas. The error says what is missing.
+func FindPython(explicit string) (string, error) {
+	var candidates []string
+	if explicit != "" {
+		candidates = []string{explicit}
+	} else {
+		for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
+			candidates = append(candidates, filepath.Join(dir, "python3"))
+		}
+		candidates = append(candidates, "/usr/bin/python3", "/usr/local/bin/python3", "/opt/conda/envs/pyrunner/bin/python")
+	}
+	var problems []string
+	seen := map[string]bool{}
+	for _, c := range candidates {
+		if seen[c] {
+			continue
+		}
+		seen[c] = true
+		if _, err := os.Stat(c); err != nil {
+			continue
+		}
+		out, err := exec.Command(c, "-c", "import numpy, pandas").CombinedOutput()
+		if err == nil {
+			return c, nil
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		problems = append(problems, c+": "+lines[len(lines)-1])
+	}
+	if len(problems) == 0 {
+		return "", fmt.Errorf("no Python interpreter found (set PYRUNNER_PYTHON to one with numpy and pandas)")
+	}
+	return "", fmt.Errorf("no Python interpreter with numpy and pandas (set PYRUNNER_PYTHON): %s", strings.Join(problems, "; "))
+}
+
+func logKill(runID string, pid int, why string) {
+	slog.Info("killing run process group", "run_id", runID, "pid", pid, "reason", why)
+}
+
+var _ io.Writer = (*capBuffer)(nil)

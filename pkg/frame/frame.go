@@ -1,0 +1,146 @@
+// Package frame is the columnar K-line frame and its binary hand-off to
+// Python. A Frame holds one slice per column; Encode writes a small JSON
+// header followed by each column's raw little-endian bytes, which the
+// Python harness maps with numpy.frombuffer: a copy, never a parse.
+package frame
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"unsafe"
+)
+
+// Frame is a K-line table, one slice per column, all of the same length.
+// Turnover is NaN where the database holds NULL or lacks the column.
+type Frame struct {
+	Start    []int64
+	Open     []float64
+	High     []float64
+	Low      []float64
+	Close    []float64
+	Volume   []float64
+	Turnover []float64
+	Trades   []int64
+}
+
+// Len is the number of rows.
+func (f *Frame) Len() int { return len(f.Start) }
+
+// Grow reserves room for n more rows.
+func (f *Frame) Grow(n int) {
+	f.Start = growI(f.Start, n)
+	f.Trades = growI(f.Trades, n)
+	for _, c := range []*[]float64{&f.Open, &f.High, &f.Low, &f.Close, &f.Volume, &f.Turnover} {
+		*c = growF(*c, n)
+	}
+}
+
+func growI(s []int64, n int) []int64 {
+	if cap(s)-len(s) >= n {
+		return s
+	}
+	out := make([]int64, len(s), len(s)+n)
+	copy(out, s)
+	return out
+}
+
+func growF(s []float64, n int) []float64 {
+	if cap(s)-len(s) >= n {
+		return s
+	}
+	out := make([]float64, len(s), len(s)+n)
+	copy(out, s)
+	return out
+}
+
+// Append adds one row.
+func (f *Frame) Append(start int64, open, high, low, close, volume, turnover float64, trades int64) {
+	f.Start = append(f.Start, start)
+	f.Open = append(f.Open, open)
+	f.High = append(f.High, high)
+	f.Low = append(f.Low, low)
+	f.Close = append(f.Close, close)
+	f.Volume = append(f.Volume, volume)
+	f.Turnover = append(f.Turnover, turnover)
+	f.Trades = append(f.Trades, trades)
+}
+
+// NaN is the value of a missing turnover.
+var NaN = math.NaN()
+
+// Column names the columns in the order df has them (before "time",
+// which Python derives from start).
+type Column struct {
+	Name  string `json:"name"`
+	DType string `json:"dtype"` // numpy dtype string: "<i8" or "<f8"
+}
+
+// Columns is the wire order of the columns.
+var Columns = []Column{
+	{"start", "<i8"}, {"open", "<f8"}, {"high", "<f8"}, {"low", "<f8"},
+	{"close", "<f8"}, {"volume", "<f8"}, {"turnover", "<f8"}, {"trades", "<i8"},
+}
+
+// Header describes an encoded frame; it travels as JSON ahead of the bytes.
+type Header struct {
+	Rows    int      `json:"rows"`
+	Columns []Column `json:"columns"`
+}
+
+// Header returns f's header.
+func (f *Frame) Header() Header { return Header{Rows: f.Len(), Columns: Columns} }
+
+// ByteLen is the size of the encoded body: 8 bytes per cell.
+func (f *Frame) ByteLen() int64 { return int64(f.Len()) * 8 * int64(len(Columns)) }
+
+// WriteBody writes each column's raw bytes in Columns order. On a
+// little-endian machine the slices are written as they sit in memory.
+func (f *Frame) WriteBody(w io.Writer) error {
+	for _, c := range []any{f.Start, f.Open, f.High, f.Low, f.Close, f.Volume, f.Turnover, f.Trades} {
+		if err := writeColumn(w, c); err != nil {
+			return fmt.Errorf("write frame column: %w", err)
+		}
+	}
+	return nil
+}
+
+var littleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointer(&x)) == 1 }()
+
+func writeColumn(w io.Writer, c any) error {
+	if littleEndian {
+		var b []byte
+		switch s := c.(type) {
+		case []int64:
+			if len(s) == 0 {
+				return nil
+			}
+			b = unsafe.Slice((*byte)(unsafe.Pointer(&s[0])), len(s)*8)
+		case []float64:
+			if len(s) == 0 {
+				return nil
+			}
+			b = unsafe.Slice((*byte)(unsafe.Pointer(&s[0])), len(s)*8)
+		}
+		_, err := w.Write(b)
+		return err
+	}
+	return binary.Write(w, binary.LittleEndian, c)
+}
+
+// MarshalHeader is a helper for protocols that carry the header as JSON.
+func (f *Frame) MarshalHeader() json.RawMessage {
+	b, _ := json.Marshal(f.Header())
+	return b
+}
+
+// Head returns a frame of the first n rows, sharing f's memory.
+func (f *Frame) Head(n int) *Frame {
+	if n >= f.Len() {
+		return f
+	}
+	return &Frame{Start: f.Start[:n], Open: f.Open[:n], High: f.High[:n], Low: f.Low[:n],
+		Close: f.Close[:n], Volume: f.Volume[:n], Turnover: f.Turnover[:n], Trades: f.Trades[:n]}
+}

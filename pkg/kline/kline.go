@@ -1,0 +1,424 @@
+// Package kline reads ztrade's K-line tables through a read-only GORM
+// connection and hands them out as columnar frames.
+//
+// ztrade keeps one table per market, named `<exchange>_<symbol>_<binSize>`
+// (binance_BTCUSDT_1m, okx_BTC-USDT-SWAP_1m), with the candle open time in
+// unix seconds in `start`. When the exact table is missing but a finer one
+// of the same market exists, Load resamples it the way ztrade's KlineMerge
+// does. Only this package imports GORM and the SQL drivers.
+package kline
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"fmt"
+	"io"
+	"math"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	gomysql "github.com/go-sql-driver/mysql"
+	"gorm.io/driver/mysql"
+	"gorm.io/driver/sqlite"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+
+	"github.com/ztrade/pyrunner/pkg/frame"
+	"github.com/ztrade/pyrunner/pkg/kline/binsize"
+	"github.com/ztrade/pyrunner/pkg/run"
+)
+
+// Config is ztrade's db.readonly section: a type and a URI, or MySQL's
+// split fields.
+type Config struct {
+	Type     string `yaml:"type"`
+	URI      string `yaml:"uri"`
+	Host     string `yaml:"host"`
+	Port     int    `yaml:"port"`
+	Database string `yaml:"database"`
+	User     string `yaml:"user"`
+	Password string `yaml:"password"`
+}
+
+// Missing says what is lacking for a usable configuration, or "" when
+// there is enough to connect.
+func (c Config) Missing() string {
+	if c.URI != "" {
+		return ""
+	}
+	if c.Host != "" && c.Database != "" && c.User != "" {
+		return ""
+	}
+	if c.Host != "" || c.Database != "" || c.User != "" {
+		return "db.readonly needs uri, or host, database and user (PYRUNNER_READONLY_URI or PYRUNNER_READONLY_HOST/_DATABASE/_USER)"
+	}
+	return "no read-only K-line database configured: set db.readonly.uri in ztrade.yaml or PYRUNNER_READONLY_URI (plus PYRUNNER_READONLY_TYPE=mysql|sqlite)"
+}
+
+// DBType is "mysql" or "sqlite": the explicit type, else inferred from the
+// URI ("@tcp(" → mysql), else mysql for split fields.
+func (c Config) DBType() string {
+	if t := strings.ToLower(c.Type); t != "" {
+		return t
+	}
+	if c.URI == "" || strings.Contains(c.URI, "@tcp(") || strings.Contains(c.URI, "@unix(") {
+		return "mysql"
+	}
+	return "sqlite"
+}
+
+// DB is a read-only K-line source.
+type DB struct {
+	gorm    *gorm.DB
+	typ     string
+	maxRows int64
+	// tables caches markets that exist, with whether they have turnover.
+	mu     sync.Mutex
+	tables map[string]tableInfo
+}
+
+type tableInfo struct {
+	hasTurnover bool
+	seen        time.Time
+}
+
+// Open connects read-only: SQLite as mode=ro with query_only, MySQL with a
+// read-only session. maxRows caps every load.
+func Open(c Config, maxRows int64) (*DB, error) {
+	if m := c.Missing(); m != "" {
+		return nil, fmt.Errorf("kline: %s", m)
+	}
+	typ := c.DBType()
+	var dial gorm.Dialector
+	switch typ {
+	case "sqlite":
+		dial = sqlite.Open(sqliteReadOnlyDSN(c.URI))
+	case "mysql":
+		dsn, err := mysqlReadOnlyDSN(c)
+		if err != nil {
+			return nil, err
+		}
+		dial = mysql.Open(dsn)
+	default:
+		return nil, fmt.Errorf("kline: db.readonly.type %q is not mysql or sqlite", c.Type)
+	}
+	g, err := gorm.Open(dial, &gorm.Config{Logger: logger.Discard, SkipDefaultTransaction: true})
+	if err != nil {
+		return nil, fmt.Errorf("kline: open %s read-only: %w", typ, err)
+	}
+	sqlDB, err := g.DB()
+	if err != nil {
+		return nil, fmt.Errorf("kline: %w", err)
+	}
+	if err := sqlDB.Ping(); err != nil {
+		return nil, fmt.Errorf("kline: connect to %s read-only: %w", typ, err)
+	}
+	sqlDB.SetMaxIdleConns(4)
+	sqlDB.SetConnMaxIdleTime(5 * time.Minute)
+	return &DB{gorm: g, typ: typ, maxRows: maxRows, tables: map[string]tableInfo{}}, nil
+}
+
+// sqliteReadOnlyDSN turns a path or file: URI into a URI the driver opens
+// read-only, with the query_only pragma as a second lock.
+func sqliteReadOnlyDSN(uri string) string {
+	path := strings.TrimPrefix(uri, "file:")
+	q := url.Values{}
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		q, _ = url.ParseQuery(path[i+1:])
+		path = path[:i]
+	}
+	q.Set("mode", "ro")
+	q.Set("_query_only", "1")
+	q.Set("_busy_timeout", "5000")
+	return "file:" + path + "?" + q.Encode()
+}
+
+// mysqlReadOnlyDSN builds the DSN and asks the driver to set the session's
+// read-only variable on every new connection. MariaDB before 11.1 calls it
+// tx_read_only, MySQL 8 transaction_read_only: one probe connection tells.
+func mysqlReadOnlyDSN(c Config) (string, error) {
+	var mc *gomysql.Config
+	if c.URI != "" {
+		var err error
+		if mc, err = gomysql.ParseDSN(c.URI); err != nil {
+			return "", fmt.Errorf("kline: parse db.readonly.uri: %w", err)
+		}
+	} else {
+		mc = gomysql.NewConfig()
+		port := c.Port
+		if port == 0 {
+			port = 3306
+		}
+		mc.Net, mc.Addr = "tcp", c.Host+":"+strconv.Itoa(port)
+		mc.User, mc.Passwd, mc.DBName = c.User, c.Password, c.Database
+		mc.ParseTime = true
+		mc.Params = map[string]string{"charset": "utf8mb4"}
+	}
+	probe, err := sql.Open("mysql", mc.FormatDSN())
+	if err != nil {
+		return "", fmt.Errorf("kline: %w", err)
+	}
+	defer probe.Close()
+	name := "transaction_read_only"
+	var v sql.NullString
+	if err := probe.QueryRow("SELECT @@session.transaction_read_only").Scan(&v); err != nil {
+		if err2 := probe.QueryRow("SELECT @@session.tx_read_only").Scan(&v); err2 != nil {
+			return "", fmt.Errorf("kline: connect to mysql read-only: %w", err2)
+		}
+		name = "tx_read_only"
+	}
+	if mc.Params == nil {
+		mc.Params = map[string]string{}
+	}
+	mc.Params[name] = "1"
+	return mc.FormatDSN(), nil
+}
+
+// Type is "mysql" or "sqlite".
+func (d *DB) Type() string { return d.typ }
+
+// Close releases the connections.
+func (d *DB) Close() error {
+	s, err := d.gorm.DB()
+	if err != nil {
+		return err
+	}
+	return s.Close()
+}
+
+// Query selects candles: start <= candle start <= end (inclusive), at most
+// Limit rows (0 or more than the maximum → the maximum).
+type Query struct {
+	Exchange, Symbol, BinSize string
+	Start, End, Limit         int64
+}
+
+// TableName is ztrade's table for a market.
+func TableName(exchange, symbol, bin string) string {
+	return exchange + "_" + symbol + "_" + bin
+}
+
+// Load reads q into a frame. source names the table read, or the finer
+// table and the resampling. An unknown market is a *run.Error naming the
+// table looked for.
+func (d *DB) Load(ctx context.Context, q Query) (f *frame.Frame, source string, err error) {
+	size, err := binsize.Parse(q.BinSize)
+	if err != nil {
+		return nil, "", run.Errorf(run.ECodeInvalid, "%v", err)
+	}
+	if q.Limit <= 0 || (d.maxRows > 0 && q.Limit > d.maxRows) {
+		q.Limit = d.maxRows
+	}
+	table := TableName(q.Exchange, q.Symbol, q.BinSize)
+	if info, ok, err := d.table(ctx, table); err != nil {
+		return nil, "", err
+	} else if ok {
+		f, err := d.read(ctx, table, info, q.Start, q.End, q.Limit)
+		return f, table, err
+	}
+	fine, fineSize, err := d.finerTable(ctx, q.Exchange, q.Symbol, size)
+	if err != nil {
+		return nil, "", err
+	}
+	if fine == "" {
+		return nil, "", run.Errorf(run.ECodeNotFound, "no K-line table `%s` (and no finer table of %s %s to resample)", table, q.Exchange, q.Symbol)
+	}
+	info, _, err := d.table(ctx, fine)
+	if err != nil {
+		return nil, "", err
+	}
+	first := ceilDiv(q.Start, size) * size
+	last := floorDiv(q.End, size) * size
+	ratio := size / fineSize
+	fineLimit := int64(0)
+	if q.Limit > 0 {
+		fineLimit = (q.Limit + 1) * ratio
+	}
+	raw, err := d.read(ctx, fine, info, first, last+size-1, fineLimit)
+	if err != nil {
+		return nil, "", err
+	}
+	out := Resample(raw, size)
+	if fineLimit > 0 && int64(raw.Len()) == fineLimit && out.Len() > 0 {
+		out = out.Head(out.Len() - 1) // the last bucket may be cut short by the limit
+	}
+	if q.Limit > 0 && int64(out.Len()) > q.Limit {
+		out = out.Head(int(q.Limit))
+	}
+	return out, fmt.Sprintf("%s resampled to %s", fine, q.BinSize), nil
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && (a < 0) != (b < 0) {
+		q--
+	}
+	return q
+}
+
+func ceilDiv(a, b int64) int64 { return -floorDiv(-a, b) }
+
+// table reports whether a table exists and whether it has turnover.
+func (d *DB) table(ctx context.Context, name string) (tableInfo, bool, error) {
+	d.mu.Lock()
+	info, ok := d.tables[name]
+	d.mu.Unlock()
+	if ok && time.Since(info.seen) < time.Minute {
+		return info, true, nil
+	}
+	m := d.gorm.WithContext(ctx).Migrator()
+	if !m.HasTable(name) {
+		return tableInfo{}, false, nil
+	}
+	info = tableInfo{hasTurnover: m.HasColumn(name, "turnover"), seen: time.Now()}
+	d.mu.Lock()
+	d.tables[name] = info
+	d.mu.Unlock()
+	return info, true, nil
+}
+
+// finerTable finds the coarsest table of the market whose size divides size.
+func (d *DB) finerTable(ctx context.Context, exchange, symbol string, size int64) (string, int64, error) {
+	names, err := d.gorm.WithContext(ctx).Migrator().GetTables()
+	if err != nil {
+		return "", 0, fmt.Errorf("kline: list tables: %w", err)
+	}
+	prefix := exchange + "_" + symbol + "_"
+	best, bestSize := "", int64(0)
+	for _, n := range names {
+		if !strings.HasPrefix(n, prefix) {
+			continue
+		}
+		s, err := binsize.Parse(n[len(prefix):])
+		if err != nil || s >= size || size%s != 0 {
+			continue
+		}
+		if s > bestSize {
+			best, bestSize = n, s
+		}
+	}
+	return best, bestSize, nil
+}
+
+// read runs the range query on one table and scans it column by column.
+func (d *DB) read(ctx context.Context, table string, info tableInfo, start, end, limit int64) (*frame.Frame, error) {
+	turnover := "turnover"
+	if !info.hasTurnover {
+		turnover = "NULL AS turnover"
+	}
+	q := "SELECT start, open, high, low, close, volume, " + turnover + ", trades FROM `" + table +
+		"` WHERE start >= ? AND start <= ? ORDER BY start"
+	args := []any{start, end}
+	if limit > 0 {
+		q += " LIMIT ?"
+		args = append(args, limit)
+	}
+	sqlDB, err := d.gorm.DB()
+	if err != nil {
+		return nil, fmt.Errorf("kline: %w", err)
+	}
+	conn, err := sqlDB.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("kline: connect: %w", err)
+	}
+	defer conn.Close()
+	f := &frame.Frame{}
+	if limit > 0 && limit <= 1<<20 {
+		f.Grow(int(limit))
+	}
+	// Rows are read at the driver level: database/sql's Scan converts every
+	// cell through reflection and costs half the time of a 1M-row load.
+	err = conn.Raw(func(dc any) error {
+		qc, ok := dc.(driver.QueryerContext)
+		if !ok {
+			return fmt.Errorf("driver %T cannot query", dc)
+		}
+		named := make([]driver.NamedValue, len(args))
+		for i, a := range args {
+			named[i] = driver.NamedValue{Ordinal: i + 1, Value: a}
+		}
+		rows, err := qc.QueryContext(ctx, q, named)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		v := make([]driver.Value, 8)
+		for {
+			if err := rows.Next(v); err == io.EOF {
+				return nil
+			} else if err != nil {
+				return err
+			}
+			f.Append(asInt(v[0]), asFloat(v[1]), asFloat(v[2]), asFloat(v[3]), asFloat(v[4]), asFloat(v[5]), asFloat(v[6]), asInt(v[7]))
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kline: read %s: %w", table, err)
+	}
+	return f, nil
+}
+
+// asInt and asFloat convert a driver cell; NULL becomes 0 and NaN. MySQL
+// sends numbers as text ([]byte) over its text protocol.
+func asInt(v driver.Value) int64 {
+	switch x := v.(type) {
+	case int64:
+		return x
+	case float64:
+		return int64(x)
+	case []byte:
+		n, _ := strconv.ParseInt(string(x), 10, 64)
+		return n
+	}
+	return 0
+}
+
+func asFloat(v driver.Value) float64 {
+	switch x := v.(type) {
+	case float64:
+		return x
+	case int64:
+		return float64(x)
+	case float32:
+		return float64(x)
+	case []byte:
+		if n, err := strconv.ParseFloat(string(x), 64); err == nil {
+			return n
+		}
+	}
+	return math.NaN()
+}
+
+// Resample merges candles into buckets of size seconds aligned to the
+// epoch (start % size == 0), as ztrade's KlineMerge: open first, high max,
+// low min, close last, volume, turnover and trades summed. A bucket's
+// turnover is NaN only when every candle in it lacks one.
+func Resample(in *frame.Frame, size int64) *frame.Frame {
+	out := &frame.Frame{}
+	for i := 0; i < in.Len(); i++ {
+		b := floorDiv(in.Start[i], size) * size
+		n := out.Len()
+		if n == 0 || out.Start[n-1] != b {
+			out.Append(b, in.Open[i], in.High[i], in.Low[i], in.Close[i], in.Volume[i], in.Turnover[i], in.Trades[i])
+			continue
+		}
+		j := n - 1
+		out.High[j] = math.Max(out.High[j], in.High[i])
+		out.Low[j] = math.Min(out.Low[j], in.Low[i])
+		out.Close[j] = in.Close[i]
+		out.Volume[j] += in.Volume[i]
+		out.Trades[j] += in.Trades[i]
+		switch t := in.Turnover[i]; {
+		case math.IsNaN(t):
+		case math.IsNaN(out.Turnover[j]):
+			out.Turnover[j] = t
+		default:
+			out.Turnover[j] += t
+		}
+	}
+	return out
+}

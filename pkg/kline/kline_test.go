@@ -1,0 +1,165 @@
+package kline
+
+import (
+	"context"
+	"math"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ztrade/pyrunner/pkg/frame"
+	"github.com/ztrade/pyrunner/pkg/run"
+)
+
+// testBundle is a SQLite file with known tables and a read-only DB on it.
+type testBundle struct {
+	path string
+	w    *Writer
+	db   *DB
+}
+
+const t0 = 1735689600 // 2025-01-01T00:00:00Z
+
+func setup(t *testing.T) *testBundle {
+	t.Helper()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "exchange.db")
+	w, err := OpenWriter("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	f := &frame.Frame{}
+	for i := int64(0); i < 30; i++ { // 30 one-minute candles, turnover NULL on odd ones
+		to := float64(i) * 10
+		if i%2 == 1 {
+			to = math.NaN()
+		}
+		f.Append(t0+i*60, float64(100+i), float64(110+i), float64(90+i), float64(101+i), 1, to, i)
+	}
+	must(t, w.CreateTable(ctx, "binance_BTCUSDT_1m", true))
+	must(t, w.Insert(ctx, "binance_BTCUSDT_1m", f, true))
+	must(t, w.CreateTable(ctx, "okx_BTC-USDT-SWAP_1m", false))
+	must(t, w.Insert(ctx, "okx_BTC-USDT-SWAP_1m", f.Head(5), false))
+	db, err := Open(Config{Type: "sqlite", URI: path}, 200000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return &testBundle{path: path, w: w, db: db}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLoadInclusiveRangeAndLimit(t *testing.T) {
+	b := setup(t)
+	f, src, err := b.db.Load(context.Background(), Query{Exchange: "binance", Symbol: "BTCUSDT", BinSize: "1m", Start: t0 + 60, End: t0 + 600})
+	must(t, err)
+	if f.Len() != 10 || f.Start[0] != t0+60 || f.Start[9] != t0+600 || src != "binance_BTCUSDT_1m" {
+		t.Fatalf("got %d rows [%v..], source %q; want 10 rows from t0+60 to t0+600 inclusive", f.Len(), f.Start, src)
+	}
+	if !math.IsNaN(f.Turnover[0]) || f.Turnover[1] != 20 {
+		t.Errorf("turnover = %v, want NULL→NaN then 20", f.Turnover[:2])
+	}
+	f, _, err = b.db.Load(context.Background(), Query{Exchange: "binance", Symbol: "BTCUSDT", BinSize: "1m", Start: t0, End: t0 + 6000, Limit: 3})
+	must(t, err)
+	if f.Len() != 3 {
+		t.Errorf("limit 3 gave %d rows", f.Len())
+	}
+}
+
+func TestLoadTableWithoutTurnoverAndDashSymbol(t *testing.T) {
+	b := setup(t)
+	f, _, err := b.db.Load(context.Background(), Query{Exchange: "okx", Symbol: "BTC-USDT-SWAP", BinSize: "1m", Start: 0, End: t0 + 6000})
+	must(t, err)
+	if f.Len() != 5 || !math.IsNaN(f.Turnover[4]) {
+		t.Fatalf("got %d rows, turnover %v", f.Len(), f.Turnover)
+	}
+}
+
+func TestLoadResamplesFromFinerTable(t *testing.T) {
+	b := setup(t)
+	f, src, err := b.db.Load(context.Background(), Query{Exchange: "binance", Symbol: "BTCUSDT", BinSize: "5m", Start: t0 + 60, End: t0 + 3600})
+	must(t, err)
+	if src != "binance_BTCUSDT_1m resampled to 5m" {
+		t.Errorf("source %q", src)
+	}
+	// buckets t0+300 .. t0+1500 (the first bucket starting ≥ start; 30 candles end at t0+1740)
+	if f.Len() != 5 || f.Start[0] != t0+300 {
+		t.Fatalf("got %d candles starting %v", f.Len(), f.Start)
+	}
+	// bucket t0+300 holds minutes 5..9
+	if f.Open[0] != 105 || f.Close[0] != 110 || f.High[0] != 119 || f.Low[0] != 95 || f.Volume[0] != 5 || f.Trades[0] != 5+6+7+8+9 {
+		t.Errorf("bucket 0 = o%v h%v l%v c%v v%v n%v", f.Open[0], f.High[0], f.Low[0], f.Close[0], f.Volume[0], f.Trades[0])
+	}
+	if f.Turnover[0] != 60+80 { // minutes 6 and 8 have turnover; 5, 7, 9 are NULL
+		t.Errorf("turnover = %v", f.Turnover[0])
+	}
+	f, _, err = b.db.Load(context.Background(), Query{Exchange: "binance", Symbol: "BTCUSDT", BinSize: "5m", Start: t0, End: t0 + 3600, Limit: 2})
+	must(t, err)
+	if f.Len() != 2 || f.Close[1] != 110 {
+		t.Errorf("limit 2 resampled: %d candles, closes %v", f.Len(), f.Close)
+	}
+}
+
+func TestUnknownMarketNamesTheTable(t *testing.T) {
+	b := setup(t)
+	_, _, err := b.db.Load(context.Background(), Query{Exchange: "binance", Symbol: "NOPE", BinSize: "1m", End: t0})
+	if run.ErrorCode(err) != run.ECodeNotFound || !strings.Contains(err.Error(), "binance_NOPE_1m") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestSQLiteConnectionRefusesWrites(t *testing.T) {
+	b := setup(t)
+	for _, q := range []string{
+		"INSERT INTO `binance_BTCUSDT_1m` (start, open, high, low, close, volume, trades) VALUES (1,1,1,1,1,1,1)",
+		"DELETE FROM `binance_BTCUSDT_1m`",
+		"CREATE TABLE x (a INT)",
+	} {
+		if err := b.db.gorm.Exec(q).Error; err == nil {
+			t.Errorf("%s succeeded through the read-only connection", q)
+		}
+	}
+}
+
+func TestMissingConfigSaysWhat(t *testing.T) {
+	_, err := Open(Config{}, 0)
+	if err == nil || !strings.Contains(err.Error(), "PYRUNNER_READONLY_URI") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func BenchmarkLoad1M(b *testing.B) {
+	ctx := context.Background()
+	path := filepath.Join(b.TempDir(), "big.db")
+	w, err := OpenWriter("sqlite", path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	must2(b, w.CreateTable(ctx, "x_Y_1m", true))
+	must2(b, w.Insert(ctx, "x_Y_1m", Generate(DemoMarkets[0], t0, 1_000_000, 1), true))
+	w.Close()
+	db, err := Open(Config{Type: "sqlite", URI: path}, 2_000_000)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		f, _, err := db.Load(ctx, Query{Exchange: "x", Symbol: "Y", BinSize: "1m", End: t0 + 100_000_000})
+		if err != nil || f.Len() != 1_000_000 {
+			b.Fatal(err, f.Len())
+		}
+	}
+}
+
+func must2(b *testing.B, err error) {
+	if err != nil {
+		b.Fatal(err)
+	}
+}

@@ -1,0 +1,177 @@
+// Package research is the research run's contract with python-runner's
+// clients: the request body, its validation, and the response body, all in
+// the seed's camelCase. It is pure logic, shared by the API (which
+// validates and answers) and the worker (which fills the result).
+package research
+
+import (
+	"encoding/json"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ztrade/pyrunner/pkg/kline/binsize"
+	"github.com/ztrade/pyrunner/pkg/run"
+)
+
+// Request is the body of POST /v1/research/run, exactly as python-runner
+// takes it, plus Wait.
+type Request struct {
+	Exchange   string `json:"exchange"`
+	Symbol     string `json:"symbol"`
+	BinSize    string `json:"binSize"`
+	Start      int64  `json:"start"`
+	End        int64  `json:"end"`
+	Limit      int64  `json:"limit"`
+	TimeoutSec int    `json:"timeoutSec"`
+	Code       string `json:"code"`
+	// Wait asks the API to answer with the finished result (the default).
+	Wait *bool `json:"wait,omitempty"`
+}
+
+// Limits are the server settings validation needs.
+type Limits struct {
+	MaxCodeBytes      int
+	DefaultTimeoutSec int
+	MaxTimeoutSec     int
+	MaxRows           int64
+}
+
+var (
+	exchangeRe = regexp.MustCompile(`^[A-Za-z0-9-]+$`)
+	symbolRe   = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+)
+
+// Normalize validates r and fills its defaults: timeout (0 → default,
+// above the maximum → the maximum), limit (0 or above MaxRows → MaxRows)
+// and end (0 → now). It returns warnings for values it changed, and a
+// *run.Error (invalid or too large) for input it refuses.
+func (r *Request) Normalize(l Limits, now time.Time) (warnings []string, err error) {
+	switch {
+	case strings.TrimSpace(r.Exchange) == "":
+		return nil, run.Errorf(run.ECodeInvalid, "exchange is required")
+	case strings.TrimSpace(r.Symbol) == "":
+		return nil, run.Errorf(run.ECodeInvalid, "symbol is required")
+	case strings.TrimSpace(r.BinSize) == "":
+		return nil, run.Errorf(run.ECodeInvalid, "binSize is required")
+	case strings.TrimSpace(r.Code) == "":
+		return nil, run.Errorf(run.ECodeInvalid, "code is required")
+	case !exchangeRe.MatchString(r.Exchange):
+		return nil, run.Errorf(run.ECodeInvalid, "exchange %q must match ^[A-Za-z0-9-]+$", r.Exchange)
+	case !symbolRe.MatchString(r.Symbol):
+		return nil, run.Errorf(run.ECodeInvalid, "symbol %q must match ^[A-Za-z0-9_-]+$", r.Symbol)
+	case r.Limit < 0:
+		return nil, run.Errorf(run.ECodeInvalid, "limit must not be negative (got %d)", r.Limit)
+	case r.TimeoutSec < 0:
+		return nil, run.Errorf(run.ECodeInvalid, "timeoutSec must not be negative (got %d)", r.TimeoutSec)
+	case r.Start < 0 || r.End < 0:
+		return nil, run.Errorf(run.ECodeInvalid, "start and end must be unix seconds, not negative")
+	case l.MaxCodeBytes > 0 && len(r.Code) > l.MaxCodeBytes:
+		return nil, run.Errorf(run.ECodeTooLarge, "code is %d bytes, over the limit of %d bytes", len(r.Code), l.MaxCodeBytes)
+	}
+	if _, err := binsize.Parse(r.BinSize); err != nil {
+		return nil, run.Errorf(run.ECodeInvalid, "%v", err)
+	}
+	if r.End == 0 {
+		r.End = now.Unix()
+	}
+	if r.Start > r.End {
+		return nil, run.Errorf(run.ECodeInvalid, "start (%d) is after end (%d)", r.Start, r.End)
+	}
+	if r.TimeoutSec == 0 {
+		r.TimeoutSec = l.DefaultTimeoutSec
+	}
+	if l.MaxTimeoutSec > 0 && r.TimeoutSec > l.MaxTimeoutSec {
+		warnings = append(warnings, "timeoutSec lowered to the server maximum of "+itoa(l.MaxTimeoutSec))
+		r.TimeoutSec = l.MaxTimeoutSec
+	}
+	if r.Limit == 0 || (l.MaxRows > 0 && r.Limit > l.MaxRows) {
+		if r.Limit > l.MaxRows {
+			warnings = append(warnings, "limit lowered to the server maximum of "+itoa(int(l.MaxRows))+" rows")
+		}
+		r.Limit = l.MaxRows
+	}
+	return warnings, nil
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// Image is one image in a response, base64-encoded.
+type Image struct {
+	Name     string `json:"name"`
+	MimeType string `json:"mimeType"`
+	Data     string `json:"data"`
+}
+
+// Meta describes the data a run saw and how long each part took.
+type Meta struct {
+	Exchange   string   `json:"exchange"`
+	Symbol     string   `json:"symbol"`
+	BinSize    string   `json:"binSize"`
+	Start      int64    `json:"start"`
+	End        int64    `json:"end"`
+	Rows       int      `json:"rows"`
+	DBType     string   `json:"dbType"`
+	DBReadonly bool     `json:"dbReadonly"`
+	RunID      string   `json:"runId"`
+	Worker     string   `json:"worker"`
+	Source     string   `json:"source"`
+	QueueMs    int64    `json:"queueMs"`
+	LoadMs     int64    `json:"loadMs"`
+	ExecMs     int64    `json:"execMs"`
+	TotalMs    int64    `json:"totalMs"`
+	Warnings   []string `json:"warnings"`
+}
+
+// Result is what a finished run produced: the seed's response body.
+type Result struct {
+	OK              bool            `json:"ok"`
+	Error           *string         `json:"error"`
+	Stdout          string          `json:"stdout"`
+	StdoutTruncated bool            `json:"stdoutTruncated"`
+	Stderr          string          `json:"stderr"`
+	StderrTruncated bool            `json:"stderrTruncated"`
+	Result          json.RawMessage `json:"result"`
+	Meta            *Meta           `json:"meta"`
+	Images          []Image         `json:"images"`
+}
+
+// Response is the body the API sends: the seed's fields, then the run's
+// id, status and times. Result fields are absent while the run is not done.
+type Response struct {
+	*Result
+	ID         string  `json:"id"`
+	Status     string  `json:"status"`
+	CreatedAt  *string `json:"createdAt"`
+	StartedAt  *string `json:"startedAt"`
+	FinishedAt *string `json:"finishedAt"`
+	Poll       string  `json:"poll,omitempty"`
+}
+
+// NewResponse combines a run record and its result (nil while pending).
+func NewResponse(r *run.Run, res *Result, poll string) Response {
+	return Response{
+		Result:     res,
+		ID:         r.ID,
+		Status:     string(r.Status),
+		CreatedAt:  run.TimePtr(r.CreatedAt),
+		StartedAt:  run.TimePtr(r.StartedAt),
+		FinishedAt: run.TimePtr(r.FinishedAt),
+		Poll:       poll,
+	}
+}
+
+// Failure builds the result of a run that ended without user output, e.g.
+// an unknown market, a lost worker or a cancel.
+func Failure(msg string, meta *Meta) *Result {
+	return &Result{OK: false, Error: &msg, Result: json.RawMessage("null"), Meta: meta, Images: []Image{}}
+}
+
+// Stored is what the run record keeps of a research request: the
+// normalized request and the warnings normalizing it gave, which the
+// worker puts in meta.warnings.
+type Stored struct {
+	Request  Request  `json:"request"`
+	Warnings []string `json:"warnings,omitempty"`
+}

@@ -1,0 +1,27 @@
+package store
+
+// Every Redis key pyrunner uses is built here, from the configured prefix
+// (default "pyrunner:"), the way asynq's internal/base builds its keys.
+// asynq's own keys live under "asynq:" beside these.
+
+// RunKey is the hash holding one run's record.
+func (s *Store) RunKey(id string) string { return s.prefix + "run:" + id }
+
+// ResultKey is the string holding a finished research run's result JSON.
+func (s *Store) ResultKey(id string) string { return s.prefix + "run:" + id + ":result" }
+
+// RunsKey is the sorted set of all run ids, scored by creation time (ms).
+func (s *Store) RunsKey() string { return s.prefix + "runs" }
+
+// DoneChannel is the pub/sub channel on which a run's id is published when
+// it reaches a terminal status.
+func (s *Store) DoneChannel() string { return s.prefix + "events:done" }
+
+// WorkersKey is the sorted set of worker ids, scored by last heartbeat (ms).
+func (s *Store) WorkersKey() string { return s.prefix + "workers" }
+
+// WorkerKey is the string holding a worker's self-description (JSON).
+func (s *Store) WorkerKey(id string) string { return s.prefix + "worker:" + id }
+
+// WorkerRunsKey is the set of run ids a worker holds right now.
+func (s *Store) WorkerRunsKey(id string) string { return s.prefix + "worker:" + id + ":runs" }

@@ -1,0 +1,181 @@
+// Package store keeps pyrunner's shared state in Redis: run records and
+// results (with a retention TTL), completion events over pub/sub, and the
+// worker heartbeats that let any process find runs whose worker is gone.
+// It is the only package that imports go-redis.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ztrade/pyrunner/pkg/run"
+)
+
+// Store is a handle on the shared Redis.
+type Store struct {
+	rdb    redis.UniversalClient
+	prefix string
+	ttl    time.Duration
+}
+
+// Open connects to the Redis at rawURL (redis://, rediss:// or
+// redis-sentinel://host:port[,host:port]?master=name[&db=N]) and checks it
+// answers. prefix starts every key; ttl is how long run records live.
+func Open(ctx context.Context, rawURL, prefix string, ttl time.Duration) (*Store, error) {
+	rdb, err := Client(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{rdb: rdb, prefix: prefix, ttl: ttl}
+	if err := s.Ping(ctx); err != nil {
+		rdb.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Client makes a go-redis client from a Redis URL.
+func Client(rawURL string) (redis.UniversalClient, error) {
+	if strings.HasPrefix(rawURL, "redis-sentinel://") {
+		u, err := url.Parse(rawURL)
+		if err != nil {
+			return nil, fmt.Errorf("store: parse redis url: %w", err)
+		}
+		o := &redis.FailoverOptions{
+			MasterName:    u.Query().Get("master"),
+			SentinelAddrs: strings.Split(u.Host, ","),
+		}
+		if p, ok := u.User.Password(); ok {
+			o.Password = p
+		}
+		if db := u.Query().Get("db"); db != "" {
+			o.DB, _ = strconv.Atoi(db)
+		}
+		if o.MasterName == "" {
+			return nil, errors.New("store: redis-sentinel url needs ?master=<name>")
+		}
+		return redis.NewFailoverClient(o), nil
+	}
+	o, err := redis.ParseURL(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("store: parse redis url: %w", err)
+	}
+	return redis.NewClient(o), nil
+}
+
+// Ping checks Redis answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("store: redis unreachable: %w", err)
+	}
+	return nil
+}
+
+// Close closes the connections.
+func (s *Store) Close() error { return s.rdb.Close() }
+
+// TTL is how long run records are kept.
+func (s *Store) TTL() time.Duration { return s.ttl }
+
+// CreateRun writes a new run record and indexes it.
+func (s *Store) CreateRun(ctx context.Context, r *run.Run) error {
+	key := s.RunKey(r.ID)
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, key, r.Fields())
+		p.Expire(ctx, key, s.ttl)
+		p.ZAdd(ctx, s.RunsKey(), redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.ID})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: create run %s: %w", r.ID, err)
+	}
+	return nil
+}
+
+// DeleteRun removes a run that never got queued.
+func (s *Store) DeleteRun(ctx context.Context, id string) error {
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, s.RunKey(id), s.ResultKey(id))
+		p.ZRem(ctx, s.RunsKey(), id)
+		return nil
+	})
+	return err
+}
+
+// GetRun reads a run record; a missing one is a not-found *run.Error.
+func (s *Store) GetRun(ctx context.Context, id string) (*run.Run, error) {
+	f, err := s.rdb.HGetAll(ctx, s.RunKey(id)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: get run %s: %w", id, err)
+	}
+	if len(f) == 0 {
+		return nil, run.Errorf(run.ECodeNotFound, "run %s not found", id)
+	}
+	return run.FromFields(f), nil
+}
+
+// updateScript changes a run unless it has already ended, and announces
+// the run on the done channel when the change ends it.
+//
+// KEYS[1] run hash
+// KEYS[2] done channel
+// ARGV[1] record TTL in seconds
+// ARGV[2] run id
+// ARGV[3..] field, value pairs
+// Output: 1 when applied; 0 when the run is missing or already terminal.
+var updateScript = redis.NewScript(`
+local terminal = {succeeded=true, failed=true, stopped=true, timeout=true, terminated=true}
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st or terminal[st] then return 0 end
+local ended = false
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1])
+  if ARGV[i] == 'status' and terminal[ARGV[i+1]] then ended = true end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if ended then redis.call('PUBLISH', KEYS[2], ARGV[2]) end
+return 1
+`)
+
+// Update applies the non-empty fields of change to run id, unless the run
+// has already ended. It reports whether it applied them. A change to a
+// terminal status publishes the run's completion.
+func (s *Store) Update(ctx context.Context, id string, change *run.Run) (bool, error) {
+	args := []any{int(s.ttl.Seconds()), id}
+	for k, v := range change.Fields() {
+		args = append(args, k, v)
+	}
+	n, err := updateScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.DoneChannel()}, args...).Int()
+	if err != nil {
+		return false, fmt.Errorf("store: update run %s: %w", id, err)
+	}
+	return n == 1, nil
+}
+
+// SetResult stores a research run's result JSON. Call it before the
+// terminal Update so that a woken waiter finds it.
+func (s *Store) SetResult(ctx context.Context, id string, result []byte) error {
+	if err := s.rdb.Set(ctx, s.ResultKey(id), result, s.ttl).Err(); err != nil {
+		return fmt.Errorf("store: set result of %s: %w", id, err)
+	}
+	return nil
+}
+
+// GetResult reads a result; (nil, nil) when there is none.
+func (s *Store) GetResult(ctx context.Context, id string) ([]byte, error) {
+	b, err := s.rdb.Get(ctx, s.ResultKey(id)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: get result of %s: %w", id, err)
+	}
+	return b, nil
+}

@@ -1,0 +1,79 @@
+package store
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+)
+
+// Waiter lets many requests wait for runs to end over a single pub/sub
+// subscription: each Wait registers a channel that is closed when the
+// run's id is published on the done channel. No request sleep-polls.
+type Waiter struct {
+	mu      sync.Mutex
+	waiting map[string][]chan struct{}
+}
+
+// NewWaiter subscribes to the done channel until ctx ends. It returns once
+// the subscription is confirmed, so no completion after it is missed.
+func (s *Store) NewWaiter(ctx context.Context) (*Waiter, error) {
+	ps := s.rdb.Subscribe(ctx, s.DoneChannel())
+	if _, err := ps.Receive(ctx); err != nil {
+		ps.Close()
+		return nil, err
+	}
+	w := &Waiter{waiting: map[string][]chan struct{}{}}
+	go func() {
+		defer ps.Close()
+		ch := ps.Channel()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case m, ok := <-ch:
+				if !ok {
+					return
+				}
+				w.wake(m.Payload)
+			}
+		}
+	}()
+	slog.Debug("subscribed to run completions", "channel", s.DoneChannel())
+	return w, nil
+}
+
+// Register returns a channel closed when run id ends, and a function to
+// call when no longer waiting. Register before reading the run's status,
+// so an end between the read and the wait is not lost.
+func (w *Waiter) Register(id string) (<-chan struct{}, func()) {
+	ch := make(chan struct{})
+	w.mu.Lock()
+	w.waiting[id] = append(w.waiting[id], ch)
+	w.mu.Unlock()
+	return ch, func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		list := w.waiting[id]
+		for i, c := range list {
+			if c == ch {
+				list = append(list[:i], list[i+1:]...)
+				break
+			}
+		}
+		if len(list) == 0 {
+			delete(w.waiting, id)
+		} else {
+			w.waiting[id] = list
+		}
+	}
+}
+
+func (w *Waiter) wake(id string) {
+	w.mu.Lock()
+	list := w.waiting[id]
+	delete(w.waiting, id)
+	w.mu.Unlock()
+	for _, c := range list {
+		close(c)
+	}
+}

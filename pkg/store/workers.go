@@ -1,0 +1,101 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// WorkerInfo is what a worker says about itself in its heartbeat.
+type WorkerInfo struct {
+	ID                  string    `json:"id"`
+	Host                string    `json:"host"`
+	PID                 int       `json:"pid"`
+	StartedAt           string    `json:"started_at"`
+	LastHeartbeat       string    `json:"last_heartbeat"`
+	Executor            string    `json:"executor"`
+	Sandbox             string    `json:"sandbox"`
+	Python              string    `json:"python"`
+	DBType              string    `json:"db_type"`
+	ResearchConcurrency int       `json:"research_concurrency"`
+	ScriptConcurrency   int       `json:"script_concurrency"`
+	ActiveRuns          int64     `json:"active_runs"`
+}
+
+// Heartbeat records that the worker is alive now. Its description lives
+// for ttl, so a dead worker's entry disappears on its own.
+func (s *Store) Heartbeat(ctx context.Context, w WorkerInfo, ttl time.Duration) error {
+	now := time.Now()
+	w.ActiveRuns = s.rdb.SCard(ctx, s.WorkerRunsKey(w.ID)).Val()
+	w.LastHeartbeat = now.UTC().Format("2006-01-02T15:04:05.000000-07:00")
+	b, _ := json.Marshal(w)
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, s.WorkerKey(w.ID), b, ttl)
+		p.ZAdd(ctx, s.WorkersKey(), redis.Z{Score: float64(now.UnixMilli()), Member: w.ID})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: heartbeat: %w", err)
+	}
+	return nil
+}
+
+// RemoveWorker forgets a worker that shut down cleanly.
+func (s *Store) RemoveWorker(ctx context.Context, id string) error {
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZRem(ctx, s.WorkersKey(), id)
+		p.Del(ctx, s.WorkerKey(id), s.WorkerRunsKey(id))
+		return nil
+	})
+	return err
+}
+
+// Workers lists the workers whose heartbeat is younger than fresh.
+func (s *Store) Workers(ctx context.Context, fresh time.Duration) ([]WorkerInfo, error) {
+	min := strconv.FormatInt(time.Now().Add(-fresh).UnixMilli(), 10)
+	ids, err := s.rdb.ZRangeByScore(ctx, s.WorkersKey(), &redis.ZRangeBy{Min: min, Max: "+inf"}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: list workers: %w", err)
+	}
+	out := []WorkerInfo{}
+	for _, id := range ids {
+		b, err := s.rdb.Get(ctx, s.WorkerKey(id)).Bytes()
+		if err != nil {
+			continue
+		}
+		var w WorkerInfo
+		if json.Unmarshal(b, &w) == nil {
+			out = append(out, w)
+		}
+	}
+	return out, nil
+}
+
+// HoldRun notes that worker holds run id; ReleaseRun undoes it.
+func (s *Store) HoldRun(ctx context.Context, worker, id string) error {
+	return s.rdb.SAdd(ctx, s.WorkerRunsKey(worker), id).Err()
+}
+
+// ReleaseRun notes that worker no longer holds run id.
+func (s *Store) ReleaseRun(ctx context.Context, worker, id string) error {
+	return s.rdb.SRem(ctx, s.WorkerRunsKey(worker), id).Err()
+}
+
+// LostWorkers lists workers whose last heartbeat is older than stale.
+func (s *Store) LostWorkers(ctx context.Context, stale time.Duration) ([]string, error) {
+	max := strconv.FormatInt(time.Now().Add(-stale).UnixMilli(), 10)
+	ids, err := s.rdb.ZRangeByScore(ctx, s.WorkersKey(), &redis.ZRangeBy{Min: "-inf", Max: max}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: lost workers: %w", err)
+	}
+	return ids, nil
+}
+
+// HeldRuns lists the runs a worker holds.
+func (s *Store) HeldRuns(ctx context.Context, worker string) ([]string, error) {
+	return s.rdb.SMembers(ctx, s.WorkerRunsKey(worker)).Result()
+}

@@ -1,0 +1,340 @@
+"""pyrunner's research harness: runs one snippet of user code against a
+K-line DataFrame and reports what came of it.
+
+The worker starts (or, in warm mode, forks) a Python process with a
+connected socket on file descriptor 3 and speaks a tiny framed protocol on
+it. Every message is::
+
+    u32 big-endian header length | header JSON | u64 big-endian body length | body
+
+1. worker → harness  ``{"type": "job", ...}``, body = the ``df`` frame
+2. harness → worker  ``{"type": "load_kline", ...}`` whenever user code calls
+   ``load_kline``; the worker answers ``{"type": "frame", "frame": {...}}``
+   with the frame as body, or ``{"type": "error", "error": "..."}``
+3. harness → worker  ``{"type": "result", "ok": ..., "error": ..., "result":
+   ..., "images": [...], "warnings": [...]}``
+
+A frame body is each column's raw little-endian bytes, back to back, in
+the order the frame header lists them, so numpy maps it without parsing.
+User code never sees a database credential: only this socket.
+"""
+
+import base64
+import datetime as _dt
+import decimal
+import io
+import json
+import linecache
+import math
+import os
+import resource
+import signal
+import socket
+import struct
+import sys
+import traceback
+
+import numpy as np
+import pandas as pd
+
+USER_FILENAME = "<user_code>"
+COLUMNS = ["start", "open", "high", "low", "close", "volume", "turnover", "trades"]
+MAX_CHUNK = 1 << 22
+
+
+# ---------------------------------------------------------------- protocol
+
+def recv_exact(sock, n):
+    """Read exactly n bytes into a fresh (writable) bytearray."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], min(n - got, MAX_CHUNK))
+        if k == 0:
+            raise EOFError("worker closed the channel")
+        got += k
+    return buf
+
+
+def recv_msg(sock):
+    (hlen,) = struct.unpack(">I", recv_exact(sock, 4))
+    header = json.loads(bytes(recv_exact(sock, hlen)))
+    (blen,) = struct.unpack(">Q", recv_exact(sock, 8))
+    body = recv_exact(sock, blen) if blen else bytearray()
+    return header, body
+
+
+def send_msg(sock, header, body=b""):
+    h = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
+    sock.sendall(struct.pack(">I", len(h)) + h + struct.pack(">Q", len(body)))
+    if body:
+        sock.sendall(body)
+
+
+# ------------------------------------------------------------------ frames
+
+def frame_to_df(header, body):
+    """Build the documented DataFrame from a frame header and its body."""
+    n = int(header.get("rows", 0))
+    cols = {}
+    off = 0
+    for c in header.get("columns") or [{"name": name, "dtype": "<f8"} for name in COLUMNS]:
+        dt = np.dtype(c["dtype"])
+        if n:
+            cols[c["name"]] = np.frombuffer(body, dtype=dt, count=n, offset=off)
+        else:
+            cols[c["name"]] = np.empty(0, dtype=dt)
+        off += n * dt.itemsize
+    df = pd.DataFrame(cols, columns=COLUMNS, copy=False)
+    df["start"] = df["start"].astype("int64", copy=False)
+    df["trades"] = df["trades"].astype("int64", copy=False)
+    df["time"] = pd.to_datetime(df["start"], unit="s", utc=True).astype("datetime64[ns, UTC]")
+    return df
+
+
+def make_load_kline(sock):
+    def load_kline(exchange, symbol, binSize, start, end, limit=0):
+        """Load another market's K-lines, in the same shape as df."""
+        send_msg(sock, {"type": "load_kline", "exchange": str(exchange), "symbol": str(symbol),
+                        "binSize": str(binSize), "start": int(start), "end": int(end), "limit": int(limit)})
+        header, body = recv_msg(sock)
+        if header.get("type") == "error":
+            raise ValueError(header.get("error", "load_kline failed"))
+        return frame_to_df(header["frame"], body)
+    return load_kline
+
+
+# ----------------------------------------------------------------- results
+
+def _key(k):
+    if isinstance(k, str):
+        return k
+    v = to_jsonable(k)
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def to_jsonable(o):
+    """Convert a result to plain JSON values: numpy scalars and arrays,
+    pandas objects, NaN/Inf (→ None), datetimes (→ ISO 8601 strings)."""
+    if o is None or isinstance(o, (bool, str)):
+        return o
+    if isinstance(o, int):
+        return o
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if o is pd.NaT:
+        return None
+    if isinstance(o, np.generic):
+        if isinstance(o, np.datetime64):
+            return None if np.isnat(o) else pd.Timestamp(o).isoformat()
+        if isinstance(o, np.timedelta64):
+            return None if np.isnat(o) else pd.Timedelta(o).total_seconds()
+        return to_jsonable(o.item())
+    if isinstance(o, dict):
+        return {_key(k): to_jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in o]
+    if isinstance(o, np.ndarray):
+        if o.dtype.kind in "Mm":
+            return [to_jsonable(v) for v in o]
+        return to_jsonable(o.tolist())
+    if isinstance(o, pd.DataFrame):
+        if not isinstance(o.index, pd.RangeIndex):
+            o = o.reset_index()
+        return [to_jsonable(r) for r in o.to_dict(orient="records")]
+    if isinstance(o, pd.Series):
+        if isinstance(o.index, pd.RangeIndex):
+            return [to_jsonable(v) for v in o.tolist()]
+        return {_key(k): to_jsonable(v) for k, v in o.items()}
+    if isinstance(o, pd.Index):
+        return [to_jsonable(v) for v in o.tolist()]
+    if isinstance(o, (pd.Timestamp, _dt.datetime, _dt.date, _dt.time)):
+        return o.isoformat()
+    if isinstance(o, (pd.Timedelta, _dt.timedelta)):
+        return o.total_seconds()
+    if isinstance(o, decimal.Decimal):
+        return to_jsonable(float(o))
+    if isinstance(o, (bytes, bytearray)):
+        return base64.b64encode(bytes(o)).decode()
+    raise TypeError(f"result of type {type(o).__module__}.{type(o).__qualname__} cannot be converted to JSON")
+
+
+# ------------------------------------------------------------------ images
+
+_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+         ".svg": "image/svg+xml", ".webp": "image/webp"}
+
+
+def _mime_of(path):
+    return _MIME.get(os.path.splitext(path)[1].lower(), "application/octet-stream")
+
+
+def collect_images(g, max_images, max_bytes, warnings):
+    """Gather images from every form python-runner accepted, then open
+    matplotlib figures; keep at most max_images of at most max_bytes each."""
+    sources = []  # (name, mime, loader)
+
+    def from_path(p):
+        p = str(p)
+        sources.append((os.path.basename(p) or p, _mime_of(p), lambda: open(p, "rb").read()))
+
+    def from_b64(data, mime, name):
+        sources.append((name, mime or "image/png", lambda: base64.b64decode(data, validate=True)))
+
+    imgs = g.get("images")
+    if imgs is not None:
+        for i, it in enumerate(imgs if isinstance(imgs, (list, tuple)) else [imgs]):
+            if isinstance(it, dict) and it.get("path"):
+                from_path(it["path"])
+            elif isinstance(it, dict) and it.get("data"):
+                mime = it.get("mimeType") or it.get("mime_type") or "image/png"
+                ext = {"image/jpeg": "jpg", "image/svg+xml": "svg"}.get(mime, mime.split("/")[-1])
+                from_b64(it["data"], mime, it.get("name") or f"image-{i + 1}.{ext}")
+            elif isinstance(it, (str, os.PathLike)):
+                from_path(it)
+            else:
+                warnings.append(f"images[{i}] ignored: give {{'path': ...}} or {{'data': ..., 'mimeType': ...}}")
+    if g.get("image_path"):
+        from_path(g["image_path"])
+    for p in g.get("image_paths") or []:
+        from_path(p)
+    b64 = g.get("image_base64")
+    for i, d in enumerate([b64] if isinstance(b64, str) else (b64 or [])):
+        from_b64(d, "image/png", f"image-base64-{i + 1}.png")
+
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        for num in plt.get_fignums():
+            fig = plt.figure(num)
+
+            def render(fig=fig):
+                buf = io.BytesIO()
+                fig.savefig(buf, format="png", bbox_inches="tight")
+                return buf.getvalue()
+            sources.append((f"figure-{num}.png", "image/png", render))
+
+    out = []
+    for name, mime, load in sources:
+        if len(out) >= max_images:
+            warnings.append(f"image {name} dropped: only {max_images} images are kept")
+            continue
+        try:
+            data = load()
+        except FileNotFoundError:
+            warnings.append(f"image {name} dropped: file not found")
+            continue
+        except Exception as e:  # bad base64, unreadable file, failing figure
+            warnings.append(f"image {name} dropped: {type(e).__name__}: {e}")
+            continue
+        if len(data) > max_bytes:
+            warnings.append(f"image {name} dropped: {len(data)} bytes is over the limit of {max_bytes} bytes")
+            continue
+        out.append({"name": name, "mimeType": mime, "data": base64.b64encode(data).decode()})
+    if plt is not None:
+        plt.close("all")
+    return out
+
+
+# --------------------------------------------------------------- execution
+
+class RunTimeout(BaseException):
+    """Raised inside user code when its time is up (a BaseException, so a
+    bare ``except Exception`` in user code cannot swallow it)."""
+
+
+def _on_alarm(signum, frame):
+    raise RunTimeout()
+
+
+def format_user_traceback(exc):
+    """The traceback from the user's code down, without harness frames."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != USER_FILENAME:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def error_text(exc):
+    msg = str(exc)
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def apply_limits(job):
+    """Bound the run before user code starts (soft = hard: no raising them)."""
+    for name, key, scale in (("RLIMIT_AS", "memoryBytes", 1), ("RLIMIT_FSIZE", "fileBytes", 1),
+                             ("RLIMIT_NOFILE", "openFiles", 1), ("RLIMIT_NPROC", "processes", 1)):
+        v = int(job.get(key) or 0)
+        if v > 0 and hasattr(resource, name):
+            try:
+                resource.setrlimit(getattr(resource, name), (v * scale, v * scale))
+            except (ValueError, OSError) as e:
+                print(f"pyrunner: could not set {name}: {e}", file=sys.stderr)
+
+
+def execute(job, df, load_kline):
+    """Run the job's code; return the result message (never raises)."""
+    code = job["code"]
+    timeout = float(job.get("timeoutSec") or 0)
+    warnings = []
+    g = {"__name__": "__main__", "__builtins__": __builtins__, "df": df, "pd": pd, "np": np,
+         "load_kline": load_kline}
+    linecache.cache[USER_FILENAME] = (len(code), None, code.splitlines(True), USER_FILENAME)
+    ok, error = True, None
+    try:
+        compiled = compile(code, USER_FILENAME, "exec")
+        if timeout > 0:
+            signal.signal(signal.SIGALRM, _on_alarm)
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            exec(compiled, g)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except RunTimeout:
+        ok, error = False, f"timeout after {job.get('timeoutSec')}s"
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            ok, error = False, f"SystemExit: {e.code}"
+    except BaseException as e:  # noqa: BLE001 - user code may raise anything
+        ok, error = False, error_text(e)
+        sys.stderr.write(format_user_traceback(e))
+    result = None
+    if ok:
+        try:
+            result = to_jsonable(g.get("result"))
+            json.dumps(result, allow_nan=False)
+        except BaseException as e:  # noqa: BLE001
+            ok, error, result = False, f"result could not be converted to JSON: {error_text(e)}", None
+    images = []
+    try:
+        images = collect_images(g, int(job.get("maxImages", 3)), int(job.get("maxImageBytes", 1 << 20)), warnings)
+    except BaseException as e:  # noqa: BLE001
+        warnings.append(f"images dropped: {error_text(e)}")
+    return {"type": "result", "ok": ok, "error": error, "result": result, "images": images, "warnings": warnings}
+
+
+def serve(sock):
+    """Take one job from sock, run it, send the result."""
+    job, body = recv_msg(sock)
+    df = frame_to_df(job["frame"], body)
+    del body
+    apply_limits(job)
+    msg = execute(job, df, make_load_kline(sock))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    send_msg(sock, msg)
+
+
+def main():
+    fd = int(os.environ.pop("PYRUNNER_CHANNEL_FD", "3"))
+    sock = socket.socket(fileno=fd)
+    try:
+        serve(sock)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what pyrunner needs on a fresh Debian machine, from Debian's
+# packages: a Python with numpy/pandas/matplotlib (for /usr/bin/python3),
+# pytest, bubblewrap, redis-server, and PyJWT (for the auth tests). It does
+# nothing when everything is already there.
+set -euo pipefail
+need=()
+/usr/bin/python3 -c 'import numpy, pandas, matplotlib, scipy' 2>/dev/null || need+=(python3-numpy python3-pandas python3-matplotlib python3-scipy)
+/usr/bin/python3 -c 'import pytest' 2>/dev/null || need+=(python3-pytest)
+/usr/bin/python3 -c 'import jwt' 2>/dev/null || need+=(python3-jwt)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "deps: installing ${need[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi

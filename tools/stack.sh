@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Starts (or stops) the whole pyrunner stack locally: a private
+# redis-server, the demo SQLite K-lines, the API on :9000 and two workers.
+# State, logs and pid files live in .run/.
+#   tools/stack.sh start | stop
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=.run
+PORT=${PYRUNNER_PORT:-9000}
+REDIS_PORT=${PYRUNNER_REDIS_PORT:-6390}
+DB=$RUN/exchange.db
+
+stop() {
+  for f in $RUN/worker-*.pid $RUN/api.pid $RUN/redis.pid; do
+    [ -f "$f" ] || continue
+    kill "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
+  done
+}
+
+wait_for() { # url seconds
+  for _ in $(seq 1 $(( $2 * 10 ))); do
+    curl -fsS "$1" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "stack: $1 did not come up; see $RUN/*.log" >&2
+  return 1
+}
+
+start() {
+  mkdir -p "$RUN"
+  stop
+  if [ ! -f "$DB" ]; then
+    echo "stack: writing demo K-lines to $DB"
+    bin/pyrunner-demodata --sqlite "$DB" >/dev/null
+  fi
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+    >"$RUN/redis.log" 2>&1 & echo $! > "$RUN/redis.pid"
+  for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  export PYRUNNER_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+  export PYRUNNER_READONLY_TYPE=sqlite PYRUNNER_READONLY_URI="$PWD/$DB"
+  export PYRUNNER_LISTEN=":$PORT" PYRUNNER_WORK_DIR="$PWD/$RUN/work"
+  export SCRIPT_SCRIPTS_PATH="${SCRIPT_SCRIPTS_PATH:-$PWD/examples/scripts}" SCRIPT_STATE_DIR="$PWD/$RUN/state"
+  nohup bin/pyrunner-api >"$RUN/api.log" 2>&1 & echo $! > "$RUN/api.pid"
+  for i in 1 2; do
+    nohup bin/pyrunner-worker >"$RUN/worker-$i.log" 2>&1 & echo $! > "$RUN/worker-$i.pid"
+  done
+  wait_for "http://127.0.0.1:$PORT/health" 20
+  for _ in $(seq 1 100); do
+    n=$(curl -fsS "http://127.0.0.1:$PORT/health" | /usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))')
+    [ "$n" -ge 2 ] && break
+    sleep 0.2
+  done
+  cat <<MSG
+pyrunner is running: API http://127.0.0.1:$PORT, 2 workers, redis on :$REDIS_PORT, demo K-lines in $DB
+(logs in $RUN/, stop with 'make stop'). Try:
+
+  curl -sS -X POST http://127.0.0.1:$PORT/v1/research/run -H 'content-type: application/json' \\
+    -d '{"exchange":"binance","symbol":"BTCUSDT","binSize":"1m","start":1735689600,"end":1735776000,"limit":10000,"timeoutSec":30,"code":"result = {\\"rows\\": len(df)}"}'
+
+MSG
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop; echo "stack stopped" ;;
+  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac

@@ -1,0 +1,114 @@
+// Command pyrunner-worker takes runs off the Redis queue and executes
+// them: it loads K-lines read-only, runs the user's Python, and writes
+// status, output and results back to Redis. Start as many as you like, on
+// as many machines; they share nothing but Redis.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/ztrade/pyrunner/pkg/config"
+	"github.com/ztrade/pyrunner/pkg/executor"
+	"github.com/ztrade/pyrunner/pkg/kline"
+	"github.com/ztrade/pyrunner/pkg/liveness"
+	"github.com/ztrade/pyrunner/pkg/queue"
+	"github.com/ztrade/pyrunner/pkg/run"
+	"github.com/ztrade/pyrunner/pkg/store"
+)
+
+func main() {
+	if err := start(); err != nil {
+		fmt.Fprintln(os.Stderr, "pyrunner-worker:", err)
+		os.Exit(1)
+	}
+}
+
+func start() error {
+	cfg, err := config.Load("pyrunner-worker", os.Args[1:], os.Getenv, os.Stderr)
+	if err != nil {
+		return err
+	}
+	cfg.SetupLogging("pyrunner-worker")
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	kc := kline.Config(cfg.Readonly)
+	if m := kc.Missing(); m != "" {
+		return fmt.Errorf("refusing to start: %s", m)
+	}
+	db, err := kline.Open(kc, cfg.MaxRows)
+	if err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	defer db.Close()
+	py, err := executor.FindPython(cfg.Python)
+	if err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	exe, err := newExecutor(cfg, py)
+	if err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	defer exe.Close()
+	st, err := store.Open(ctx, cfg.RedisURL, cfg.KeyPrefix, cfg.ResultTTL)
+	if err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	defer st.Close()
+
+	host, _ := os.Hostname()
+	w := &worker{
+		id: fmt.Sprintf("%s:%d", host, os.Getpid()), cfg: cfg, db: db, exec: exe, store: st,
+	}
+	info := store.WorkerInfo{
+		ID: w.id, Host: host, PID: os.Getpid(), StartedAt: run.FormatTime(time.Now()),
+		Executor: exe.Mode(), Sandbox: "none", Python: py, DBType: db.Type(),
+		ResearchConcurrency: cfg.ResearchConcurrency, ScriptConcurrency: cfg.ScriptConcurrency,
+	}
+	bg, cancelBg := context.WithCancel(context.Background())
+	defer cancelBg()
+	go liveness.Beat(bg, st, func() store.WorkerInfo { return info })
+	go liveness.Reap(bg, st)
+
+	srv, err := queue.Start(queue.ServerConfig{
+		RedisURL:        cfg.RedisURL,
+		Concurrency:     map[string]int{queue.QueueResearch: cfg.ResearchConcurrency},
+		CheckInterval:   cfg.TaskCheckInterval,
+		ShutdownTimeout: 5 * time.Second,
+		Handlers:        map[string]queue.Handler{queue.TypeResearch: w.handleResearch},
+	})
+	if err != nil {
+		return err
+	}
+	slog.Info("worker ready", "worker", w.id, "redis", config.RedactURL(cfg.RedisURL), "db_type", db.Type(),
+		"python", py, "executor", exe.Mode(), "research_concurrency", cfg.ResearchConcurrency)
+	<-ctx.Done()
+	slog.Info("worker shutting down", "worker", w.id)
+	srv.Stop()
+	cancelBg()
+	st.RemoveWorker(context.Background(), w.id)
+	return nil
+}
+
+func newExecutor(cfg *config.Config, py string) (executor.Executor, error) {
+	opt := executor.Options{
+		Python:      py,
+		WorkDir:     cfg.WorkDir,
+		Passthrough: cfg.EnvPassthrough,
+		Limits: executor.Limits{
+			MaxOutputBytes: cfg.MaxOutputBytes,
+			MaxImages:      cfg.MaxImages,
+			MaxImageBytes:  cfg.MaxImageBytes,
+			MemoryBytes:    int64(cfg.MemoryLimitMB) << 20,
+			FileBytes:      1 << 30,
+			OpenFiles:      1024,
+		},
+	}
+	return executor.NewCold(opt)
+}

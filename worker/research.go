@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ztrade/pyrunner/pkg/config"
+	"github.com/ztrade/pyrunner/pkg/executor"
+	"github.com/ztrade/pyrunner/pkg/frame"
+	"github.com/ztrade/pyrunner/pkg/kline"
+	"github.com/ztrade/pyrunner/pkg/research"
+	"github.com/ztrade/pyrunner/pkg/run"
+	"github.com/ztrade/pyrunner/pkg/store"
+)
+
+// worker holds what the task handlers share.
+type worker struct {
+	id    string
+	cfg   *config.Config
+	db    *kline.DB
+	exec  executor.Executor
+	store *store.Store
+}
+
+// handleResearch runs one research run from its record to its result.
+func (w *worker) handleResearch(ctx context.Context, id string) error {
+	// Writes after the run must land even when ctx was cancelled.
+	bg := context.WithoutCancel(ctx)
+	r, err := w.store.GetRun(ctx, id)
+	if run.ErrorCode(err) == run.ECodeNotFound {
+		slog.Warn("research task without a run record", "run_id", id)
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if r.Status.Terminal() {
+		return nil // stopped while queued, or ended by a reaper
+	}
+	var stored research.Stored
+	if err := json.Unmarshal([]byte(r.Request), &stored); err != nil {
+		return w.finishResearch(bg, r, research.Failure("bad request in run record: "+err.Error(), nil), run.StatusFailed)
+	}
+	req := stored.Request
+	if err := w.store.HoldRun(ctx, w.id, id); err != nil {
+		return err
+	}
+	defer w.store.ReleaseRun(bg, w.id, id)
+	started := time.Now()
+	if ok, err := w.store.Update(ctx, id, &run.Run{Status: run.StatusStarting, Worker: w.id, StartedAt: started}); err != nil || !ok {
+		return err
+	}
+	if r.StopRequested {
+		return w.finishResearch(bg, r, research.Failure("stopped before it started", nil), run.StatusStopped)
+	}
+	meta := &research.Meta{
+		Exchange: req.Exchange, Symbol: req.Symbol, BinSize: req.BinSize, Start: req.Start, End: req.End,
+		DBType: w.db.Type(), DBReadonly: true, RunID: id, Worker: w.id, Warnings: append([]string{}, stored.Warnings...),
+		QueueMs: started.Sub(r.CreatedAt).Milliseconds(),
+	}
+	finish := func(res *research.Result, st run.Status) error {
+		meta.TotalMs = time.Since(r.CreatedAt).Milliseconds()
+		return w.finishResearch(bg, r, res, st)
+	}
+
+	f, source, err := w.db.Load(ctx, kline.Query{Exchange: req.Exchange, Symbol: req.Symbol, BinSize: req.BinSize,
+		Start: req.Start, End: req.End, Limit: req.Limit})
+	meta.LoadMs = time.Since(started).Milliseconds()
+	if ctx.Err() != nil {
+		res, st := w.interrupted(bg, id, meta, nil)
+		return finish(res, st)
+	}
+	if err != nil {
+		msg := run.ErrorMessage(err)
+		if run.ErrorCode(err) == run.ECodeInternal {
+			msg = "loading K-lines failed: " + err.Error()
+		}
+		return finish(research.Failure(msg, meta), run.StatusFailed)
+	}
+	meta.Rows, meta.Source = f.Len(), source
+	w.store.Update(ctx, id, &run.Run{Status: run.StatusRunning})
+
+	execStart := time.Now()
+	out, err := w.exec.Run(ctx, executor.Job{
+		RunID: id, Code: req.Code, Timeout: time.Duration(req.TimeoutSec) * time.Second, Frame: f,
+		LoadKline: func(ctx context.Context, lr executor.LoadRequest) (*frame.Frame, error) {
+			if _, err := (&research.Request{Exchange: lr.Exchange, Symbol: lr.Symbol, BinSize: lr.BinSize, Start: lr.Start,
+				End: lr.End, Limit: lr.Limit, Code: "-"}).Normalize(research.Limits{MaxRows: w.cfg.MaxRows}, time.Now()); err != nil {
+				return nil, err
+			}
+			f, _, err := w.db.Load(ctx, kline.Query{Exchange: lr.Exchange, Symbol: lr.Symbol, BinSize: lr.BinSize,
+				Start: lr.Start, End: lr.End, Limit: lr.Limit})
+			return f, err
+		},
+	})
+	meta.ExecMs = time.Since(execStart).Milliseconds()
+	if errors.Is(err, executor.ErrCancelled) || ctx.Err() != nil {
+		res, st := w.interrupted(bg, id, meta, out)
+		return finish(res, st)
+	}
+	if err != nil {
+		return finish(research.Failure(fmt.Sprintf("could not run python: %v", err), meta), run.StatusFailed)
+	}
+	meta.Warnings = append(meta.Warnings, out.Warnings...)
+	res := withOutput(&research.Result{OK: out.OK, Result: out.Result, Meta: meta, Images: out.Images}, out)
+	status := run.StatusSucceeded
+	if !out.OK {
+		msg := out.Error
+		res.Error = &msg
+		status = run.StatusFailed
+		if out.TimedOut {
+			status = run.StatusTimeout
+		}
+	}
+	r.ReturnCode = &out.ExitCode
+	return finish(res, status)
+}
+
+// interrupted explains a run whose context was cancelled: a client asked
+// to stop it, or the worker is shutting down under it.
+func (w *worker) interrupted(ctx context.Context, id string, meta *research.Meta, out *executor.Output) (*research.Result, run.Status) {
+	if cur, err := w.store.GetRun(ctx, id); err == nil && cur.StopRequested {
+		return withOutput(research.Failure("stopped by request", meta), out), run.StatusStopped
+	}
+	return withOutput(research.Failure("terminated: worker "+w.id+" shut down during the run", meta), out), run.StatusTerminated
+}
+
+// withOutput copies a run's captured output into a result.
+func withOutput(res *research.Result, out *executor.Output) *research.Result {
+	if out != nil {
+		res.Stdout, res.StdoutTruncated = out.Stdout, out.StdoutTruncated
+		res.Stderr, res.StderrTruncated = out.Stderr, out.StderrTruncated
+	}
+	return res
+}
+
+// finishResearch stores the result, then ends the run (which wakes waiters).
+func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *research.Result, st run.Status) error {
+	if res.Images == nil {
+		res.Images = []research.Image{}
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		return fmt.Errorf("encode result of %s: %w", r.ID, err)
+	}
+	if err := w.store.SetResult(ctx, r.ID, b); err != nil {
+		return err
+	}
+	change := &run.Run{Status: st, FinishedAt: time.Now(), ReturnCode: r.ReturnCode}
+	if !res.OK && res.Error != nil {
+		change.Error = *res.Error
+	}
+	if _, err := w.store.Update(ctx, r.ID, change); err != nil {
+		return err
+	}
+	slog.Info("research run finished", "run_id", r.ID, "status", st, "rows", metaRows(res.Meta))
+	return nil
+}
+
+func metaRows(m *research.Meta) int {
+	if m == nil {
+		return 0
+	}
+	return m.Rows
+}
