@@ -5,7 +5,7 @@
 #   tools/stack.sh start | stop
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=.run
+RUN=${PYRUNNER_RUN_DIR:-.run}
 PORT=${PYRUNNER_PORT:-9000}
 REDIS_PORT=${PYRUNNER_REDIS_PORT:-6390}
 DB=$RUN/exchange.db

@@ -1,0 +1,314 @@
+// Package e2e drives the real binaries: a private redis-server, a SQLite
+// file or a MariaDB database of K-lines, bin/pyrunner-api and two
+// bin/pyrunner-worker processes, all spoken to over HTTP as a client would.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ztrade/pyrunner/pkg/frame"
+	"github.com/ztrade/pyrunner/pkg/kline"
+)
+
+var binDir string
+
+// TestMain builds the binaries once for every test in the package.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "pyrunner-e2e-bin-")
+	if err != nil {
+		panic(err)
+	}
+	binDir = dir
+	for _, p := range []string{"api", "worker"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "pyrunner-"+p), "./"+p)
+		cmd.Dir = ".."
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: build failed:", err)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// Seed's example range: 2025-01-01T00:00:00Z to 2025-01-02T00:00:00Z.
+const (
+	seedStart = 1735689600
+	seedEnd   = 1735776000
+	dataFrom  = seedStart - 86400 // demo data: three days around the seed range
+	dataDays  = 3
+)
+
+// seedBody is the seed's request example, exactly.
+const seedBody = `{"exchange":"binance","symbol":"BTCUSDT","binSize":"1m","start":1735689600,"end":1735776000,"limit":10000,"timeoutSec":30,"code":"result = {\"rows\": len(df)}"}`
+
+// proc is one started process with its log file.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+}
+
+func (p *proc) signal(sig syscall.Signal) { p.cmd.Process.Signal(sig) }
+
+// stack is a running pyrunner: redis, API and workers.
+type stack struct {
+	t         *testing.T
+	base      string
+	redisPort int
+	redisURL  string
+	api       *proc
+	workers   []*proc
+	env       []string
+	dir       string
+}
+
+type stackOpts struct {
+	workers int
+	env     map[string]string // extra environment for API and workers
+	dbEnv   map[string]string // read-only DB settings (default: a demo SQLite)
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// demoSQLite writes the demo markets for the days around the seed range and
+// returns the file and the frame written for binance_BTCUSDT_1m.
+func demoSQLite(t *testing.T, dir string) (string, *frame.Frame) {
+	t.Helper()
+	path := filepath.Join(dir, "exchange.db")
+	w, err := kline.OpenWriter("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.WriteDemo(context.Background(), dataFrom, dataDays); err != nil {
+		t.Fatal(err)
+	}
+	return path, kline.Generate(kline.DemoMarkets[0], dataFrom, dataDays*1440, 1)
+}
+
+func startStack(t *testing.T, o stackOpts) *stack {
+	t.Helper()
+	if o.workers == 0 {
+		o.workers = 2
+	}
+	dir := t.TempDir()
+	s := &stack{t: t, dir: dir, redisPort: freePort(t)}
+	s.redisURL = fmt.Sprintf("redis://127.0.0.1:%d/0", s.redisPort)
+	s.start("redis", "redis-server", "--port", strconv.Itoa(s.redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	waitUntil(t, 10*time.Second, "redis to answer", func() bool {
+		return exec.Command("redis-cli", "-p", strconv.Itoa(s.redisPort), "ping").Run() == nil
+	})
+	port := freePort(t)
+	s.base = fmt.Sprintf("http://127.0.0.1:%d", port)
+	env := map[string]string{
+		"PYRUNNER_REDIS_URL":     s.redisURL,
+		"PYRUNNER_LISTEN":        fmt.Sprintf("127.0.0.1:%d", port),
+		"PYRUNNER_WORK_DIR":      filepath.Join(dir, "work"),
+		"PYRUNNER_ZTRADE_CONFIG": filepath.Join(dir, "no-ztrade.yaml"),
+		"SCRIPT_STATE_DIR":       filepath.Join(dir, "state"),
+		"PYRUNNER_LOG_LEVEL":     "debug",
+	}
+	if v := os.Getenv("PYRUNNER_EXECUTOR"); v != "" {
+		env["PYRUNNER_EXECUTOR"] = v // run the suite in either mode
+	}
+	if o.dbEnv == nil {
+		path, _ := demoSQLite(t, dir)
+		o.dbEnv = map[string]string{"PYRUNNER_READONLY_TYPE": "sqlite", "PYRUNNER_READONLY_URI": path}
+	}
+	for k, v := range o.dbEnv {
+		env[k] = v
+	}
+	for k, v := range o.env {
+		env[k] = v
+	}
+	s.env = os.Environ()
+	for k, v := range env {
+		s.env = append(s.env, k+"="+v)
+	}
+	s.api = s.start("api", filepath.Join(binDir, "pyrunner-api"))
+	for i := 0; i < o.workers; i++ {
+		s.workers = append(s.workers, s.start(fmt.Sprintf("worker-%d", i+1), filepath.Join(binDir, "pyrunner-worker")))
+	}
+	waitUntil(t, 30*time.Second, "the API and workers to be up", func() bool {
+		var h struct {
+			Workers []any `json:"workers"`
+		}
+		return s.getJSON("/health", &h) == 200 && len(h.Workers) == o.workers
+	})
+	return s
+}
+
+// start runs a process whose output goes to a log file; it is killed at
+// cleanup, and its log is printed if the test failed.
+func (s *stack) start(name, bin string, args ...string) *proc {
+	s.t.Helper()
+	logPath := filepath.Join(s.dir, name+".log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = s.env
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		s.t.Fatalf("start %s: %v", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, log: logPath}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); f.Close(); close(done) }()
+	s.t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if s.t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			if len(b) > 8000 {
+				b = b[len(b)-8000:]
+			}
+			s.t.Logf("---- %s log (tail) ----\n%s", name, b)
+		}
+	})
+	return p
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+var client = &http.Client{Timeout: 5 * time.Minute}
+
+// do sends a request and decodes a JSON answer into out (if not nil).
+func (s *stack) do(method, path, body string, out any) int {
+	s.t.Helper()
+	req, _ := http.NewRequest(method, s.base+path, strings.NewReader(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		s.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			s.t.Fatalf("%s %s: status %d, body not JSON: %v\n%s", method, path, resp.StatusCode, err, b)
+		}
+	}
+	return resp.StatusCode
+}
+
+func (s *stack) getJSON(path string, out any) int {
+	req, _ := http.NewRequest("GET", s.base+path, nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	json.NewDecoder(resp.Body).Decode(out)
+	return resp.StatusCode
+}
+
+// result is the research response body.
+type result struct {
+	OK              *bool           `json:"ok"`
+	Error           *string         `json:"error"`
+	Stdout          string          `json:"stdout"`
+	StdoutTruncated bool            `json:"stdoutTruncated"`
+	Stderr          string          `json:"stderr"`
+	StderrTruncated bool            `json:"stderrTruncated"`
+	Result          json.RawMessage `json:"result"`
+	Meta            map[string]any  `json:"meta"`
+	Images          []struct {
+		Name     string `json:"name"`
+		MimeType string `json:"mimeType"`
+		Data     string `json:"data"`
+	} `json:"images"`
+	ID         string  `json:"id"`
+	Status     string  `json:"status"`
+	Poll       string  `json:"poll"`
+	CreatedAt  *string `json:"createdAt"`
+	StartedAt  *string `json:"startedAt"`
+	FinishedAt *string `json:"finishedAt"`
+}
+
+func (r *result) ok() bool { return r.OK != nil && *r.OK }
+
+func (r *result) errText() string {
+	if r.Error == nil {
+		return ""
+	}
+	return *r.Error
+}
+
+// research posts a research request for the seed's market and range with
+// the given code and extra fields, and returns the status and body.
+func (s *stack) research(code string, extra map[string]any) (int, *result) {
+	s.t.Helper()
+	body := map[string]any{"exchange": "binance", "symbol": "BTCUSDT", "binSize": "1m",
+		"start": seedStart, "end": seedEnd, "timeoutSec": 30, "code": code}
+	for k, v := range extra {
+		body[k] = v
+	}
+	b, _ := json.Marshal(body)
+	var r result
+	st := s.do("POST", "/v1/research/run", string(b), &r)
+	return st, &r
+}
+
+// mustOK runs code and fails the test unless it succeeded; it decodes
+// the result into out.
+func (s *stack) mustOK(code string, out any) *result {
+	s.t.Helper()
+	st, r := s.research(code, nil)
+	if st != 200 || !r.ok() {
+		s.t.Fatalf("status %d ok=%v error=%q stderr=%s", st, r.ok(), r.errText(), r.Stderr)
+	}
+	if out != nil {
+		if err := json.Unmarshal(r.Result, out); err != nil {
+			s.t.Fatalf("result %s: %v", r.Result, err)
+		}
+	}
+	return r
+}
+
+// runKeys counts run records in Redis.
+func (s *stack) runKeys() int {
+	out, _ := exec.Command("redis-cli", "-p", strconv.Itoa(s.redisPort), "--scan", "--pattern", "pyrunner:run:*").Output()
+	return len(bytes.Fields(out))
+}
