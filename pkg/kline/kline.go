@@ -175,6 +175,9 @@ func mysqlReadOnlyDSN(c Config) (string, error) {
 		mc.Params = map[string]string{}
 	}
 	mc.Params[name] = "1"
+	// Queries are read at the driver level, which needs client-side
+	// interpolation (the arguments are only ever integers).
+	mc.InterpolateParams = true
 	return mc.FormatDSN(), nil
 }
 

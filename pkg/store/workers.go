@@ -12,18 +12,18 @@ import (
 
 // WorkerInfo is what a worker says about itself in its heartbeat.
 type WorkerInfo struct {
-	ID                  string    `json:"id"`
-	Host                string    `json:"host"`
-	PID                 int       `json:"pid"`
-	StartedAt           string    `json:"started_at"`
-	LastHeartbeat       string    `json:"last_heartbeat"`
-	Executor            string    `json:"executor"`
-	Sandbox             string    `json:"sandbox"`
-	Python              string    `json:"python"`
-	DBType              string    `json:"db_type"`
-	ResearchConcurrency int       `json:"research_concurrency"`
-	ScriptConcurrency   int       `json:"script_concurrency"`
-	ActiveRuns          int64     `json:"active_runs"`
+	ID                  string `json:"id"`
+	Host                string `json:"host"`
+	PID                 int    `json:"pid"`
+	StartedAt           string `json:"started_at"`
+	LastHeartbeat       string `json:"last_heartbeat"`
+	Executor            string `json:"executor"`
+	Sandbox             string `json:"sandbox"`
+	Python              string `json:"python"`
+	DBType              string `json:"db_type"`
+	ResearchConcurrency int    `json:"research_concurrency"`
+	ScriptConcurrency   int    `json:"script_concurrency"`
+	ActiveRuns          int64  `json:"active_runs"`
 }
 
 // Heartbeat records that the worker is alive now. Its description lives

@@ -1,0 +1,117 @@
+"""Unit tests of the research harness's pure parts, and one whole job over
+a real socketpair with a stand-in worker thread."""
+import base64
+import json
+import math
+import socket
+import struct
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import harness
+
+COLS = [{"name": n, "dtype": "<i8" if n in ("start", "trades") else "<f8"} for n in harness.COLUMNS]
+
+
+def encode_frame(rows):
+    """Columnar body for a list of 8-tuples, as the worker sends it."""
+    body = b""
+    for i, c in enumerate(COLS):
+        body += np.array([r[i] for r in rows], dtype=c["dtype"]).tobytes()
+    return {"rows": len(rows), "columns": COLS}, body
+
+
+ROWS = [(1735689600 + 60 * i, 1.0 + i, 2.0 + i, 0.5, 1.5, 10.0, float("nan") if i == 1 else 7.0, i) for i in range(3)]
+
+
+def test_frame_to_df_has_documented_columns_and_dtypes():
+    header, body = encode_frame(ROWS)
+    df = harness.frame_to_df(header, bytearray(body))
+    assert list(df.columns) == harness.COLUMNS + ["time"]
+    assert [str(t) for t in df.dtypes] == ["int64"] + ["float64"] * 6 + ["int64", "datetime64[ns, UTC]"]
+    assert df.time.iloc[0] == pd.Timestamp("2025-01-01", tz="UTC")
+    assert math.isnan(df.turnover.iloc[1]) and df.open.iloc[2] == 3.0
+    df.loc[0, "open"] = 99.0  # the frame is writable
+
+
+def test_empty_frame_keeps_columns():
+    df = harness.frame_to_df({"rows": 0, "columns": COLS}, bytearray())
+    assert len(df) == 0 and [str(t) for t in df.dtypes][-1] == "datetime64[ns, UTC]"
+
+
+@pytest.mark.parametrize("value,expected", [
+    (np.int64(3), 3), (np.float32(0.5), 0.5), (float("nan"), None), (np.inf, None),
+    (np.array([1.0, np.nan]), [1.0, None]), (pd.Timestamp("2025-01-01", tz="UTC"), "2025-01-01T00:00:00+00:00"),
+    (pd.NaT, None), ({1: np.bool_(True)}, {"1": True}), ((1, 2), [1, 2]),
+    (pd.Series([1, 2]), [1, 2]), (pd.Series([1.5], index=["a"]), {"a": 1.5}),
+    (pd.DataFrame({"a": [1, None]}), [{"a": 1.0}, {"a": None}]),
+])
+def test_to_jsonable(value, expected):
+    assert harness.to_jsonable(value) == expected
+
+
+def test_unconvertible_result_is_a_clear_error():
+    with pytest.raises(TypeError, match="cannot be converted to JSON"):
+        harness.to_jsonable(object())
+
+
+def run(code, **job):
+    header, body = encode_frame(ROWS)
+    df = harness.frame_to_df(header, bytearray(body))
+    return harness.execute({"code": code, "maxImages": 3, "maxImageBytes": 1 << 20, **job}, df, None)
+
+
+def test_user_exception_names_type_message_and_line(capsys):
+    msg = run("a = 1\nb = a / 0\n")
+    assert msg["ok"] is False and msg["error"] == "ZeroDivisionError: division by zero"
+    err = capsys.readouterr().err
+    assert 'File "<user_code>", line 2' in err and "b = a / 0" in err and "harness.py" not in err
+
+
+def test_timeout_is_not_swallowed_by_user_except():
+    msg = run("while True:\n    try:\n        pass\n    except Exception:\n        pass\n", timeoutSec=1)
+    assert msg == {**msg, "ok": False, "error": "timeout after 1s"}
+
+
+def test_images_limits_and_figures(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 10).decode()
+    msg = run("import matplotlib.pyplot as plt\nplt.plot([1, 2])\n"
+              f"images = [{{'data': '{png}', 'mimeType': 'image/png', 'name': 'a.png'}}]\n"
+              f"image_base64 = ['{png}', '{png}', '{png}']\n")
+    assert [i["name"] for i in msg["images"]] == ["a.png", "image-base64-1.png", "image-base64-2.png"]
+    assert any("figure-1.png dropped" in w for w in msg["warnings"])
+    msg = run("import matplotlib.pyplot as plt\nplt.plot([1, 2])\n", maxImageBytes=100)
+    assert msg["images"] == [] and "over the limit of 100 bytes" in msg["warnings"][0]
+    import matplotlib.pyplot as plt
+    assert plt.get_fignums() == []  # figures are closed after a run
+
+
+def _send(sock, header, body=b""):
+    h = json.dumps(header).encode()
+    sock.sendall(struct.pack(">I", len(h)) + h + struct.pack(">Q", len(body)) + body)
+
+
+def test_serve_whole_job_with_load_kline():
+    ours, theirs = socket.socketpair()
+    header, body = encode_frame(ROWS)
+    got = {}
+
+    def worker():
+        _send(ours, {"type": "job", "code": "x = load_kline('a', 'b', '1m', 0, 10)\nresult = {'df': len(df), 'x': len(x)}",
+                     "frame": header}, body)
+        req, _ = harness.recv_msg(ours)
+        got["request"] = req
+        h2, b2 = encode_frame(ROWS[:2])
+        _send(ours, {"type": "frame", "frame": h2}, b2)
+        got["result"], _ = harness.recv_msg(ours)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    harness.serve(theirs)
+    t.join(5)
+    assert got["request"] == {"type": "load_kline", "exchange": "a", "symbol": "b", "binSize": "1m", "start": 0, "end": 10, "limit": 0}
+    assert got["result"]["ok"] is True and got["result"]["result"] == {"df": 3, "x": 2}
