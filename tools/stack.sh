@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${PYRUNNER_RUN_DIR:-.run}
+mkdir -p "$RUN" && RUN=$(cd "$RUN" && pwd)
 PORT=${PYRUNNER_PORT:-9000}
 REDIS_PORT=${PYRUNNER_REDIS_PORT:-6390}
 DB=$RUN/exchange.db
@@ -38,19 +39,25 @@ start() {
     >"$RUN/redis.log" 2>&1 & echo $! > "$RUN/redis.pid"
   for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
   export PYRUNNER_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
-  export PYRUNNER_READONLY_TYPE=sqlite PYRUNNER_READONLY_URI="$PWD/$DB"
-  export PYRUNNER_LISTEN=":$PORT" PYRUNNER_WORK_DIR="$PWD/$RUN/work"
-  export SCRIPT_SCRIPTS_PATH="${SCRIPT_SCRIPTS_PATH:-$PWD/examples/scripts}" SCRIPT_STATE_DIR="$PWD/$RUN/state"
+  export PYRUNNER_READONLY_TYPE=sqlite PYRUNNER_READONLY_URI="$DB"
+  export PYRUNNER_LISTEN=":$PORT" PYRUNNER_WORK_DIR="$RUN/work"
+  export SCRIPT_SCRIPTS_PATH="${SCRIPT_SCRIPTS_PATH:-$PWD/examples/scripts}" SCRIPT_STATE_DIR="$RUN/state"
   nohup bin/pyrunner-api >"$RUN/api.log" 2>&1 & echo $! > "$RUN/api.pid"
   for i in 1 2; do
     nohup bin/pyrunner-worker >"$RUN/worker-$i.log" 2>&1 & echo $! > "$RUN/worker-$i.pid"
   done
   wait_for "http://127.0.0.1:$PORT/health" 20
+  n=0
   for _ in $(seq 1 100); do
     n=$(curl -fsS "http://127.0.0.1:$PORT/health" | /usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))')
     [ "$n" -ge 2 ] && break
     sleep 0.2
   done
+  if [ "$n" -lt 2 ]; then
+    echo "stack: only $n of 2 workers came up:" >&2
+    tail -n 5 "$RUN"/worker-*.log >&2
+    exit 1
+  fi
   cat <<MSG
 pyrunner is running: API http://127.0.0.1:$PORT, 2 workers, redis on :$REDIS_PORT, demo K-lines in $DB
 (logs in $RUN/, stop with 'make stop'). Try:

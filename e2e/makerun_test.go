@@ -1,0 +1,48 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestMakeRun: `make run` starts the stack and the curl it prints works;
+// `make stop` stops it.
+func TestMakeRun(t *testing.T) {
+	port, redisPort := freePort(t), freePort(t)
+	env := append(os.Environ(), "PYRUNNER_RUN_DIR="+t.TempDir(), fmt.Sprintf("PYRUNNER_PORT=%d", port),
+		fmt.Sprintf("PYRUNNER_REDIS_PORT=%d", redisPort))
+	stop := exec.Command("make", "stop")
+	stop.Dir, stop.Env = "..", env
+	t.Cleanup(func() { stop.Run() })
+	cmd := exec.Command("make", "run")
+	cmd.Dir, cmd.Env = "..", env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("make run: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`(?s)(curl -sS -X POST .*?}'\n)`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("make run printed no curl:\n%s", out)
+	}
+	res, err := exec.Command("bash", "-c", string(m[1])).Output()
+	if err != nil {
+		t.Fatalf("the printed curl failed: %v\n%s", err, m[1])
+	}
+	var body struct {
+		OK     bool `json:"ok"`
+		Result struct {
+			Rows int `json:"rows"`
+		} `json:"result"`
+	}
+	if err := json.Unmarshal(res, &body); err != nil || !body.OK || body.Result.Rows != 1441 {
+		t.Fatalf("printed curl answered %s", res)
+	}
+	if out, err := stop.CombinedOutput(); err != nil || !strings.Contains(string(out), "stopped") {
+		t.Errorf("make stop: %v %s", err, out)
+	}
+}
