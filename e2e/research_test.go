@@ -24,9 +24,16 @@ func rowsIn(f *frame.Frame, a, b int64) int {
 	return n
 }
 
-// TestResearch runs the research acceptance tests against one stack.
+// TestResearch runs the research acceptance tests against a stack in each
+// executor mode.
 func TestResearch(t *testing.T) {
-	s := startStack(t, stackOpts{})
+	for _, mode := range []string{"warm", "cold"} {
+		t.Run(mode, func(t *testing.T) { testResearch(t, mode) })
+	}
+}
+
+func testResearch(t *testing.T, mode string) {
+	s := startStack(t, stackOpts{env: map[string]string{"PYRUNNER_EXECUTOR": mode}})
 	_, written := demoSQLite(t, t.TempDir()) // the same deterministic data the stack serves
 	t.Run("SeedExample", func(t *testing.T) { s.t = t; testSeedExample(t, s, written, "sqlite") })
 	t.Run("DataFrameShape", func(t *testing.T) { s.t = t; testDataFrameShape(t, s) })
@@ -385,7 +392,7 @@ func testValidation(t *testing.T, s *stack) {
 	// A too-large timeout is capped, with a warning.
 	st, r := s.research("result = 1", map[string]any{"timeoutSec": 100000})
 	if st != 200 || !r.ok() || !strings.Contains(fmt.Sprint(r.Meta["warnings"]), "timeoutSec lowered to the server maximum of 600") {
-		t.Errorf("big timeout: %d %v", st, r.Meta["warnings"])
+		t.Errorf("big timeout: %d ok=%v error=%q warnings=%v", st, r.ok(), r.errText(), r.Meta["warnings"])
 	}
 }
 
@@ -397,11 +404,17 @@ func testHealth(t *testing.T, s *stack) {
 			Workers []struct {
 				ID       string `json:"id"`
 				Executor string `json:"executor"`
+				Sandbox  string `json:"sandbox"`
 			} `json:"workers"`
 			Queues map[string]map[string]int `json:"queues"`
 		}
 		if st := s.getJSON(p, &h); st != 200 || h.Status != "ok" || h.Redis != "ok" || len(h.Workers) != 2 || h.Queues["research"] == nil {
 			t.Errorf("%s: %d %+v", p, st, h)
+		}
+		for _, w := range h.Workers {
+			if w.Executor != s.mode || (w.Sandbox != "bwrap" && w.Sandbox != "none") {
+				t.Errorf("%s: worker %s reports executor %q sandbox %q, want %q", p, w.ID, w.Executor, w.Sandbox, s.mode)
+			}
 		}
 	}
 }

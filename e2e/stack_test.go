@@ -77,6 +77,7 @@ type stack struct {
 	workers   []*proc
 	env       []string
 	dir       string
+	mode      string // executor mode
 }
 
 type stackOpts struct {
@@ -115,7 +116,7 @@ func startStack(t *testing.T, o stackOpts) *stack {
 	if o.workers == 0 {
 		o.workers = 2
 	}
-	dir := t.TempDir()
+	dir := reachableTempDir(t)
 	s := &stack{t: t, dir: dir, redisPort: freePort(t)}
 	s.redisURL = fmt.Sprintf("redis://127.0.0.1:%d/0", s.redisPort)
 	s.start("redis", "redis-server", "--port", strconv.Itoa(s.redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
@@ -132,9 +133,6 @@ func startStack(t *testing.T, o stackOpts) *stack {
 		"SCRIPT_STATE_DIR":       filepath.Join(dir, "state"),
 		"PYRUNNER_LOG_LEVEL":     "debug",
 	}
-	if v := os.Getenv("PYRUNNER_EXECUTOR"); v != "" {
-		env["PYRUNNER_EXECUTOR"] = v // run the suite in either mode
-	}
 	if o.dbEnv == nil {
 		path, _ := demoSQLite(t, dir)
 		o.dbEnv = map[string]string{"PYRUNNER_READONLY_TYPE": "sqlite", "PYRUNNER_READONLY_URI": path}
@@ -144,6 +142,10 @@ func startStack(t *testing.T, o stackOpts) *stack {
 	}
 	for k, v := range o.env {
 		env[k] = v
+	}
+	s.mode = env["PYRUNNER_EXECUTOR"]
+	if s.mode == "" {
+		s.mode = "warm"
 	}
 	s.env = os.Environ()
 	for k, v := range env {
@@ -311,4 +313,14 @@ func (s *stack) mustOK(code string, out any) *result {
 func (s *stack) runKeys() int {
 	out, _ := exec.Command("redis-cli", "-p", strconv.Itoa(s.redisPort), "--scan", "--pattern", "pyrunner:run:*").Output()
 	return len(bytes.Fields(out))
+}
+
+// reachableTempDir is a t.TempDir whose parents the run user (nobody, when
+// tests run as root) may traverse, as a real PYRUNNER_WORK_DIR must be.
+func reachableTempDir(t *testing.T) string {
+	dir := t.TempDir()
+	for p := dir; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
+		os.Chmod(p, 0o711)
+	}
+	return dir
 }

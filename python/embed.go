@@ -8,3 +8,8 @@ import _ "embed"
 //
 //go:embed harness.py
 var Harness []byte
+
+// Zygote is zygote.py: it preloads pandas and forks one child per run.
+//
+//go:embed zygote.py
+var Zygote []byte

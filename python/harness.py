@@ -272,6 +272,17 @@ def apply_limits(job):
                 print(f"pyrunner: could not set {name}: {e}", file=sys.stderr)
 
 
+def drop_privileges(job):
+    """Run user code as the job's uid/gid (the worker sends them when it is
+    root), after the limits are set and before any user code runs."""
+    uid, gid = job.get("uid"), job.get("gid")
+    if gid is not None and os.getgid() != gid:
+        os.setgroups([])
+        os.setgid(gid)
+    if uid is not None and os.getuid() != uid:
+        os.setuid(uid)
+
+
 def execute(job, df, load_kline):
     """Run the job's code; return the result message (never raises)."""
     code = job["code"]
@@ -319,6 +330,7 @@ def serve(sock):
     df = frame_to_df(job["frame"], body)
     del body
     apply_limits(job)
+    drop_privileges(job)
     msg = execute(job, df, make_load_kline(sock))
     sys.stdout.flush()
     sys.stderr.flush()

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -35,6 +36,7 @@ func start() error {
 		return err
 	}
 	cfg.SetupLogging("pyrunner-worker")
+	hideEnviron()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -51,7 +53,11 @@ func start() error {
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
-	exe, err := newExecutor(cfg, py)
+	sandbox, err := executor.ProbeSandbox(cfg.Sandbox)
+	if err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	exe, err := newExecutor(cfg, py, sandbox, kc)
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
@@ -68,7 +74,7 @@ func start() error {
 	}
 	info := store.WorkerInfo{
 		ID: w.id, Host: host, PID: os.Getpid(), StartedAt: run.FormatTime(time.Now()),
-		Executor: exe.Mode(), Sandbox: "none", Python: py, DBType: db.Type(),
+		Executor: exe.Mode(), Sandbox: sandbox, Python: py, DBType: db.Type(),
 		ResearchConcurrency: cfg.ResearchConcurrency, ScriptConcurrency: cfg.ScriptConcurrency,
 	}
 	bg, cancelBg := context.WithCancel(context.Background())
@@ -87,7 +93,7 @@ func start() error {
 		return err
 	}
 	slog.Info("worker ready", "worker", w.id, "redis", config.RedactURL(cfg.RedisURL), "db_type", db.Type(),
-		"python", py, "executor", exe.Mode(), "research_concurrency", cfg.ResearchConcurrency)
+		"python", py, "executor", exe.Mode(), "sandbox", sandbox, "research_concurrency", cfg.ResearchConcurrency)
 	<-ctx.Done()
 	slog.Info("worker shutting down", "worker", w.id)
 	srv.Stop()
@@ -96,19 +102,42 @@ func start() error {
 	return nil
 }
 
-func newExecutor(cfg *config.Config, py string) (executor.Executor, error) {
+// newExecutor builds the configured executor. Inside the sandbox, the
+// worker's config file, its SQLite database and its state are masked.
+func newExecutor(cfg *config.Config, py, sandbox string, kc kline.Config) (executor.Executor, error) {
+	hide := []string{cfg.ZtradeConfig, cfg.StateDir, cfg.LogsDir}
+	if kc.DBType() == "sqlite" {
+		hide = append(hide, strings.TrimPrefix(strings.SplitN(kc.URI, "?", 2)[0], "file:"))
+	}
 	opt := executor.Options{
 		Python:      py,
 		WorkDir:     cfg.WorkDir,
 		Passthrough: cfg.EnvPassthrough,
+		Sandbox:     sandbox,
+		Hide:        hide,
+		Preload:     cfg.Preload,
 		Limits: executor.Limits{
 			MaxOutputBytes: cfg.MaxOutputBytes,
 			MaxImages:      cfg.MaxImages,
 			MaxImageBytes:  cfg.MaxImageBytes,
 			MemoryBytes:    int64(cfg.MemoryLimitMB) << 20,
-			FileBytes:      1 << 30,
+			FileBytes:      int64(cfg.MaxFileMB) << 20,
 			OpenFiles:      1024,
+			Processes:      cfg.MaxProcs,
 		},
 	}
-	return executor.NewCold(opt)
+	if cfg.Executor == "cold" {
+		return executor.NewCold(opt)
+	}
+	return executor.NewWarm(opt)
+}
+
+// hideEnviron makes this process non-dumpable, so processes of the same
+// user (user code, when the worker is not root) cannot read its
+// /proc/<pid>/environ, where the DB password and Redis URL live.
+func hideEnviron() {
+	const prSetDumpable = 4
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, prSetDumpable, 0, 0); errno != 0 {
+		slog.Warn("could not make the worker non-dumpable", "err", errno)
+	}
 }

@@ -57,6 +57,9 @@ type Config struct {
 	Executor            string
 	Sandbox             string
 	MemoryLimitMB       int
+	MaxFileMB           int
+	MaxProcs            int
+	Preload             string
 	WorkDir             string
 	EnvPassthrough      []string
 
@@ -104,9 +107,12 @@ func (c *Config) settings() []setting {
 		{"PYRUNNER_RESEARCH_CONCURRENCY", strconv.Itoa(runtime.NumCPU()), "research runs at once per worker", num(&c.ResearchConcurrency)},
 		{"PYRUNNER_SCRIPT_CONCURRENCY", "16", "script runs at once per worker", num(&c.ScriptConcurrency)},
 		{"PYRUNNER_TASK_CHECK_INTERVAL", "20ms", "how often an idle worker polls an empty queue", dur(&c.TaskCheckInterval)},
-		{"PYRUNNER_EXECUTOR", "cold", "warm (forking zygote) or cold (fresh interpreter per run)", str(&c.Executor)},
+		{"PYRUNNER_EXECUTOR", "warm", "warm (forking zygote) or cold (fresh interpreter per run)", str(&c.Executor)},
+		{"PYRUNNER_PRELOAD", "", "comma-separated modules the warm zygote imports besides numpy, pandas, matplotlib", str(&c.Preload)},
 		{"PYRUNNER_SANDBOX", "auto", "auto, bwrap or none", str(&c.Sandbox)},
 		{"PYRUNNER_MEMORY_LIMIT_MB", "2048", "address-space limit per run in MiB (0: none)", num(&c.MemoryLimitMB)},
+		{"PYRUNNER_MAX_FILE_MB", "256", "largest file a run may write, in MiB", num(&c.MaxFileMB)},
+		{"PYRUNNER_MAX_PROCS", "256", "processes and threads user code may have (when the worker runs as root)", num(&c.MaxProcs)},
 		{"PYRUNNER_WORK_DIR", os.TempDir() + "/pyrunner", "where per-run working directories are made", str(&c.WorkDir)},
 		{"PYRUNNER_ENV_PASSTHROUGH", "", "comma-separated worker env names passed to user code", list(&c.EnvPassthrough)},
 		{"SCRIPT_SCRIPTS_PATH", "./scripts", "scripts folder", str(&c.ScriptsPath)},

@@ -25,15 +25,14 @@ type Cold struct {
 
 // NewCold prepares the work dir and the harness.
 func NewCold(opt Options) (*Cold, error) {
-	if err := os.MkdirAll(opt.WorkDir, 0o755); err != nil {
-		return nil, fmt.Errorf("executor: make work dir: %w", err)
+	mpl, err := prepareWorkDir(opt)
+	if err != nil {
+		return nil, err
 	}
 	h, err := harnessPath(opt.WorkDir, python.Harness)
 	if err != nil {
 		return nil, err
 	}
-	mpl := filepath.Join(opt.WorkDir, ".mplconfig")
-	os.MkdirAll(mpl, 0o755)
 	return &Cold{opt: opt, harness: h, mplDir: mpl}, nil
 }
 
@@ -51,9 +50,9 @@ const hardKillGrace = 2 * time.Second
 
 // Run runs job in a new process group and a fresh working directory.
 func (c *Cold) Run(ctx context.Context, job Job) (*Output, error) {
-	dir, err := os.MkdirTemp(c.opt.WorkDir, "run-"+job.RunID+"-")
+	dir, err := makeRunDir(c.opt.WorkDir, job.RunID)
 	if err != nil {
-		return nil, fmt.Errorf("executor: make run dir: %w", err)
+		return nil, err
 	}
 	defer os.RemoveAll(dir)
 	conn, childEnd, err := socketPair()
@@ -62,7 +61,8 @@ func (c *Cold) Run(ctx context.Context, job Job) (*Output, error) {
 	}
 	defer conn.Close()
 
-	cmd := exec.Command(c.opt.Python, "-I", "-u", c.harness)
+	argv := sandboxArgs(c.opt, []string{filepath.Dir(c.harness), c.mplDir}, []string{dir}, []string{c.opt.Python, "-I", "-u", c.harness})
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
 	cmd.Env = childEnv(dir, c.mplDir, c.opt.Passthrough)
 	cmd.Stdin = nil
@@ -77,13 +77,15 @@ func (c *Cold) Run(ctx context.Context, job Job) (*Output, error) {
 		return nil, fmt.Errorf("executor: start %s: %w", c.opt.Python, err)
 	}
 	childEnd.Close()
-	return supervise(ctx, job, c.opt.Limits, conn, cmd.Process.Pid, cmd.Wait, func() *os.ProcessState { return cmd.ProcessState }, stdout, stderr)
+	wait := func() int { cmd.Wait(); return exitCode(cmd.ProcessState) }
+	return supervise(ctx, job, c.opt.Limits, conn, cmd.Process.Pid, wait, stdout, stderr)
 }
 
 // supervise talks to a started harness process, enforces the hard time
 // limit and cancellation by killing its process group, and assembles the
-// Output. wait must reap the process.
-func supervise(ctx context.Context, job Job, lim Limits, conn net.Conn, pid int, wait func() error, state func() *os.ProcessState, stdout, stderr *capBuffer) (*Output, error) {
+// Output. wait must reap the process (and collect its output) and return
+// its exit code.
+func supervise(ctx context.Context, job Job, lim Limits, conn net.Conn, pid int, wait func() int, stdout, stderr *capBuffer) (*Output, error) {
 	type convResult struct {
 		res *resultMsg
 		err error
@@ -93,7 +95,7 @@ func supervise(ctx context.Context, job Job, lim Limits, conn net.Conn, pid int,
 		res, err := conversation(ctx, conn, job, lim)
 		convDone <- convResult{res, err}
 	}()
-	waitDone := make(chan error, 1)
+	waitDone := make(chan int, 1)
 	go func() { waitDone <- wait() }()
 
 	hard := time.NewTimer(job.Timeout + hardKillGrace)
@@ -104,6 +106,7 @@ func supervise(ctx context.Context, job Job, lim Limits, conn net.Conn, pid int,
 	}
 	var (
 		conv      convResult
+		code      int
 		haveConv  bool
 		hardKill  bool
 		cancelled bool
@@ -112,7 +115,7 @@ func supervise(ctx context.Context, job Job, lim Limits, conn net.Conn, pid int,
 		select {
 		case conv = <-convDone:
 			haveConv, convDone = true, nil
-		case <-waitDone:
+		case code = <-waitDone:
 			waitDone = nil
 		case <-hard.C:
 			hardKill = true
@@ -130,7 +133,7 @@ func supervise(ctx context.Context, job Job, lim Limits, conn net.Conn, pid int,
 		conn.SetDeadline(time.Now().Add(100 * time.Millisecond))
 		conv = <-convDone
 	}
-	out := &Output{ExitCode: exitCode(state())}
+	out := &Output{ExitCode: code}
 	out.Stdout, out.StdoutTruncated = stdout.String()
 	out.Stderr, out.StderrTruncated = stderr.String()
 	switch {

@@ -88,6 +88,14 @@ type Options struct {
 	Limits  Limits
 	// Passthrough names worker environment variables user code may see.
 	Passthrough []string
+	// Sandbox is "bwrap" or "none" (see ProbeSandbox).
+	Sandbox string
+	// Hide lists files and folders masked inside the sandbox: the worker's
+	// config, its SQLite database, its state.
+	Hide []string
+	// Preload is a comma-separated list of modules the warm zygote imports
+	// besides numpy, pandas and matplotlib.
+	Preload string
 }
 
 // ErrCancelled marks a run whose context was cancelled (stop or shutdown).
@@ -144,6 +152,13 @@ func conversation(ctx context.Context, conn net.Conn, job Job, lim Limits) (*res
 		"maxImages": lim.MaxImages, "maxImageBytes": lim.MaxImageBytes,
 		"memoryBytes": lim.MemoryBytes, "fileBytes": lim.FileBytes, "openFiles": lim.OpenFiles, "processes": lim.Processes,
 		"frame": job.Frame.Header(),
+	}
+	if uid, gid, ok := runIdentity(); ok {
+		// RLIMIT_NPROC counts every process of the uid, so it is only set
+		// for the dedicated identity user code gets when the worker is root.
+		header["uid"], header["gid"], header["processes"] = uid, gid, lim.Processes
+	} else {
+		delete(header, "processes")
 	}
 	if err := writeMsg(w, header, job.Frame.ByteLen(), job.Frame.WriteBody); err != nil {
 		return nil, fmt.Errorf("send job: %w", err)

@@ -3,7 +3,10 @@ package executor
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,17 +18,36 @@ type testBundle struct {
 	exec Executor
 }
 
-func setup(t *testing.T) *testBundle {
+func setup(t *testing.T, mode string) *testBundle {
 	t.Helper()
 	py, err := FindPython("")
 	if err != nil {
 		t.Fatalf("need a Python with numpy and pandas: %v", err)
 	}
-	e, err := NewCold(Options{Python: py, WorkDir: t.TempDir(), Limits: Limits{MaxOutputBytes: 1 << 20, MaxImages: 3, MaxImageBytes: 1 << 20}})
+	work := t.TempDir()
+	for p := work; p != os.TempDir(); p = filepath.Dir(p) {
+		os.Chmod(p, 0o711) // reachable by the run user, as a real work dir
+	}
+	opt := Options{Python: py, WorkDir: work, Limits: Limits{MaxOutputBytes: 1 << 20, MaxImages: 3, MaxImageBytes: 1 << 20,
+		MemoryBytes: 1 << 30, FileBytes: 16 << 20, OpenFiles: 256, Processes: 64}}
+	var e Executor
+	if mode == "warm" {
+		e, err = NewWarm(opt)
+	} else {
+		e, err = NewCold(opt)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { e.Close() })
 	return &testBundle{exec: e}
+}
+
+// forEachMode runs a test against a cold and a warm executor.
+func forEachMode(t *testing.T, f func(t *testing.T, b *testBundle)) {
+	for _, mode := range []string{"cold", "warm"} {
+		t.Run(mode, func(t *testing.T) { f(t, setup(t, mode)) })
+	}
 }
 
 func sampleFrame(n int) *frame.Frame {
@@ -46,8 +68,9 @@ func (b *testBundle) run(t *testing.T, code string, timeout time.Duration) *Outp
 	return out
 }
 
-func TestResultAndDataFrame(t *testing.T) {
-	b := setup(t)
+func TestResultAndDataFrame(t *testing.T) { forEachMode(t, testResultAndDataFrame) }
+
+func testResultAndDataFrame(t *testing.T, b *testBundle) {
 	out := b.run(t, `result = {"rows": len(df), "cols": list(df.columns), "dtypes": [str(d) for d in df.dtypes],
 "other": len(load_kline("x", "y", "1m", 0, 1, limit=7)), "nan": float("nan"), "arr": np.arange(3), "t": df.time.iloc[0]}
 print("hello")`, 10*time.Second)
@@ -74,8 +97,9 @@ func toStrings(v any) (s []string) {
 	return
 }
 
-func TestUserExceptionAndTimeout(t *testing.T) {
-	b := setup(t)
+func TestUserExceptionAndTimeout(t *testing.T) { forEachMode(t, testUserExceptionAndTimeout) }
+
+func testUserExceptionAndTimeout(t *testing.T, b *testBundle) {
 	out := b.run(t, "x = 1\ny = x / 0\n", 10*time.Second)
 	if out.OK || out.Error != "ZeroDivisionError: division by zero" || !strings.Contains(out.Stderr, `File "<user_code>", line 2`) {
 		t.Errorf("ok=%v error=%q stderr=%q", out.OK, out.Error, out.Stderr)
@@ -91,10 +115,75 @@ func TestUserExceptionAndTimeout(t *testing.T) {
 	}
 }
 
-func TestOutputCapIsFlagged(t *testing.T) {
-	b := setup(t)
+func TestOutputCapIsFlagged(t *testing.T) { forEachMode(t, testOutputCapIsFlagged) }
+
+func testOutputCapIsFlagged(t *testing.T, b *testBundle) {
 	out := b.run(t, "import sys\nsys.stdout.write('é' * 2_000_000)", 20*time.Second)
 	if !out.OK || !out.StdoutTruncated || len(out.Stdout) > 1<<20 || len(out.Stdout) < 1<<20-4 || !strings.HasSuffix(out.Stdout, "é") {
 		t.Errorf("ok=%v truncated=%v len=%d", out.OK, out.StdoutTruncated, len(out.Stdout))
+	}
+}
+
+func TestLimitsEndTheRunOnly(t *testing.T) { forEachMode(t, testLimitsEndTheRunOnly) }
+
+func testLimitsEndTheRunOnly(t *testing.T, b *testBundle) {
+	out := b.run(t, "x = bytearray(10**11)", 10*time.Second)
+	if out.OK || !strings.HasPrefix(out.Error, "MemoryError") {
+		t.Errorf("memory: ok=%v error=%q", out.OK, out.Error)
+	}
+	out = b.run(t, "f = open('big', 'wb')\nfor i in range(10_000):\n    f.write(b'x' * (1 << 20))", 20*time.Second)
+	if out.OK || !strings.Contains(out.Error, "File too large") && !strings.Contains(out.Error, "SIGXFSZ") {
+		t.Errorf("file size: ok=%v error=%q", out.OK, out.Error)
+	}
+	if _, _, root := runIdentity(); root {
+		out = b.run(t, "import os\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            import time; time.sleep(30); os._exit(0)\n        n += 1\nexcept OSError as e:\n    result = {'forked': n, 'error': str(e)}", 20*time.Second)
+		if !out.OK || !strings.Contains(string(out.Result), "Resource temporarily unavailable") {
+			t.Errorf("fork bomb: ok=%v error=%q result=%s", out.OK, out.Error, out.Result)
+		}
+	}
+	out = b.run(t, "result = 'alive'", 10*time.Second)
+	if !out.OK || string(out.Result) != `"alive"` {
+		t.Errorf("next run: %+v", out)
+	}
+}
+
+func TestWarmRunsLeakNothing(t *testing.T) {
+	b := setup(t, "warm")
+	code := `import os, sys, json, matplotlib.pyplot as plt
+seen = {"global": "leak" in globals(), "module": hasattr(json, "leaked"), "figures": len(plt.get_fignums()),
+        "files": sorted(os.listdir(".")), "np_attr": hasattr(np, "leaked")}
+leak = 1
+json.leaked = 1
+np.leaked = 1
+plt.figure()
+open("left.txt", "w").write("x")
+result = seen`
+	for i := 0; i < 200; i++ {
+		out := b.run(t, code, 10*time.Second)
+		if !out.OK || string(out.Result) != `{"global":false,"module":false,"figures":0,"files":[],"np_attr":false}` {
+			t.Fatalf("run %d: ok=%v error=%q result=%s", i, out.OK, out.Error, out.Result)
+		}
+	}
+}
+
+func TestZygoteKilledMidRun(t *testing.T) {
+	b := setup(t, "warm")
+	w := b.exec.(*Warm)
+	pid := w.ZygotePID()
+	done := make(chan *Output, 1)
+	go func() { done <- b.run(t, "import time\ntime.sleep(30)", 60*time.Second) }()
+	time.Sleep(time.Second)
+	syscall.Kill(pid, syscall.SIGKILL)
+	select {
+	case out := <-done:
+		if out.OK || !strings.Contains(out.Error, "zygote died") {
+			t.Errorf("run in flight: ok=%v error=%q", out.OK, out.Error)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the run in flight hung after its zygote died")
+	}
+	out := b.run(t, "result = 1", 10*time.Second)
+	if !out.OK || w.ZygotePID() == pid {
+		t.Errorf("next run: ok=%v error=%q, zygote %d (was %d)", out.OK, out.Error, w.ZygotePID(), pid)
 	}
 }
