@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/ztrade/pyrunner/pkg/queue"
 	"github.com/ztrade/pyrunner/pkg/research"
 	"github.com/ztrade/pyrunner/pkg/run"
+	"github.com/ztrade/pyrunner/pkg/store"
 )
 
 // queueAllowance is how long past its own time limit a synchronous call
@@ -59,6 +61,9 @@ func (s *server) researchRun(c echo.Context) error {
 		s.store.DeleteRun(context.WithoutCancel(ctx), r.ID)
 		return run.Errorf(run.ECodeUnavailable, "cannot queue the run: redis unavailable")
 	}
+	if err := s.store.Wake(ctx, queue.QueueResearch, r.ID); err != nil {
+		slog.Warn("could not wake workers; the run waits for asynq's next poll", "run_id", r.ID, "err", err)
+	}
 	if !wait {
 		return c.JSON(http.StatusAccepted, map[string]string{"id": r.ID, "status": string(r.Status), "poll": pollURL(r.ID)})
 	}
@@ -88,21 +93,12 @@ func (s *server) researchCancel(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx := c.Request().Context()
-	if !r.Status.Terminal() {
-		if _, err := s.store.Update(ctx, r.ID, &run.Run{StopRequested: true}); err != nil {
-			return err
-		}
-		dropped, err := s.queue.Cancel(queue.QueueResearch, r.ID)
-		if err != nil {
-			return run.Errorf(run.ECodeUnavailable, "cannot cancel: %v", err)
-		}
-		if dropped {
-			msg := "stopped before it started"
-			b, _ := json.Marshal(research.Failure(msg, nil))
-			s.store.SetResult(ctx, r.ID, b)
-			s.store.Update(ctx, r.ID, &run.Run{Status: run.StatusStopped, FinishedAt: time.Now(), Error: msg})
-		}
+	outcome, err := s.store.RequestStop(c.Request().Context(), r.ID)
+	if err != nil {
+		return err
+	}
+	if outcome == store.StopQueued {
+		s.queue.Drop(queue.QueueResearch, r.ID)
 	}
 	return s.answerResearch(c, r.ID, 10*time.Second)
 }

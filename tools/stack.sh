@@ -40,7 +40,9 @@ start() {
   for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
   export PYRUNNER_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
   export PYRUNNER_READONLY_TYPE=sqlite PYRUNNER_READONLY_URI="$DB"
-  export PYRUNNER_LISTEN=":$PORT" PYRUNNER_WORK_DIR="$RUN/work"
+  # The work dir must be reachable by the user code runs as (nobody, when
+  # root), so it lives under /tmp rather than in a possibly private checkout.
+  export PYRUNNER_LISTEN=":$PORT" PYRUNNER_WORK_DIR="${TMPDIR:-/tmp}/pyrunner-stack-$PORT"
   export SCRIPT_SCRIPTS_PATH="${SCRIPT_SCRIPTS_PATH:-$PWD/examples/scripts}" SCRIPT_STATE_DIR="$RUN/state"
   nohup bin/pyrunner-api >"$RUN/api.log" 2>&1 & echo $! > "$RUN/api.pid"
   for i in 1 2; do

@@ -82,12 +82,21 @@ func start() error {
 	go liveness.Beat(bg, st, func() store.WorkerInfo { return info })
 	go liveness.Reap(bg, st)
 
+	research := newDispatcher(st, w.id, queue.QueueResearch, cfg.ResearchConcurrency, w.handleResearch)
+	if err := st.OnCancel(bg, research.cancel); err != nil {
+		return err
+	}
+	runsCtx, cancelRuns := context.WithCancel(context.Background())
+	defer cancelRuns()
+	wakeCtx, stopWake := context.WithCancel(bg)
+	defer stopWake()
+	go research.wakeLoop(wakeCtx, runsCtx)
 	srv, err := queue.Start(queue.ServerConfig{
 		RedisURL:        cfg.RedisURL,
 		Concurrency:     map[string]int{queue.QueueResearch: cfg.ResearchConcurrency},
 		CheckInterval:   cfg.TaskCheckInterval,
-		ShutdownTimeout: 5 * time.Second,
-		Handlers:        map[string]queue.Handler{queue.TypeResearch: w.handleResearch},
+		ShutdownTimeout: shutdownGrace,
+		Handlers:        map[string]queue.Handler{queue.TypeResearch: research.fromQueue},
 	})
 	if err != nil {
 		return err
@@ -96,7 +105,12 @@ func start() error {
 		"python", py, "executor", exe.Mode(), "sandbox", sandbox, "research_concurrency", cfg.ResearchConcurrency)
 	<-ctx.Done()
 	slog.Info("worker shutting down", "worker", w.id)
-	srv.Stop()
+	stopWake()
+	srv.Stop() // waits up to shutdownGrace, then cancels its runs
+	if !research.drain(time.Second) {
+		cancelRuns() // runs still going end terminated
+		research.drain(10 * time.Second)
+	}
 	cancelBg()
 	st.RemoveWorker(context.Background(), w.id)
 	return nil
@@ -104,6 +118,9 @@ func start() error {
 
 // newExecutor builds the configured executor. Inside the sandbox, the
 // worker's config file, its SQLite database and its state are masked.
+// shutdownGrace is how long a stopping worker lets research runs finish.
+const shutdownGrace = 5 * time.Second
+
 func newExecutor(cfg *config.Config, py, sandbox string, kc kline.Config) (executor.Executor, error) {
 	hide := []string{cfg.ZtradeConfig, cfg.StateDir, cfg.LogsDir}
 	if kc.DBType() == "sqlite" {

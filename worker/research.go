@@ -37,24 +37,20 @@ func (w *worker) handleResearch(ctx context.Context, id string) error {
 	} else if err != nil {
 		return err
 	}
-	if r.Status.Terminal() {
-		return nil // stopped while queued, or ended by a reaper
-	}
 	var stored research.Stored
 	if err := json.Unmarshal([]byte(r.Request), &stored); err != nil {
 		return w.finishResearch(bg, r, research.Failure("bad request in run record: "+err.Error(), nil), run.StatusFailed)
 	}
 	req := stored.Request
+	// Hold first: a worker that dies right after claiming still has its
+	// run found by the reaper.
 	if err := w.store.HoldRun(ctx, w.id, id); err != nil {
 		return err
 	}
 	defer w.store.ReleaseRun(bg, w.id, id)
 	started := time.Now()
-	if ok, err := w.store.Update(ctx, id, &run.Run{Status: run.StatusStarting, Worker: w.id, StartedAt: started}); err != nil || !ok {
-		return err
-	}
-	if r.StopRequested {
-		return w.finishResearch(bg, r, research.Failure("stopped before it started", nil), run.StatusStopped)
+	if ok, err := w.store.Claim(ctx, id, w.id, started); err != nil || !ok {
+		return err // another worker has it, or it was stopped in queue
 	}
 	meta := &research.Meta{
 		Exchange: req.Exchange, Symbol: req.Symbol, BinSize: req.BinSize, Start: req.Start, End: req.End,
@@ -81,7 +77,8 @@ func (w *worker) handleResearch(ctx context.Context, id string) error {
 		return finish(research.Failure(msg, meta), run.StatusFailed)
 	}
 	meta.Rows, meta.Source = f.Len(), source
-	w.store.Update(ctx, id, &run.Run{Status: run.StatusRunning})
+	w.store.Update(ctx, id, &run.Run{Status: run.StatusRunning}) // a stopping run stays stopping: see below
+
 
 	execStart := time.Now()
 	out, err := w.exec.Run(ctx, executor.Job{

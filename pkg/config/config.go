@@ -106,7 +106,7 @@ func (c *Config) settings() []setting {
 		{"PYRUNNER_LOG_TAIL_BYTES", "1048576", "script output kept in Redis per stream", num(&c.LogTailBytes)},
 		{"PYRUNNER_RESEARCH_CONCURRENCY", strconv.Itoa(runtime.NumCPU()), "research runs at once per worker", num(&c.ResearchConcurrency)},
 		{"PYRUNNER_SCRIPT_CONCURRENCY", "16", "script runs at once per worker", num(&c.ScriptConcurrency)},
-		{"PYRUNNER_TASK_CHECK_INTERVAL", "20ms", "how often an idle worker polls an empty queue", dur(&c.TaskCheckInterval)},
+		{"PYRUNNER_TASK_CHECK_INTERVAL", "250ms", "how often an idle worker polls asynq's queue (new runs also wake idle workers at once)", dur(&c.TaskCheckInterval)},
 		{"PYRUNNER_EXECUTOR", "warm", "warm (forking zygote) or cold (fresh interpreter per run)", str(&c.Executor)},
 		{"PYRUNNER_PRELOAD", "", "comma-separated modules the warm zygote imports besides numpy, pandas, matplotlib", str(&c.Preload)},
 		{"PYRUNNER_SANDBOX", "auto", "auto, bwrap or none", str(&c.Sandbox)},

@@ -144,3 +144,15 @@ func (f *Frame) Head(n int) *Frame {
 	return &Frame{Start: f.Start[:n], Open: f.Open[:n], High: f.High[:n], Low: f.Low[:n],
 		Close: f.Close[:n], Volume: f.Volume[:n], Turnover: f.Turnover[:n], Trades: f.Trades[:n]}
 }
+
+// AppendFrame adds all of g's rows.
+func (f *Frame) AppendFrame(g *Frame) {
+	f.Start = append(f.Start, g.Start...)
+	f.Open = append(f.Open, g.Open...)
+	f.High = append(f.High, g.High...)
+	f.Low = append(f.Low, g.Low...)
+	f.Close = append(f.Close, g.Close...)
+	f.Volume = append(f.Volume, g.Volume...)
+	f.Turnover = append(f.Turnover, g.Turnover...)
+	f.Trades = append(f.Trades, g.Trades...)
+}

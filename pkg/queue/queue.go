@@ -75,18 +75,12 @@ func (c *Client) enqueue(ctx context.Context, typ, queue, runID string, timeout 
 	return nil
 }
 
-// Cancel drops a run still waiting in queue (dropped=true), or else asks
-// whichever worker is running it to cancel its handler's context.
-func (c *Client) Cancel(queue, runID string) (dropped bool, err error) {
-	if err := c.inspector.DeleteTask(queue, runID); err == nil {
-		return true, nil
-	} else if !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
-		slog.Debug("task not deletable, cancelling its processing", "run_id", runID, "err", err)
+// Drop removes a run's task if it is still waiting in queue. It is
+// best-effort: a task already taken finds its run stopped and does nothing.
+func (c *Client) Drop(queue, runID string) {
+	if err := c.inspector.DeleteTask(queue, runID); err != nil && !errors.Is(err, asynq.ErrTaskNotFound) {
+		slog.Debug("task not dropped from queue", "run_id", runID, "err", err)
 	}
-	if err := c.inspector.CancelProcessing(runID); err != nil {
-		return false, fmt.Errorf("queue: cancel %s: %w", runID, err)
-	}
-	return false, nil
 }
 
 // Sizes are a queue's task counts.

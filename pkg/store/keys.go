@@ -25,3 +25,12 @@ func (s *Store) WorkerKey(id string) string { return s.prefix + "worker:" + id }
 
 // WorkerRunsKey is the set of run ids a worker holds right now.
 func (s *Store) WorkerRunsKey(id string) string { return s.prefix + "worker:" + id + ":runs" }
+
+// CancelChannel is the pub/sub channel on which a run's id is published
+// when a client asks to stop it; the worker running it kills it.
+func (s *Store) CancelChannel() string { return s.prefix + "events:cancel" }
+
+// WakeKey is the list a queue's new run ids are pushed to, so an idle
+// worker blocked on it starts the run at once instead of at asynq's next
+// poll.
+func (s *Store) WakeKey(queue string) string { return s.prefix + "wake:" + queue }

@@ -1,0 +1,388 @@
+// Command bench measures pyrunner on this machine with the real binaries
+// (a private redis-server, bin/pyrunner-api, bin/pyrunner-worker) and
+// prints a Markdown table, also written to bench/RESULTS.md:
+//
+//	(a) p50/p99 latency of a trivial synchronous research call, warm and cold
+//	(b) sustained trivial runs/s with one and with two workers
+//	(c) time to deliver a 1M-row frame to user code, next to pandas.read_sql
+//	(d) worker RSS (worker + zygote + children) at rest and under load
+//
+// Run it with `make bench`.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ztrade/pyrunner/pkg/kline"
+)
+
+const (
+	t0      = 1735689600
+	bigRows = 1_000_000
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type stack struct {
+	base    string
+	procs   []*exec.Cmd
+	workers []*exec.Cmd
+}
+
+func (s *stack) stop() {
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		s.procs[i].Process.Signal(syscall.SIGTERM)
+	}
+	for _, p := range s.procs {
+		done := make(chan struct{})
+		go func() { p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			p.Process.Kill()
+		}
+	}
+}
+
+func freePort() int {
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func start(dir, db string, workers int, env ...string) (*stack, error) {
+	s := &stack{}
+	rport, aport := freePort(), freePort()
+	redis := exec.Command("redis-server", "--port", strconv.Itoa(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	if err := redis.Start(); err != nil {
+		return nil, err
+	}
+	s.procs = append(s.procs, redis)
+	time.Sleep(200 * time.Millisecond)
+	s.base = fmt.Sprintf("http://127.0.0.1:%d", aport)
+	work := filepath.Join(dir, fmt.Sprintf("work-%d", aport))
+	common := append(os.Environ(),
+		fmt.Sprintf("PYRUNNER_REDIS_URL=redis://127.0.0.1:%d/0", rport),
+		fmt.Sprintf("PYRUNNER_LISTEN=127.0.0.1:%d", aport),
+		"PYRUNNER_READONLY_TYPE=sqlite", "PYRUNNER_READONLY_URI="+db,
+		"PYRUNNER_WORK_DIR="+work, "PYRUNNER_MAX_ROWS=2000000", "PYRUNNER_LOG_LEVEL=warn",
+		"PYRUNNER_ZTRADE_CONFIG=/nonexistent")
+	common = append(common, env...)
+	logf, _ := os.Create(filepath.Join(dir, fmt.Sprintf("stack-%d.log", aport)))
+	for i := 0; i <= workers; i++ {
+		bin := "bin/pyrunner-worker"
+		if i == 0 {
+			bin = "bin/pyrunner-api"
+		}
+		c := exec.Command(bin)
+		c.Env, c.Stdout, c.Stderr = common, logf, logf
+		if err := c.Start(); err != nil {
+			s.stop()
+			return nil, err
+		}
+		s.procs = append(s.procs, c)
+		if i > 0 {
+			s.workers = append(s.workers, c)
+		}
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var h struct {
+			Workers []any `json:"workers"`
+		}
+		if resp, err := http.Get(s.base + "/health"); err == nil {
+			json.NewDecoder(resp.Body).Decode(&h)
+			resp.Body.Close()
+			if len(h.Workers) == workers {
+				return s, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			s.stop()
+			return nil, fmt.Errorf("stack did not come up; see %s", logf.Name())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+var client = &http.Client{Timeout: 5 * time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+
+type result struct {
+	OK     bool            `json:"ok"`
+	Error  *string         `json:"error"`
+	Result json.RawMessage `json:"result"`
+	Meta   struct {
+		Rows   int   `json:"rows"`
+		LoadMs int64 `json:"loadMs"`
+		ExecMs int64 `json:"execMs"`
+	} `json:"meta"`
+}
+
+func (s *stack) research(body string) (*result, time.Duration, error) {
+	t := time.Now()
+	resp, err := client.Post(s.base+"/v1/research/run", "application/json", strings.NewReader(body))
+	if err != nil {
+		return nil, 0, err
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	d := time.Since(t)
+	var r result
+	if err := json.Unmarshal(b, &r); err != nil || !r.OK {
+		return &r, d, fmt.Errorf("run failed: %s", b)
+	}
+	return &r, d, nil
+}
+
+// trivial is a 1 000-row frame and result = len(df).
+var trivial = fmt.Sprintf(`{"exchange":"binance","symbol":"BTCUSDT","binSize":"1m","start":%d,"end":%d,"code":"result = len(df)"}`, t0, t0+999*60)
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[int(float64(len(s)-1)*p)]
+}
+
+func latency(s *stack, n int) (p50, p99 time.Duration, err error) {
+	for i := 0; i < 5; i++ { // warm up connections and caches
+		if _, _, err := s.research(trivial); err != nil {
+			return 0, 0, err
+		}
+	}
+	var ds []time.Duration
+	for i := 0; i < n; i++ {
+		_, d, err := s.research(trivial)
+		if err != nil {
+			return 0, 0, err
+		}
+		ds = append(ds, d)
+	}
+	return percentile(ds, 0.5), percentile(ds, 0.99), nil
+}
+
+// throughput runs trivial calls from clients goroutines for d and
+// samples the workers' RSS meanwhile.
+func throughput(s *stack, clients int, d time.Duration) (perSec float64, peakRSS int64, err error) {
+	var n atomic.Int64
+	var firstErr atomic.Value
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				if _, _, err := s.research(trivial); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				n.Add(1)
+			}
+		}()
+	}
+	var peak int64
+	go func() {
+		for ctx.Err() == nil {
+			if r := s.rss(); r > peak {
+				peak = r
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	wg.Wait()
+	if e := firstErr.Load(); e != nil {
+		return 0, 0, e.(error)
+	}
+	return float64(n.Load()) / time.Since(start).Seconds(), peak, nil
+}
+
+// rss sums VmRSS (bytes) of the workers and all their descendants.
+func (s *stack) rss() int64 {
+	children := map[int][]int{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+		ppid, _ := strconv.Atoi(f[1])
+		children[ppid] = append(children[ppid], pid)
+	}
+	var total int64
+	var walk func(int)
+	walk = func(pid int) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "VmRSS:") {
+				kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+				total += kb << 10
+			}
+		}
+		for _, c := range children[pid] {
+			walk(c)
+		}
+	}
+	for _, w := range s.workers {
+		walk(w.Process.Pid)
+	}
+	return total
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
+
+func run() error {
+	dir, err := os.MkdirTemp("", "pyrunner-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o711)
+	db := filepath.Join(dir, "exchange.db")
+	fmt.Fprintln(os.Stderr, "bench: writing demo data and a 1M-row table…")
+	w, err := kline.OpenWriter("sqlite", db)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if err := w.WriteDemo(ctx, t0, 2); err != nil {
+		return err
+	}
+	if err := w.CreateTable(ctx, "bench_BIG_1m", true); err != nil {
+		return err
+	}
+	if err := w.Insert(ctx, "bench_BIG_1m", kline.Generate(kline.DemoMarkets[0], t0, bigRows, 7), true); err != nil {
+		return err
+	}
+	w.Close()
+
+	var rows [][2]string
+	add := func(k, v string) { rows = append(rows, [2]string{k, v}); fmt.Fprintf(os.Stderr, "bench: %s: %s\n", k, v) }
+
+	// (a) latency, warm and cold
+	lat := map[string][2]time.Duration{}
+	for _, mode := range []string{"warm", "cold"} {
+		s, err := start(dir, db, 1, "PYRUNNER_EXECUTOR="+mode)
+		if err != nil {
+			return err
+		}
+		n := 300
+		if mode == "cold" {
+			n = 50
+		}
+		p50, p99, err := latency(s, n)
+		s.stop()
+		if err != nil {
+			return err
+		}
+		lat[mode] = [2]time.Duration{p50, p99}
+		add(fmt.Sprintf("(a) trivial sync call, %s: p50 / p99 (n=%d)", mode, n), ms(p50)+" / "+ms(p99))
+	}
+	add("(a) cold p50 / warm p50", fmt.Sprintf("%.1f×", float64(lat["cold"][0])/float64(lat["warm"][0])))
+
+	// (b) throughput and (d) RSS
+	for _, workers := range []int{1, 2} {
+		s, err := start(dir, db, workers, "PYRUNNER_EXECUTOR=warm")
+		if err != nil {
+			return err
+		}
+		time.Sleep(time.Second)
+		rest := s.rss()
+		perSec, peak, err := throughput(s, 8, 10*time.Second)
+		s.stop()
+		if err != nil {
+			return err
+		}
+		add(fmt.Sprintf("(b) sustained trivial runs/s, %d worker(s), 8 clients", workers), fmt.Sprintf("%.0f runs/s", perSec))
+		add(fmt.Sprintf("(d) RSS of %d worker(s) incl. zygote and children: at rest / peak under load", workers), mib(rest)+" / "+mib(peak))
+	}
+
+	// (c) 1M-row frame to user code vs pandas.read_sql
+	s, err := start(dir, db, 1, "PYRUNNER_EXECUTOR=warm")
+	if err != nil {
+		return err
+	}
+	body := fmt.Sprintf(`{"exchange":"bench","symbol":"BIG","binSize":"1m","start":0,"end":%d,"limit":%d,"code":"result = [len(df), float(df.close.sum())]"}`, t0+bigRows*60, bigRows)
+	var best time.Duration
+	var bestR *result
+	for i := 0; i < 3; i++ {
+		r, d, err := s.research(body)
+		if err != nil {
+			s.stop()
+			return err
+		}
+		if best == 0 || d < best {
+			best, bestR = d, r
+		}
+	}
+	py := "/usr/bin/python3"
+	if p, err := exec.LookPath(os.Getenv("PYRUNNER_PYTHON")); err == nil {
+		py = p
+	}
+	s.stop()
+	out, err := exec.Command(py, "-c", fmt.Sprintf(`
+import sqlite3, time, pandas as pd
+best = None
+for _ in range(3):
+    t = time.perf_counter()
+    con = sqlite3.connect("file:%s?mode=ro", uri=True)
+    df = pd.read_sql("SELECT start, open, high, low, close, volume, turnover, trades FROM bench_BIG_1m WHERE start >= ? AND start <= ? ORDER BY start LIMIT ?", con, params=(0, %d, %d))
+    df["time"] = pd.to_datetime(df["start"], unit="s", utc=True)
+    d = time.perf_counter() - t
+    con.close()
+    assert len(df) == %d
+    best = d if best is None else min(best, d)
+print(best)`, db, t0+bigRows*60, bigRows, bigRows)).Output()
+	if err != nil {
+		return fmt.Errorf("pandas.read_sql: %w", err)
+	}
+	readSQL, _ := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
+	delivered := time.Duration(bestR.Meta.LoadMs+bestR.Meta.ExecMs) * time.Millisecond
+	add("(c) 1M-row frame to user code (load + hand-off + df, meta loadMs+execMs)", ms(delivered)+fmt.Sprintf(" (whole call %s)", ms(best)))
+	add("(c) pandas.read_sql of the same rows, same SQLite, same Python", ms(time.Duration(readSQL*float64(time.Second))))
+	add("(c) read_sql / pyrunner", fmt.Sprintf("%.1f×", readSQL*1000/float64(delivered.Milliseconds())))
+
+	var md strings.Builder
+	host, _ := os.Hostname()
+	fmt.Fprintf(&md, "# pyrunner benchmark\n\nMeasured by `make bench` on %s (%d cores), %s.\n\n| measure | value |\n|---|---|\n",
+		host, runtimeCPUs(), time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+	for _, r := range rows {
+		fmt.Fprintf(&md, "| %s | %s |\n", r[0], r[1])
+	}
+	fmt.Print(md.String())
+	return os.WriteFile("bench/RESULTS.md", []byte(md.String()), 0o644)
+}
+
+func runtimeCPUs() int {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	return strings.Count(string(b), "processor\t:")
+}

@@ -1,0 +1,144 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ztrade/pyrunner/pkg/run"
+)
+
+// Dispatch: asynq is the durable queue, but it polls an empty queue only
+// every TaskCheckInterval. To start a run at once, the API also pushes its
+// id to a wake list that idle workers block on (BLPOP). Whichever path
+// reaches a run first claims it atomically (Claim); the other finds it
+// claimed and does nothing.
+
+// claimScript moves a queued run to starting for one worker.
+//
+// KEYS[1] run hash
+// ARGV[1] worker id
+// ARGV[2] started_at
+// Output: 1 when claimed; 0 when the run is missing, not queued, or stopped.
+var claimScript = redis.NewScript(`
+local f = redis.call('HMGET', KEYS[1], 'status', 'stop_requested')
+if f[1] ~= 'queued' or f[2] == '1' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'starting', 'worker', ARGV[1], 'started_at', ARGV[2])
+return 1
+`)
+
+// Claim makes worker the owner of queued run id. Only one caller wins.
+func (s *Store) Claim(ctx context.Context, id, worker string, at time.Time) (bool, error) {
+	n, err := claimScript.Run(ctx, s.rdb, []string{s.RunKey(id)}, worker, run.FormatTime(at)).Int()
+	if err != nil {
+		return false, fmt.Errorf("store: claim %s: %w", id, err)
+	}
+	return n == 1, nil
+}
+
+// stopScript marks a stop request; a run still queued ends stopped at once.
+//
+// KEYS[1] run hash
+// KEYS[2] done channel
+// ARGV[1] run id
+// ARGV[2] finished_at
+// ARGV[3] error text for a run stopped in queue
+// Output: "queued" (ended now), "active" (its worker must kill it), or "ended".
+var stopScript = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+if st == 'succeeded' or st == 'failed' or st == 'stopped' or st == 'timeout' or st == 'terminated' then return 'ended' end
+redis.call('HSET', KEYS[1], 'stop_requested', '1')
+if st == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'stopped', 'finished_at', ARGV[2], 'error', ARGV[3])
+  redis.call('PUBLISH', KEYS[2], ARGV[1])
+  return 'queued'
+end
+if st == 'running' or st == 'starting' then redis.call('HSET', KEYS[1], 'status', 'stopping') end
+return 'active'
+`)
+
+// StopOutcome tells what RequestStop did.
+type StopOutcome string
+
+const (
+	StopQueued StopOutcome = "queued" // the run had not started: it is stopped now
+	StopActive StopOutcome = "active" // the run is starting or running: its worker was told
+	StopEnded  StopOutcome = "ended"  // the run had already ended
+)
+
+// RequestStop records a client's stop request. A queued run ends stopped
+// right away; for an active one the cancel is published to all workers.
+func (s *Store) RequestStop(ctx context.Context, id string) (StopOutcome, error) {
+	out, err := stopScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.DoneChannel()},
+		id, run.FormatTime(time.Now()), "stopped before it started").Text()
+	if err != nil {
+		return "", fmt.Errorf("store: stop %s: %w", id, err)
+	}
+	if out == "missing" {
+		return "", run.Errorf(run.ECodeNotFound, "run %s not found", id)
+	}
+	if StopOutcome(out) == StopActive {
+		if err := s.rdb.Publish(ctx, s.CancelChannel(), id).Err(); err != nil {
+			return "", fmt.Errorf("store: publish stop of %s: %w", id, err)
+		}
+	}
+	return StopOutcome(out), nil
+}
+
+// OnCancel calls fn with each run id a client asks to stop, until ctx ends.
+// It returns once subscribed.
+func (s *Store) OnCancel(ctx context.Context, fn func(id string)) error {
+	ps := s.rdb.Subscribe(ctx, s.CancelChannel())
+	if _, err := ps.Receive(ctx); err != nil {
+		ps.Close()
+		return fmt.Errorf("store: subscribe to cancels: %w", err)
+	}
+	go func() {
+		defer ps.Close()
+		ch := ps.Channel()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case m, ok := <-ch:
+				if !ok {
+					return
+				}
+				fn(m.Payload)
+			}
+		}
+	}()
+	return nil
+}
+
+// Wake pushes a new run id for idle workers of queue. The list is trimmed
+// so ids nobody was idle for cannot pile up (asynq still delivers them).
+func (s *Store) Wake(ctx context.Context, queue, id string) error {
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.LPush(ctx, s.WakeKey(queue), id)
+		p.LTrim(ctx, s.WakeKey(queue), 0, 999)
+		p.Expire(ctx, s.WakeKey(queue), time.Hour)
+		return nil
+	})
+	return err
+}
+
+// Awaken blocks up to timeout for a run id pushed by Wake ("" on timeout).
+func (s *Store) Awaken(ctx context.Context, queue string, timeout time.Duration) (string, error) {
+	v, err := s.rdb.BRPop(ctx, timeout, s.WakeKey(queue)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			slog.Debug("wake list read failed", "err", err)
+		}
+		return "", err
+	}
+	return v[1], nil
+}
