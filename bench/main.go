@@ -286,7 +286,10 @@ func run() error {
 	w.Close()
 
 	var rows [][2]string
-	add := func(k, v string) { rows = append(rows, [2]string{k, v}); fmt.Fprintf(os.Stderr, "bench: %s: %s\n", k, v) }
+	add := func(k, v string) {
+		rows = append(rows, [2]string{k, v})
+		fmt.Fprintf(os.Stderr, "bench: %s: %s\n", k, v)
+	}
 
 	// (a) latency, warm and cold
 	lat := map[string][2]time.Duration{}

@@ -74,8 +74,22 @@ def send_msg(sock, header, body=b""):
 
 # ------------------------------------------------------------------ frames
 
+_UTC = pd.DatetimeTZDtype(tz="UTC")
+
+
+def _utc_times(start):
+    """datetime64[ns, UTC] from unix seconds, without pandas' general
+    to_datetime parser (4x faster in a freshly forked child)."""
+    ns = (start * 1_000_000_000).view("M8[ns]")
+    try:
+        return pd.arrays.DatetimeArray._from_sequence(ns, dtype=_UTC)
+    except (AttributeError, TypeError):  # another pandas: the public way
+        return pd.to_datetime(start, unit="s", utc=True)
+
+
 def frame_to_df(header, body):
-    """Build the documented DataFrame from a frame header and its body."""
+    """Build the documented DataFrame from a frame header and its body.
+    Columns map the body's bytes (numpy.frombuffer), they are not parsed."""
     n = int(header.get("rows", 0))
     cols = {}
     off = 0
@@ -86,11 +100,11 @@ def frame_to_df(header, body):
         else:
             cols[c["name"]] = np.empty(0, dtype=dt)
         off += n * dt.itemsize
-    df = pd.DataFrame(cols, columns=COLUMNS, copy=False)
-    df["start"] = df["start"].astype("int64", copy=False)
-    df["trades"] = df["trades"].astype("int64", copy=False)
-    df["time"] = pd.to_datetime(df["start"], unit="s", utc=True).astype("datetime64[ns, UTC]")
-    return df
+    cols = {name: cols[name] for name in COLUMNS}
+    cols["start"] = cols["start"].astype("int64", copy=False)
+    cols["trades"] = cols["trades"].astype("int64", copy=False)
+    cols["time"] = _utc_times(cols["start"])
+    return pd.DataFrame(cols, copy=False)
 
 
 def make_load_kline(sock):

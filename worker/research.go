@@ -79,7 +79,6 @@ func (w *worker) handleResearch(ctx context.Context, id string) error {
 	meta.Rows, meta.Source = f.Len(), source
 	w.store.Update(ctx, id, &run.Run{Status: run.StatusRunning}) // a stopping run stays stopping: see below
 
-
 	execStart := time.Now()
 	out, err := w.exec.Run(ctx, executor.Job{
 		RunID: id, Code: req.Code, Timeout: time.Duration(req.TimeoutSec) * time.Second, Frame: f,
