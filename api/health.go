@@ -16,7 +16,7 @@ func (s *server) health(c echo.Context) error {
 	ctx := c.Request().Context()
 	body := map[string]any{
 		"status":       "ok",
-		"scripts_root": s.cfg.ScriptsPath,
+		"scripts_root": s.scripts.Root(),
 		"jwt_auth":     s.cfg.JWTAuth,
 		"redis":        "ok",
 		"workers":      []store.WorkerInfo{},

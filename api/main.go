@@ -21,6 +21,7 @@ import (
 	"github.com/ztrade/pyrunner/pkg/config"
 	"github.com/ztrade/pyrunner/pkg/liveness"
 	"github.com/ztrade/pyrunner/pkg/queue"
+	"github.com/ztrade/pyrunner/pkg/scripts"
 	"github.com/ztrade/pyrunner/pkg/store"
 )
 
@@ -35,8 +36,10 @@ func main() {
 type server struct {
 	cfg    *config.Config
 	store  *store.Store
-	queue  *queue.Client
-	waiter *store.Waiter
+	queue     *queue.Client
+	waiter    *store.Waiter
+	logWaiter *store.Waiter
+	scripts   *scripts.Folder
 }
 
 func start() error {
@@ -64,9 +67,22 @@ func start() error {
 	if err != nil {
 		return fmt.Errorf("subscribe to completions: %w", err)
 	}
+	logWaiter, err := st.NewLogWaiter(bg)
+	if err != nil {
+		return fmt.Errorf("subscribe to output: %w", err)
+	}
 	go liveness.Reap(bg, st)
+	folder, err := scripts.New(cfg.ScriptsPath)
+	if err != nil {
+		return err
+	}
+	if list, err := folder.Rescan(); err != nil {
+		slog.Warn("scripts folder not scanned", "root", folder.Root(), "err", err)
+	} else {
+		slog.Info("scripts scanned", "root", folder.Root(), "count", len(list))
+	}
 
-	s := &server{cfg: cfg, store: st, queue: q, waiter: waiter}
+	s := &server{cfg: cfg, store: st, queue: q, waiter: waiter, logWaiter: logWaiter, scripts: folder}
 	e := s.routes()
 	httpSrv := &http.Server{Addr: cfg.Listen, Handler: e, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
@@ -98,5 +114,17 @@ func (s *server) routes() *echo.Echo {
 	e.POST("/v1/research/run", s.researchRun)
 	e.GET("/v1/research/runs/:id", s.researchGet)
 	e.POST("/v1/research/runs/:id/cancel", s.researchCancel)
+
+	p := s.cfg.APIPrefix
+	e.GET(p+"/scripts", s.listScripts)
+	e.POST(p+"/scripts/rescan", s.rescanScripts)
+	e.POST(p+"/runs", s.startRun)
+	e.GET(p+"/runs", s.listRuns)
+	e.GET(p+"/runs/active", s.activeRuns)
+	e.POST(p+"/runs/all", s.startAll)
+	e.POST(p+"/runs/stop_all", s.stopAll)
+	e.GET(p+"/runs/:run_id", s.getRun)
+	e.POST(p+"/runs/:run_id/stop", s.stopRun)
+	e.GET(p+"/runs/:run_id/logs", s.runLogs)
 	return e
 }

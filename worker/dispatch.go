@@ -24,11 +24,16 @@ type dispatcher struct {
 	mu      sync.Mutex
 	running map[string]context.CancelFunc
 	wg      sync.WaitGroup
+
+	// halted is cancelled at shutdown: every run's context ends with it.
+	halted context.Context
+	halt   context.CancelFunc
 }
 
 func newDispatcher(st *store.Store, worker, queue string, concurrency int, exec func(context.Context, string) error) *dispatcher {
+	halted, halt := context.WithCancel(context.Background())
 	return &dispatcher{store: st, worker: worker, queue: queue, slots: make(chan struct{}, concurrency),
-		exec: exec, running: map[string]context.CancelFunc{}}
+		exec: exec, running: map[string]context.CancelFunc{}, halted: halted, halt: halt}
 }
 
 // fromQueue is the asynq handler: runs the task unless the wake path got
@@ -48,8 +53,8 @@ func (d *dispatcher) fromQueue(ctx context.Context, id string) error {
 }
 
 // wakeLoop takes run ids from the wake list whenever a slot is free, until
-// ctx ends. Runs it starts live in runs (cancelled at shutdown).
-func (d *dispatcher) wakeLoop(ctx, runs context.Context) {
+// ctx ends.
+func (d *dispatcher) wakeLoop(ctx context.Context) {
 	for {
 		select {
 		case d.slots <- struct{}{}:
@@ -71,17 +76,19 @@ func (d *dispatcher) wakeLoop(ctx, runs context.Context) {
 		go func() {
 			defer d.wg.Done()
 			defer func() { <-d.slots }()
-			if err := d.run(runs, id); err != nil {
+			if err := d.run(context.Background(), id); err != nil {
 				slog.Error("run failed in the worker", "run_id", id, "err", err)
 			}
 		}()
 	}
 }
 
-// run executes one run with a context a stop request can cancel.
+// run executes one run with a context that a stop request or the halt at
+// shutdown cancels.
 func (d *dispatcher) run(parent context.Context, id string) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
+	defer context.AfterFunc(d.halted, cancel)()
 	d.mu.Lock()
 	d.running[id] = cancel
 	d.mu.Unlock()

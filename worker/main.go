@@ -20,6 +20,7 @@ import (
 	"github.com/ztrade/pyrunner/pkg/liveness"
 	"github.com/ztrade/pyrunner/pkg/queue"
 	"github.com/ztrade/pyrunner/pkg/run"
+	"github.com/ztrade/pyrunner/pkg/scripts"
 	"github.com/ztrade/pyrunner/pkg/store"
 )
 
@@ -69,8 +70,12 @@ func start() error {
 	defer st.Close()
 
 	host, _ := os.Hostname()
+	folder, err := scripts.New(cfg.ScriptsPath)
+	if err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
 	w := &worker{
-		id: fmt.Sprintf("%s:%d", host, os.Getpid()), cfg: cfg, db: db, exec: exe, store: st,
+		id: fmt.Sprintf("%s:%d", host, os.Getpid()), cfg: cfg, db: db, exec: exe, store: st, scripts: folder, python: py,
 	}
 	info := store.WorkerInfo{
 		ID: w.id, Host: host, PID: os.Getpid(), StartedAt: run.FormatTime(time.Now()),
@@ -83,44 +88,55 @@ func start() error {
 	go liveness.Reap(bg, st)
 
 	research := newDispatcher(st, w.id, queue.QueueResearch, cfg.ResearchConcurrency, w.handleResearch)
-	if err := st.OnCancel(bg, research.cancel); err != nil {
+	scriptsD := newDispatcher(st, w.id, queue.QueueScripts, cfg.ScriptConcurrency, w.handleScript)
+	if err := st.OnCancel(bg, func(id string) { research.cancel(id); scriptsD.cancel(id) }); err != nil {
 		return err
 	}
-	runsCtx, cancelRuns := context.WithCancel(context.Background())
-	defer cancelRuns()
 	wakeCtx, stopWake := context.WithCancel(bg)
 	defer stopWake()
-	go research.wakeLoop(wakeCtx, runsCtx)
+	go research.wakeLoop(wakeCtx)
+	go scriptsD.wakeLoop(wakeCtx)
+	grace := time.Duration(cfg.TerminateTimeoutSeconds) * time.Second
 	srv, err := queue.Start(queue.ServerConfig{
 		RedisURL:        cfg.RedisURL,
-		Concurrency:     map[string]int{queue.QueueResearch: cfg.ResearchConcurrency},
+		Concurrency:     map[string]int{queue.QueueResearch: cfg.ResearchConcurrency, queue.QueueScripts: cfg.ScriptConcurrency},
 		CheckInterval:   cfg.TaskCheckInterval,
-		ShutdownTimeout: shutdownGrace,
-		Handlers:        map[string]queue.Handler{queue.TypeResearch: research.fromQueue},
+		ShutdownTimeout: researchGrace + grace + 5*time.Second,
+		Handlers: map[string]queue.Handler{
+			queue.TypeResearch: research.fromQueue,
+			queue.TypeScript:   scriptsD.fromQueue,
+		},
 	})
 	if err != nil {
 		return err
 	}
 	slog.Info("worker ready", "worker", w.id, "redis", config.RedactURL(cfg.RedisURL), "db_type", db.Type(),
-		"python", py, "executor", exe.Mode(), "sandbox", sandbox, "research_concurrency", cfg.ResearchConcurrency)
+		"python", py, "executor", exe.Mode(), "sandbox", sandbox, "research_concurrency", cfg.ResearchConcurrency,
+		"script_concurrency", cfg.ScriptConcurrency, "scripts_root", w.scripts.Root())
 	<-ctx.Done()
 	slog.Info("worker shutting down", "worker", w.id)
+	// Take nothing new; stop scripts now (they end terminated, never
+	// re-run); let research runs finish for a moment, then end them too.
 	stopWake()
-	srv.Stop() // waits up to shutdownGrace, then cancels its runs
-	if !research.drain(time.Second) {
-		cancelRuns() // runs still going end terminated
-		research.drain(10 * time.Second)
-	}
+	scriptsD.halt()
+	go func() {
+		time.Sleep(researchGrace)
+		research.halt()
+	}()
+	srv.Stop()
+	scriptsD.drain(grace + 5*time.Second)
+	research.drain(researchGrace + 5*time.Second)
 	cancelBg()
 	st.RemoveWorker(context.Background(), w.id)
+	slog.Info("worker stopped", "worker", w.id)
 	return nil
 }
 
+// researchGrace is how long a stopping worker lets research runs finish.
+const researchGrace = 5 * time.Second
+
 // newExecutor builds the configured executor. Inside the sandbox, the
 // worker's config file, its SQLite database and its state are masked.
-// shutdownGrace is how long a stopping worker lets research runs finish.
-const shutdownGrace = 5 * time.Second
-
 func newExecutor(cfg *config.Config, py, sandbox string, kc kline.Config) (executor.Executor, error) {
 	hide := []string{cfg.ZtradeConfig, cfg.StateDir, cfg.LogsDir}
 	if kc.DBType() == "sqlite" {

@@ -14,6 +14,7 @@ import (
 	"github.com/ztrade/pyrunner/pkg/kline"
 	"github.com/ztrade/pyrunner/pkg/research"
 	"github.com/ztrade/pyrunner/pkg/run"
+	"github.com/ztrade/pyrunner/pkg/scripts"
 	"github.com/ztrade/pyrunner/pkg/store"
 )
 
@@ -22,8 +23,10 @@ type worker struct {
 	id    string
 	cfg   *config.Config
 	db    *kline.DB
-	exec  executor.Executor
-	store *store.Store
+	exec    executor.Executor
+	store   *store.Store
+	scripts *scripts.Folder
+	python  string
 }
 
 // handleResearch runs one research run from its record to its result.

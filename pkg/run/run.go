@@ -6,6 +6,7 @@
 package run
 
 import (
+	"encoding/json"
 	"strconv"
 	"time"
 )
@@ -81,7 +82,17 @@ type Run struct {
 	StopRequested bool
 	// Request is the kind-specific request, as JSON.
 	Request string
+
+	// Script runs only.
+	Script     string   // path relative to the scripts root
+	Argv       []string // the command line
+	PID        int      // process id on the worker's host, once started
+	StdoutPath string   // full log files on the worker's host
+	StderrPath string
 }
+
+// Active reports whether s is a status of a run not yet ended.
+func (s Status) Active() bool { return s.Valid() && !s.Terminal() }
 
 // TimeLayout is the seed's timestamp form: RFC 3339 with microseconds and a
 // numeric UTC offset, e.g. 2026-01-02T03:04:05.123456+00:00.
@@ -139,6 +150,16 @@ func (r *Run) Fields() map[string]string {
 		f["stop_requested"] = "1"
 	}
 	put("request", r.Request)
+	put("script", r.Script)
+	if r.Argv != nil {
+		b, _ := json.Marshal(r.Argv)
+		f["argv"] = string(b)
+	}
+	if r.PID != 0 {
+		f["pid"] = strconv.Itoa(r.PID)
+	}
+	put("stdout_path", r.StdoutPath)
+	put("stderr_path", r.StderrPath)
 	return f
 }
 
@@ -156,6 +177,11 @@ func FromFields(f map[string]string) *Run {
 		Owner:         f["owner"],
 		StopRequested: f["stop_requested"] == "1",
 		Request:       f["request"],
+	}
+	r.Script, r.StdoutPath, r.StderrPath = f["script"], f["stdout_path"], f["stderr_path"]
+	r.PID, _ = strconv.Atoi(f["pid"])
+	if v := f["argv"]; v != "" {
+		json.Unmarshal([]byte(v), &r.Argv)
 	}
 	if v, ok := f["return_code"]; ok {
 		if n, err := strconv.Atoi(v); err == nil {

@@ -44,6 +44,7 @@ func (s *Store) Claim(ctx context.Context, id, worker string, at time.Time) (boo
 //
 // KEYS[1] run hash
 // KEYS[2] done channel
+// KEYS[3] active set
 // ARGV[1] run id
 // ARGV[2] finished_at
 // ARGV[3] error text for a run stopped in queue
@@ -55,6 +56,7 @@ if st == 'succeeded' or st == 'failed' or st == 'stopped' or st == 'timeout' or 
 redis.call('HSET', KEYS[1], 'stop_requested', '1')
 if st == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'stopped', 'finished_at', ARGV[2], 'error', ARGV[3])
+  redis.call('SREM', KEYS[3], ARGV[1])
   redis.call('PUBLISH', KEYS[2], ARGV[1])
   return 'queued'
 end
@@ -74,7 +76,7 @@ const (
 // RequestStop records a client's stop request. A queued run ends stopped
 // right away; for an active one the cancel is published to all workers.
 func (s *Store) RequestStop(ctx context.Context, id string) (StopOutcome, error) {
-	out, err := stopScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.DoneChannel()},
+	out, err := stopScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.DoneChannel(), s.ActiveKey()},
 		id, run.FormatTime(time.Now()), "stopped before it started").Text()
 	if err != nil {
 		return "", fmt.Errorf("store: stop %s: %w", id, err)

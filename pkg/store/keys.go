@@ -34,3 +34,17 @@ func (s *Store) CancelChannel() string { return s.prefix + "events:cancel" }
 // worker blocked on it starts the run at once instead of at asynq's next
 // poll.
 func (s *Store) WakeKey(queue string) string { return s.prefix + "wake:" + queue }
+
+// ActiveKey is the set of ids of runs not yet ended.
+func (s *Store) ActiveKey() string { return s.prefix + "active" }
+
+// LogKey is the string holding the kept tail of a script run's stream
+// ("stdout" or "stderr").
+func (s *Store) LogKey(id, stream string) string { return s.prefix + "run:" + id + ":" + stream }
+
+// LogTotalKey counts every byte a run ever wrote to a stream.
+func (s *Store) LogTotalKey(id, stream string) string { return s.prefix + "run:" + id + ":" + stream + ":total" }
+
+// LogChannel is the pub/sub channel on which a run's id is published when
+// it has written more output.
+func (s *Store) LogChannel() string { return s.prefix + "events:log" }

@@ -91,10 +91,59 @@ func (s *Store) CreateRun(ctx context.Context, r *run.Run) error {
 		p.HSet(ctx, key, r.Fields())
 		p.Expire(ctx, key, s.ttl)
 		p.ZAdd(ctx, s.RunsKey(), redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.ID})
+		p.SAdd(ctx, s.ActiveKey(), r.ID)
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("store: create run %s: %w", r.ID, err)
+	}
+	return nil
+}
+
+// createScriptRunScript creates a script run, unless duplicate is off and
+// another run of the same script is active: atomic across API replicas.
+//
+// KEYS[1] run hash
+// KEYS[2] active set
+// KEYS[3] runs sorted set
+// ARGV[1] key prefix, ARGV[2] run id, ARGV[3] script, ARGV[4] "1" to allow duplicates
+// ARGV[5] TTL seconds, ARGV[6] created score (ms), ARGV[7..] field, value pairs
+// Output: "" when created, else the id of the active run of that script.
+var createScriptRunScript = redis.NewScript(`
+local terminal = {succeeded=true, failed=true, stopped=true, timeout=true, terminated=true}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local f = redis.call('HMGET', ARGV[1] .. 'run:' .. id, 'status', 'script')
+  if not f[1] or terminal[f[1]] then
+    redis.call('SREM', KEYS[2], id)
+  elseif ARGV[4] ~= '1' and f[2] == ARGV[3] then
+    return id
+  end
+end
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[2])
+return ''
+`)
+
+// CreateScriptRun records a new script run. With duplicate false and a run
+// of the same script still active, it creates nothing and returns a
+// conflict *run.Error naming that run.
+func (s *Store) CreateScriptRun(ctx context.Context, r *run.Run, duplicate bool) error {
+	dup := "0"
+	if duplicate {
+		dup = "1"
+	}
+	args := []any{s.prefix, r.ID, r.Script, dup, int(s.ttl.Seconds()), r.CreatedAt.UnixMilli()}
+	for k, v := range r.Fields() {
+		args = append(args, k, v)
+	}
+	other, err := createScriptRunScript.Run(ctx, s.rdb, []string{s.RunKey(r.ID), s.ActiveKey(), s.RunsKey()}, args...).Text()
+	if err != nil {
+		return fmt.Errorf("store: create script run: %w", err)
+	}
+	if other != "" {
+		return run.Errorf(run.ECodeConflict, "script %s is already running (run %s); pass duplicate:true to start another", r.Script, other)
 	}
 	return nil
 }
@@ -126,6 +175,7 @@ func (s *Store) GetRun(ctx context.Context, id string) (*run.Run, error) {
 //
 // KEYS[1] run hash
 // KEYS[2] done channel
+// KEYS[3] active set
 // ARGV[1] record TTL in seconds
 // ARGV[2] run id
 // ARGV[3..] field, value pairs
@@ -140,7 +190,10 @@ for i = 3, #ARGV, 2 do
   if ARGV[i] == 'status' and terminal[ARGV[i+1]] then ended = true end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-if ended then redis.call('PUBLISH', KEYS[2], ARGV[2]) end
+if ended then
+  redis.call('SREM', KEYS[3], ARGV[2])
+  redis.call('PUBLISH', KEYS[2], ARGV[2])
+end
 return 1
 `)
 
@@ -152,7 +205,7 @@ func (s *Store) Update(ctx context.Context, id string, change *run.Run) (bool, e
 	for k, v := range change.Fields() {
 		args = append(args, k, v)
 	}
-	n, err := updateScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.DoneChannel()}, args...).Int()
+	n, err := updateScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.DoneChannel(), s.ActiveKey()}, args...).Int()
 	if err != nil {
 		return false, fmt.Errorf("store: update run %s: %w", id, err)
 	}

@@ -6,9 +6,10 @@ import (
 	"sync"
 )
 
-// Waiter lets many requests wait for runs to end over a single pub/sub
-// subscription: each Wait registers a channel that is closed when the
-// run's id is published on the done channel. No request sleep-polls.
+// Waiter lets many requests wait for run events over a single pub/sub
+// subscription: each Register returns a channel that is closed when the
+// run's id is next published on the waiter's channel (a run ended, or
+// wrote output). No request sleep-polls.
 type Waiter struct {
 	mu      sync.Mutex
 	waiting map[string][]chan struct{}
@@ -17,7 +18,16 @@ type Waiter struct {
 // NewWaiter subscribes to the done channel until ctx ends. It returns once
 // the subscription is confirmed, so no completion after it is missed.
 func (s *Store) NewWaiter(ctx context.Context) (*Waiter, error) {
-	ps := s.rdb.Subscribe(ctx, s.DoneChannel())
+	return s.newWaiter(ctx, s.DoneChannel())
+}
+
+// NewLogWaiter is a Waiter woken whenever a run writes more output.
+func (s *Store) NewLogWaiter(ctx context.Context) (*Waiter, error) {
+	return s.newWaiter(ctx, s.LogChannel())
+}
+
+func (s *Store) newWaiter(ctx context.Context, channel string) (*Waiter, error) {
+	ps := s.rdb.Subscribe(ctx, channel)
 	if _, err := ps.Receive(ctx); err != nil {
 		ps.Close()
 		return nil, err
@@ -38,7 +48,7 @@ func (s *Store) NewWaiter(ctx context.Context) (*Waiter, error) {
 			}
 		}
 	}()
-	slog.Debug("subscribed to run completions", "channel", s.DoneChannel())
+	slog.Debug("subscribed", "channel", channel)
 	return w, nil
 }
 

@@ -1,0 +1,431 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+
+	"github.com/ztrade/pyrunner/pkg/queue"
+	"github.com/ztrade/pyrunner/pkg/run"
+	"github.com/ztrade/pyrunner/pkg/scripts"
+	"github.com/ztrade/pyrunner/pkg/store"
+)
+
+// runRecord is a run as the script API shows it: quant-script-api's
+// fields, snake_case, plus kind, worker and owner.
+type runRecord struct {
+	RunID      string   `json:"run_id"`
+	Kind       string   `json:"kind"`
+	Script     *string  `json:"script"`
+	Argv       []string `json:"argv"`
+	Status     string   `json:"status"`
+	PID        *int     `json:"pid"`
+	ReturnCode *int     `json:"return_code"`
+	CreatedAt  *string  `json:"created_at"`
+	StartedAt  *string  `json:"started_at"`
+	FinishedAt *string  `json:"finished_at"`
+	StdoutPath *string  `json:"stdout_path"`
+	StderrPath *string  `json:"stderr_path"`
+	Error      *string  `json:"error"`
+	Worker     *string  `json:"worker"`
+	Owner      *string  `json:"owner"`
+}
+
+func strPtr(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func record(r *run.Run) runRecord {
+	rec := runRecord{RunID: r.ID, Kind: string(r.Kind), Script: strPtr(r.Script), Argv: r.Argv, Status: string(r.Status),
+		ReturnCode: r.ReturnCode, CreatedAt: run.TimePtr(r.CreatedAt), StartedAt: run.TimePtr(r.StartedAt),
+		FinishedAt: run.TimePtr(r.FinishedAt), StdoutPath: strPtr(r.StdoutPath), StderrPath: strPtr(r.StderrPath),
+		Error: strPtr(r.Error), Worker: strPtr(r.Worker), Owner: strPtr(r.Owner)}
+	if r.PID != 0 {
+		rec.PID = &r.PID
+	}
+	if rec.Argv == nil {
+		rec.Argv = []string{}
+	}
+	return rec
+}
+
+func records(rs []*run.Run) []runRecord {
+	out := make([]runRecord, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, record(r))
+	}
+	return out
+}
+
+// listScripts is GET /v1/scripts.
+func (s *server) listScripts(c echo.Context) error {
+	list, err := s.scripts.Scripts()
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"root": s.scripts.Root(), "count": len(list), "scripts": list})
+}
+
+// rescanScripts is POST /v1/scripts/rescan.
+func (s *server) rescanScripts(c echo.Context) error {
+	list, err := s.scripts.Rescan()
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"count": len(list)})
+}
+
+// startRun is POST /v1/runs.
+func (s *server) startRun(c echo.Context) error {
+	var req scripts.RunRequest
+	if err := json.NewDecoder(c.Request().Body).Decode(&req); err != nil {
+		return run.Errorf(run.ECodeInvalid, "invalid JSON body: %v", err)
+	}
+	r, err := s.newScriptRun(c.Request().Context(), req)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, record(r))
+}
+
+// newScriptRun validates, records and queues one script run.
+func (s *server) newScriptRun(ctx context.Context, req scripts.RunRequest) (*run.Run, error) {
+	if req.TimeoutSec < 0 {
+		return nil, run.Errorf(run.ECodeInvalid, "timeout_sec must not be negative")
+	}
+	rel, abs, err := s.scripts.Resolve(req.Script)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.scripts.ResolveDir(req.Cwd); err != nil {
+		return nil, err
+	}
+	req.Script = rel
+	if req.Args == nil {
+		req.Args = []string{}
+	}
+	b, _ := json.Marshal(req)
+	py := s.cfg.Python
+	if py == "" {
+		py = "python3"
+	}
+	r := &run.Run{ID: uuid.NewString(), Kind: run.KindScript, Status: run.StatusQueued, CreatedAt: time.Now(),
+		Script: rel, Argv: append([]string{py, "-u", abs}, req.Args...), Request: string(b)}
+	if err := s.store.CreateScriptRun(ctx, r, req.Duplicate); err != nil {
+		return nil, err
+	}
+	if err := s.queue.EnqueueScript(ctx, r.ID, time.Duration(req.TimeoutSec)*time.Second); err != nil {
+		s.store.DeleteRun(context.WithoutCancel(ctx), r.ID)
+		return nil, run.Errorf(run.ECodeUnavailable, "cannot queue the run: redis unavailable")
+	}
+	if err := s.store.Wake(ctx, queue.QueueScripts, r.ID); err != nil {
+		slog.Warn("could not wake workers", "run_id", r.ID, "err", err)
+	}
+	return r, nil
+}
+
+// listRuns is GET /v1/runs.
+func (s *server) listRuns(c echo.Context) error {
+	f := store.Filter{Status: c.QueryParam("status"), Script: c.QueryParam("script"), Kind: c.QueryParam("kind"),
+		Cursor: c.QueryParam("cursor"), Limit: 100}
+	if v := c.QueryParam("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return run.Errorf(run.ECodeInvalid, "limit must be a number from 1 to 1000")
+		}
+		f.Limit = n
+	}
+	if f.Status != "" && !run.Status(f.Status).Valid() {
+		return run.Errorf(run.ECodeInvalid, "unknown status %q", f.Status)
+	}
+	if f.Kind != "" && f.Kind != string(run.KindResearch) && f.Kind != string(run.KindScript) {
+		return run.Errorf(run.ECodeInvalid, "kind must be research or script")
+	}
+	rs, next, err := s.store.ListRuns(c.Request().Context(), f)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"count": len(rs), "runs": records(rs), "next_cursor": strPtr(next)})
+}
+
+// activeRuns is GET /v1/runs/active.
+func (s *server) activeRuns(c echo.Context) error {
+	rs, err := s.store.ActiveRuns(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"count": len(rs), "runs": records(rs)})
+}
+
+// startAll is POST /v1/runs/all: every scanned script, skipping those
+// already running.
+func (s *server) startAll(c echo.Context) error {
+	list, err := s.scripts.Scripts()
+	if err != nil {
+		return err
+	}
+	results := []map[string]any{}
+	for _, sc := range list {
+		r, err := s.newScriptRun(c.Request().Context(), scripts.RunRequest{Script: sc.Path})
+		switch {
+		case err == nil:
+			results = append(results, map[string]any{"script": sc.Path, "status": "started", "run_id": r.ID})
+		case run.ErrorCode(err) == run.ECodeConflict:
+			results = append(results, map[string]any{"script": sc.Path, "status": "skipped", "reason": "Already running"})
+		default:
+			results = append(results, map[string]any{"script": sc.Path, "status": "error", "error": run.ErrorMessage(err)})
+		}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"count": len(results), "results": results})
+}
+
+// stopAll is POST /v1/runs/stop_all: every active script run.
+func (s *server) stopAll(c echo.Context) error {
+	ctx := c.Request().Context()
+	rs, err := s.store.ActiveRuns(ctx)
+	if err != nil {
+		return err
+	}
+	results := []map[string]any{}
+	var ids []string
+	for _, r := range rs {
+		if r.Kind != run.KindScript {
+			continue
+		}
+		if _, err := s.stop(ctx, r); err != nil {
+			return err
+		}
+		ids = append(ids, r.ID)
+	}
+	for _, id := range ids {
+		r, err := s.waitFor(ctx, id, s.stopWait())
+		if err != nil {
+			return err
+		}
+		results = append(results, map[string]any{"run_id": id, "status": string(r.Status)})
+	}
+	return c.JSON(http.StatusOK, map[string]any{"count": len(results), "results": results})
+}
+
+// stopWait is how long a stop call waits for the run to end: the grace
+// between SIGTERM and SIGKILL, and a little more.
+func (s *server) stopWait() time.Duration {
+	return time.Duration(s.cfg.TerminateTimeoutSeconds)*time.Second + 3*time.Second
+}
+
+// stop asks for a run to end, dropping it from the queue if it had not started.
+func (s *server) stop(ctx context.Context, r *run.Run) (store.StopOutcome, error) {
+	out, err := s.store.RequestStop(ctx, r.ID)
+	if err == nil && out == store.StopQueued {
+		q := queue.QueueScripts
+		if r.Kind == run.KindResearch {
+			q = queue.QueueResearch
+		}
+		s.queue.Drop(q, r.ID)
+	}
+	return out, err
+}
+
+// scriptRecord reads the run named in the path.
+func (s *server) scriptRecord(c echo.Context) (*run.Run, error) {
+	id := c.Param("run_id")
+	if _, err := uuid.Parse(id); err != nil {
+		return nil, run.Errorf(run.ECodeNotFound, "run %q not found", id)
+	}
+	return s.store.GetRun(c.Request().Context(), id)
+}
+
+// getRun is GET /v1/runs/{run_id}.
+func (s *server) getRun(c echo.Context) error {
+	r, err := s.scriptRecord(c)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, record(r))
+}
+
+// stopRun is POST /v1/runs/{run_id}/stop: SIGTERM to the script's process
+// group on whichever worker runs it, SIGKILL after the grace. It answers
+// once the run has ended, or with "stopping" if the grace outlasts the call.
+func (s *server) stopRun(c echo.Context) error {
+	r, err := s.scriptRecord(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	if _, err := s.stop(ctx, r); err != nil {
+		return err
+	}
+	r, err = s.waitFor(ctx, r.ID, s.stopWait())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, record(r))
+}
+
+// runLogs is GET /v1/runs/{run_id}/logs.
+func (s *server) runLogs(c echo.Context) error {
+	r, err := s.scriptRecord(c)
+	if err != nil {
+		return err
+	}
+	stream := c.QueryParam("stream")
+	if stream == "" {
+		stream = "stdout"
+	}
+	var streams []string
+	switch stream {
+	case "stdout", "stderr":
+		streams = []string{stream}
+	case "both":
+		streams = []string{"stdout", "stderr"}
+	default:
+		return run.Errorf(run.ECodeInvalid, "stream must be stdout, stderr or both")
+	}
+	tail := 65536
+	if v := c.QueryParam("tail_bytes"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return run.Errorf(run.ECodeInvalid, "tail_bytes must be a non-negative number")
+		}
+		tail = n
+	}
+	tail = min(tail, s.cfg.LogTailBytes)
+	if b, _ := strconv.ParseBool(c.QueryParam("follow")); b {
+		return s.followLogs(c, r.ID, streams, tail)
+	}
+	body := map[string]any{"run_id": r.ID, "stream": stream, "tail_bytes": tail}
+	for _, st := range streams {
+		data, _, err := s.store.ReadLog(c.Request().Context(), r.ID, st)
+		if err != nil {
+			return err
+		}
+		body[st] = string(store.TailUTF8(data, tail))
+	}
+	return c.JSON(http.StatusOK, body)
+}
+
+// followLogs streams a run's output as Server-Sent Events: first the tail,
+// then new output as the worker writes it (woken by pub/sub), until the
+// run ends. Each event is `event: stdout|stderr` with the text as data; a
+// last `event: end` carries the run record.
+func (s *server) followLogs(c echo.Context, id string, streams []string, tail int) error {
+	ctx := c.Request().Context()
+	w := c.Response()
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriter(w)
+	sent := map[string]int64{} // absolute offset sent so far, per stream
+	partial := map[string][]byte{}
+	first := true
+	for {
+		// Register for both events before reading, so none is missed.
+		wake, unregisterLog := s.logWaiter.Register(id)
+		done, unregisterDone := s.waiter.Register(id)
+		unregister := func() { unregisterLog(); unregisterDone() }
+		r, err := s.store.GetRun(ctx, id)
+		if err != nil {
+			unregister()
+			return nil
+		}
+		for _, st := range streams {
+			data, off, err := s.store.ReadLog(ctx, id, st)
+			if err != nil {
+				unregister()
+				return nil
+			}
+			var chunk []byte
+			switch {
+			case first:
+				chunk = store.TailUTF8(data, tail)
+			case sent[st] < off: // fell behind the kept tail: skip ahead
+				chunk = data
+			default:
+				chunk = data[min(int64(len(data)), sent[st]-off):]
+			}
+			sent[st] = off + int64(len(data))
+			chunk = append(partial[st], chunk...)
+			whole := len(trimIncomplete(chunk))
+			partial[st] = append([]byte(nil), chunk[whole:]...)
+			if whole > 0 {
+				writeEvent(bw, st, chunk[:whole])
+			}
+		}
+		first = false
+		if r.Status.Terminal() {
+			unregister()
+			b, _ := json.Marshal(record(r))
+			fmt.Fprintf(bw, "event: end\ndata: %s\n\n", b)
+			bw.Flush()
+			w.Flush()
+			return nil
+		}
+		bw.Flush()
+		w.Flush()
+		select {
+		case <-wake:
+		case <-done:
+		case <-ctx.Done():
+			unregister()
+			return nil
+		case <-time.After(15 * time.Second):
+			fmt.Fprint(bw, ": keep-alive\n\n") // hold proxies open; not a poll
+		}
+		unregister()
+	}
+}
+
+// writeEvent writes one SSE event; each line of text is a data line.
+func writeEvent(w *bufio.Writer, event string, text []byte) {
+	fmt.Fprintf(w, "event: %s\n", event)
+	start := 0
+	for i, b := range text {
+		if b == '\n' {
+			fmt.Fprintf(w, "data: %s\n", text[start:i])
+			start = i + 1
+		}
+	}
+	if start < len(text) {
+		fmt.Fprintf(w, "data: %s\n", text[start:])
+	} else {
+		fmt.Fprint(w, "data: \n")
+	}
+	fmt.Fprint(w, "\n")
+}
+
+// trimIncomplete drops an unfinished UTF-8 character at the end of b.
+func trimIncomplete(b []byte) []byte {
+	for i := 1; i <= 4 && i <= len(b); i++ {
+		c := b[len(b)-i]
+		if c&0xC0 != 0x80 { // a start byte
+			need := 1
+			switch {
+			case c >= 0xF0:
+				need = 4
+			case c >= 0xE0:
+				need = 3
+			case c >= 0xC0:
+				need = 2
+			}
+			if i < need {
+				return b[:len(b)-i]
+			}
+			return b
+		}
+	}
+	return b
+}
+

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/ztrade/pyrunner/pkg/run"
+	"github.com/ztrade/pyrunner/pkg/scriptrun"
+	"github.com/ztrade/pyrunner/pkg/scripts"
+)
+
+// handleScript runs one script run from its record to its end. Output is
+// streamed into Redis as it comes and written in full under SCRIPT_LOGS_DIR.
+func (w *worker) handleScript(ctx context.Context, id string) error {
+	bg := context.WithoutCancel(ctx)
+	r, err := w.store.GetRun(ctx, id)
+	if err != nil {
+		return nil // expired or unknown: nothing to run
+	}
+	if err := w.store.HoldRun(ctx, w.id, id); err != nil {
+		return err
+	}
+	defer w.store.ReleaseRun(bg, w.id, id)
+	if ok, err := w.store.Claim(ctx, id, w.id, time.Now()); err != nil || !ok {
+		return err
+	}
+	end := func(st run.Status, code *int, msg string) error {
+		_, err := w.store.Update(bg, id, &run.Run{Status: st, FinishedAt: time.Now(), ReturnCode: code, Error: msg})
+		slog.Info("script run finished", "run_id", id, "script", r.Script, "status", st, "error", msg)
+		return err
+	}
+	var req scripts.RunRequest
+	if err := json.Unmarshal([]byte(r.Request), &req); err != nil {
+		return end(run.StatusFailed, nil, "bad request in run record: "+err.Error())
+	}
+	_, abs, err := w.scripts.Resolve(req.Script)
+	if err != nil {
+		return end(run.StatusFailed, nil, fmt.Sprintf("cannot start on worker %s: %s", w.id, run.ErrorMessage(err)))
+	}
+	dir, err := w.scripts.ResolveDir(req.Cwd)
+	if err != nil {
+		return end(run.StatusFailed, nil, fmt.Sprintf("cannot start on worker %s: %s", w.id, run.ErrorMessage(err)))
+	}
+	logs, _ := filepath.Abs(w.cfg.LogsDir)
+	spec := scriptrun.Spec{
+		Python: w.python, Script: abs, Args: req.Args, Dir: dir, Env: scriptEnv(w.cfg.EnvPassthrough, req.Env),
+		StdoutPath: filepath.Join(logs, id+".stdout.log"), StderrPath: filepath.Join(logs, id+".stderr.log"),
+		Grace: time.Duration(w.cfg.TerminateTimeoutSeconds) * time.Second, Timeout: time.Duration(req.TimeoutSec) * time.Second,
+		FlushEvery: 100 * time.Millisecond,
+		OnOutput: func(stream string, data []byte) {
+			if err := w.store.AppendLog(bg, id, stream, data, w.cfg.LogTailBytes); err != nil {
+				slog.Warn("could not stream script output", "run_id", id, "err", err)
+			}
+		},
+	}
+	spec.OnStart = func(pid int) {
+		w.store.Update(bg, id, &run.Run{Status: run.StatusRunning, PID: pid, Argv: spec.Argv(),
+			StdoutPath: spec.StdoutPath, StderrPath: spec.StderrPath})
+	}
+	res, err := scriptrun.Run(ctx, spec)
+	if err != nil {
+		return end(run.StatusFailed, nil, err.Error())
+	}
+	code := res.ExitCode
+	switch {
+	case res.Stopped:
+		how := "stopped by request"
+		if res.Killed {
+			how += fmt.Sprintf(" (killed after the %ds grace)", w.cfg.TerminateTimeoutSeconds)
+		}
+		if cur, err := w.store.GetRun(bg, id); err == nil && cur.StopRequested {
+			return end(run.StatusStopped, &code, how)
+		}
+		return end(run.StatusTerminated, &code, fmt.Sprintf("terminated: worker %s shut down", w.id))
+	case res.TimedOut:
+		return end(run.StatusTimeout, &code, fmt.Sprintf("timeout after %ds", req.TimeoutSec))
+	case code == 0:
+		return end(run.StatusSucceeded, &code, "")
+	case code < 0:
+		return end(run.StatusFailed, &code, fmt.Sprintf("killed by signal %s", syscall.Signal(-code)))
+	default:
+		return end(run.StatusFailed, &code, fmt.Sprintf("exited with code %d", code))
+	}
+}
+
+// scriptEnv is a script's whole environment: a minimal base, the
+// passthrough names, then the request's env. None of the worker's secrets.
+func scriptEnv(passthrough []string, extra map[string]string) []string {
+	env := map[string]string{"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": "UTC", "PYTHONUNBUFFERED": "1"}
+	for _, k := range []string{"PATH", "HOME", "LANG", "TZ"} {
+		if v, ok := os.LookupEnv(k); ok {
+			env[k] = v
+		}
+	}
+	for _, k := range passthrough {
+		if v, ok := os.LookupEnv(k); ok {
+			env[k] = v
+		}
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
