@@ -34,8 +34,8 @@ func main() {
 
 // server holds what the handlers share.
 type server struct {
-	cfg    *config.Config
-	store  *store.Store
+	cfg       *config.Config
+	store     *store.Store
 	queue     *queue.Client
 	waiter    *store.Waiter
 	logWaiter *store.Waiter

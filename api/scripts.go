@@ -428,4 +428,3 @@ func trimIncomplete(b []byte) []byte {
 	}
 	return b
 }
-

@@ -82,6 +82,7 @@ type stack struct {
 
 type stackOpts struct {
 	workers int
+	scripts string            // scripts root (default: an empty folder)
 	env     map[string]string // extra environment for API and workers
 	dbEnv   map[string]string // read-only DB settings (default: a demo SQLite)
 }
@@ -117,6 +118,10 @@ func startStack(t *testing.T, o stackOpts) *stack {
 		o.workers = 2
 	}
 	dir := reachableTempDir(t)
+	if o.scripts == "" {
+		o.scripts = filepath.Join(dir, "scripts")
+		os.MkdirAll(o.scripts, 0o755)
+	}
 	s := &stack{t: t, dir: dir, redisPort: freePort(t)}
 	s.redisURL = fmt.Sprintf("redis://127.0.0.1:%d/0", s.redisPort)
 	s.start("redis", "redis-server", "--port", strconv.Itoa(s.redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
@@ -131,6 +136,7 @@ func startStack(t *testing.T, o stackOpts) *stack {
 		"PYRUNNER_WORK_DIR":      filepath.Join(dir, "work"),
 		"PYRUNNER_ZTRADE_CONFIG": filepath.Join(dir, "no-ztrade.yaml"),
 		"SCRIPT_STATE_DIR":       filepath.Join(dir, "state"),
+		"SCRIPT_SCRIPTS_PATH":    o.scripts,
 		"PYRUNNER_LOG_LEVEL":     "debug",
 	}
 	if o.dbEnv == nil {

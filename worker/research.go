@@ -20,9 +20,9 @@ import (
 
 // worker holds what the task handlers share.
 type worker struct {
-	id    string
-	cfg   *config.Config
-	db    *kline.DB
+	id      string
+	cfg     *config.Config
+	db      *kline.DB
 	exec    executor.Executor
 	store   *store.Store
 	scripts *scripts.Folder

@@ -43,7 +43,9 @@ func (s *Store) ActiveKey() string { return s.prefix + "active" }
 func (s *Store) LogKey(id, stream string) string { return s.prefix + "run:" + id + ":" + stream }
 
 // LogTotalKey counts every byte a run ever wrote to a stream.
-func (s *Store) LogTotalKey(id, stream string) string { return s.prefix + "run:" + id + ":" + stream + ":total" }
+func (s *Store) LogTotalKey(id, stream string) string {
+	return s.prefix + "run:" + id + ":" + stream + ":total"
+}
 
 // LogChannel is the pub/sub channel on which a run's id is published when
 // it has written more output.
