@@ -151,7 +151,7 @@ func BenchmarkLoad1M(b *testing.B) {
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		f, _, err := db.Load(ctx, Query{Exchange: "x", Symbol: "Y", BinSize: "1m", End: t0 + 100_000_000})
+		f, _, err := db.Load(ctx, Query{Exchange: "x", Symbol: "Y", BinSize: "1m", End: t0 + 1_000_000*60, Limit: 1_000_000})
 		if err != nil || f.Len() != 1_000_000 {
 			b.Fatal(err, f.Len())
 		}
