@@ -86,7 +86,7 @@ func start(dir, db string, workers int, env ...string) (*stack, error) {
 		fmt.Sprintf("PYRUNNER_REDIS_URL=redis://127.0.0.1:%d/0", rport),
 		fmt.Sprintf("PYRUNNER_LISTEN=127.0.0.1:%d", aport),
 		"PYRUNNER_READONLY_TYPE=sqlite", "PYRUNNER_READONLY_URI="+db,
-		"PYRUNNER_WORK_DIR="+work, "PYRUNNER_MAX_ROWS=2000000", "PYRUNNER_LOG_LEVEL=" + envOr("BENCH_LOG_LEVEL", "warn"),
+		"PYRUNNER_WORK_DIR="+work, "PYRUNNER_MAX_ROWS=2000000", "PYRUNNER_LOG_LEVEL="+envOr("BENCH_LOG_LEVEL", "warn"),
 		"PYRUNNER_ZTRADE_CONFIG=/nonexistent")
 	common = append(common, env...)
 	logf, _ := os.Create(filepath.Join(dir, fmt.Sprintf("stack-%d.log", aport)))

@@ -41,7 +41,7 @@ func start() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	kc := kline.Config(cfg.Readonly)
+	kc := cfg.Readonly
 	if m := kc.Missing(); m != "" {
 		return fmt.Errorf("refusing to start: %s", m)
 	}

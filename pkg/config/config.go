@@ -32,6 +32,33 @@ type ReadonlyDB struct {
 	Password string `yaml:"password"`
 }
 
+// Missing says what is lacking for a usable configuration, or "" when
+// there is enough to connect.
+func (c ReadonlyDB) Missing() string {
+	if c.URI != "" {
+		return ""
+	}
+	if c.Host != "" && c.Database != "" && c.User != "" {
+		return ""
+	}
+	if c.Host != "" || c.Database != "" || c.User != "" {
+		return "db.readonly needs uri, or host, database and user (PYRUNNER_READONLY_URI or PYRUNNER_READONLY_HOST/_DATABASE/_USER)"
+	}
+	return "no read-only K-line database configured: set db.readonly.uri in ztrade.yaml or PYRUNNER_READONLY_URI (plus PYRUNNER_READONLY_TYPE=mysql|sqlite)"
+}
+
+// DBType is "mysql" or "sqlite": the explicit type, else inferred from the
+// URI ("@tcp(" → mysql), else mysql for split fields.
+func (c ReadonlyDB) DBType() string {
+	if t := strings.ToLower(c.Type); t != "" {
+		return t
+	}
+	if c.URI == "" || strings.Contains(c.URI, "@tcp(") || strings.Contains(c.URI, "@unix(") {
+		return "mysql"
+	}
+	return "sqlite"
+}
+
 // Config is every setting of the API and the worker.
 type Config struct {
 	Listen    string

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ztrade/pyrunner/pkg/proc"
 	"github.com/ztrade/pyrunner/pkg/research"
 	"github.com/ztrade/pyrunner/python"
 )
@@ -50,16 +51,11 @@ const hardKillGrace = 2 * time.Second
 
 // Run runs job in a new process group and a fresh working directory.
 func (c *Cold) Run(ctx context.Context, job Job) (*Output, error) {
-	dir, err := makeRunDir(c.opt.WorkDir, job.RunID)
+	dir, conn, childEnd, cleanup, err := prepareRun(c.opt.WorkDir, job.RunID)
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	conn, childEnd, err := socketPair()
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
+	defer cleanup()
 
 	argv := sandboxArgs(c.opt, []string{filepath.Dir(c.harness), c.mplDir}, []string{dir}, []string{c.opt.Python, "-I", "-u", c.harness})
 	cmd := exec.Command(argv[0], argv[1:]...)
@@ -77,7 +73,7 @@ func (c *Cold) Run(ctx context.Context, job Job) (*Output, error) {
 		return nil, fmt.Errorf("executor: start %s: %w", c.opt.Python, err)
 	}
 	childEnd.Close()
-	wait := func() int { cmd.Wait(); return exitCode(cmd.ProcessState) }
+	wait := func() int { cmd.Wait(); return proc.ExitCode(cmd.ProcessState) }
 	return supervise(ctx, job, c.opt.Limits, conn, cmd.Process.Pid, wait, stdout, stderr)
 }
 

@@ -224,18 +224,6 @@ func socketPair() (net.Conn, *os.File, error) {
 	return conn, child, nil
 }
 
-// exitCode is the seed's return code: the exit status, or minus the
-// signal that killed the process.
-func exitCode(ps *os.ProcessState) int {
-	if ps == nil {
-		return -1
-	}
-	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return -int(ws.Signal())
-	}
-	return ps.ExitCode()
-}
-
 // FindPython returns explicit when set (checking it works), or else the
 // first python3 on PATH, then /usr/bin/python3, that imports numpy and
 // pandas. The error says what is missing.

@@ -3,6 +3,7 @@ package executor
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -129,4 +130,20 @@ func sandboxArgs(opt Options, readable, writable []string, argv []string) []stri
 		}
 	}
 	return append(append(a, "--"), argv...)
+}
+
+// prepareRun makes a run's directory and its channel: the parent's end
+// and the child's end (to pass as fd 3). cleanup closes the channel and
+// removes the directory.
+func prepareRun(workDir, runID string) (dir string, conn net.Conn, child *os.File, cleanup func(), err error) {
+	dir, err = makeRunDir(workDir, runID)
+	if err != nil {
+		return "", nil, nil, nil, err
+	}
+	conn, child, err = socketPair()
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, nil, nil, err
+	}
+	return dir, conn, child, func() { conn.Close(); os.RemoveAll(dir) }, nil
 }

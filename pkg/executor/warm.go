@@ -231,16 +231,11 @@ func (w *Warm) fork(runID, dir string, env []string, files []*os.File) (*zygote,
 
 // Run forks a child of the zygote for job and supervises it.
 func (w *Warm) Run(ctx context.Context, job Job) (*Output, error) {
-	dir, err := makeRunDir(w.opt.WorkDir, job.RunID)
+	dir, conn, chanEnd, cleanup, err := prepareRun(w.opt.WorkDir, job.RunID)
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	conn, chanEnd, err := socketPair()
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
+	defer cleanup()
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		chanEnd.Close()

@@ -28,49 +28,14 @@ import (
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
 
+	"github.com/ztrade/pyrunner/pkg/config"
 	"github.com/ztrade/pyrunner/pkg/frame"
 	"github.com/ztrade/pyrunner/pkg/kline/binsize"
 	"github.com/ztrade/pyrunner/pkg/run"
 )
 
-// Config is ztrade's db.readonly section: a type and a URI, or MySQL's
-// split fields.
-type Config struct {
-	Type     string `yaml:"type"`
-	URI      string `yaml:"uri"`
-	Host     string `yaml:"host"`
-	Port     int    `yaml:"port"`
-	Database string `yaml:"database"`
-	User     string `yaml:"user"`
-	Password string `yaml:"password"`
-}
-
-// Missing says what is lacking for a usable configuration, or "" when
-// there is enough to connect.
-func (c Config) Missing() string {
-	if c.URI != "" {
-		return ""
-	}
-	if c.Host != "" && c.Database != "" && c.User != "" {
-		return ""
-	}
-	if c.Host != "" || c.Database != "" || c.User != "" {
-		return "db.readonly needs uri, or host, database and user (PYRUNNER_READONLY_URI or PYRUNNER_READONLY_HOST/_DATABASE/_USER)"
-	}
-	return "no read-only K-line database configured: set db.readonly.uri in ztrade.yaml or PYRUNNER_READONLY_URI (plus PYRUNNER_READONLY_TYPE=mysql|sqlite)"
-}
-
-// DBType is "mysql" or "sqlite": the explicit type, else inferred from the
-// URI ("@tcp(" → mysql), else mysql for split fields.
-func (c Config) DBType() string {
-	if t := strings.ToLower(c.Type); t != "" {
-		return t
-	}
-	if c.URI == "" || strings.Contains(c.URI, "@tcp(") || strings.Contains(c.URI, "@unix(") {
-		return "mysql"
-	}
-	return "sqlite"
-}
+// Config is ztrade's db.readonly section (see config.ReadonlyDB).
+type Config = config.ReadonlyDB
 
 // DB is a read-only K-line source.
 type DB struct {

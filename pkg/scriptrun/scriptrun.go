@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ztrade/pyrunner/pkg/proc"
 )
 
 // Spec describes one script run.
@@ -122,18 +124,8 @@ func Run(ctx context.Context, s Spec) (Result, error) {
 	syscall.Kill(-pid, syscall.SIGKILL) // children the script left behind
 	outB.close()
 	errB.close()
-	res.ExitCode = exitCode(cmd.ProcessState)
+	res.ExitCode = proc.ExitCode(cmd.ProcessState)
 	return res, nil
-}
-
-func exitCode(ps *os.ProcessState) int {
-	if ps == nil {
-		return -1
-	}
-	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return -int(ws.Signal())
-	}
-	return ps.ExitCode()
 }
 
 // batcher collects output and hands it to sink at most every interval, so

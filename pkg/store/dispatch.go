@@ -95,27 +95,7 @@ func (s *Store) RequestStop(ctx context.Context, id string) (StopOutcome, error)
 // OnCancel calls fn with each run id a client asks to stop, until ctx ends.
 // It returns once subscribed.
 func (s *Store) OnCancel(ctx context.Context, fn func(id string)) error {
-	ps := s.rdb.Subscribe(ctx, s.CancelChannel())
-	if _, err := ps.Receive(ctx); err != nil {
-		ps.Close()
-		return fmt.Errorf("store: subscribe to cancels: %w", err)
-	}
-	go func() {
-		defer ps.Close()
-		ch := ps.Channel()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case m, ok := <-ch:
-				if !ok {
-					return
-				}
-				fn(m.Payload)
-			}
-		}
-	}()
-	return nil
+	return s.subscribe(ctx, s.CancelChannel(), fn)
 }
 
 // Wake pushes a new run id for idle workers of queue. The list is trimmed

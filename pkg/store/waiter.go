@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 )
@@ -27,12 +28,22 @@ func (s *Store) NewLogWaiter(ctx context.Context) (*Waiter, error) {
 }
 
 func (s *Store) newWaiter(ctx context.Context, channel string) (*Waiter, error) {
+	w := &Waiter{waiting: map[string][]chan struct{}{}}
+	if err := s.subscribe(ctx, channel, w.wake); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// subscribe calls fn with every message published on channel until ctx
+// ends. It returns once the subscription is confirmed, so nothing
+// published after it is missed.
+func (s *Store) subscribe(ctx context.Context, channel string, fn func(payload string)) error {
 	ps := s.rdb.Subscribe(ctx, channel)
 	if _, err := ps.Receive(ctx); err != nil {
 		ps.Close()
-		return nil, err
+		return fmt.Errorf("store: subscribe to %s: %w", channel, err)
 	}
-	w := &Waiter{waiting: map[string][]chan struct{}{}}
 	go func() {
 		defer ps.Close()
 		ch := ps.Channel()
@@ -44,12 +55,12 @@ func (s *Store) newWaiter(ctx context.Context, channel string) (*Waiter, error) 
 				if !ok {
 					return
 				}
-				w.wake(m.Payload)
+				fn(m.Payload)
 			}
 		}
 	}()
 	slog.Debug("subscribed", "channel", channel)
-	return w, nil
+	return nil
 }
 
 // Register returns a channel closed when run id ends, and a function to
