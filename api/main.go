@@ -7,17 +7,20 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 
+	"github.com/ztrade/pyrunner/pkg/auth"
 	"github.com/ztrade/pyrunner/pkg/config"
 	"github.com/ztrade/pyrunner/pkg/liveness"
 	"github.com/ztrade/pyrunner/pkg/queue"
@@ -26,6 +29,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "token" {
+		if err := mintCommand(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "pyrunner-api token:", err)
+			os.Exit(2)
+		}
+		return
+	}
 	if err := start(); err != nil {
 		fmt.Fprintln(os.Stderr, "pyrunner-api:", err)
 		os.Exit(1)
@@ -40,6 +50,9 @@ type server struct {
 	waiter    *store.Waiter
 	logWaiter *store.Waiter
 	scripts   *scripts.Folder
+	verifier  *auth.Verifier // nil without SCRIPT_JWT_SECRET
+	minter    *auth.Minter
+	throttle  *throttle
 }
 
 func start() error {
@@ -48,6 +61,9 @@ func start() error {
 		return err
 	}
 	cfg.SetupLogging("pyrunner-api")
+	if cfg.JWTAuth && cfg.JWTSecret == "" {
+		return fmt.Errorf("SCRIPT_JWT_AUTH=true needs SCRIPT_JWT_SECRET (there is no default secret)")
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -82,7 +98,8 @@ func start() error {
 		slog.Info("scripts scanned", "root", folder.Root(), "count", len(list))
 	}
 
-	s := &server{cfg: cfg, store: st, queue: q, waiter: waiter, logWaiter: logWaiter, scripts: folder}
+	s := &server{cfg: cfg, store: st, queue: q, waiter: waiter, logWaiter: logWaiter, scripts: folder, throttle: newThrottle()}
+	s.verifier, s.minter = jwtFromConfig(cfg)
 	e := s.routes()
 	httpSrv := &http.Server{Addr: cfg.Listen, Handler: e, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
@@ -108,23 +125,70 @@ func (s *server) routes() *echo.Echo {
 	e.Use(middleware.Recover())
 	e.Use(middleware.BodyLimit(fmt.Sprintf("%dB", 2*s.cfg.MaxCodeBytes+64<<10)))
 
+	// Public: health, docs, the spec and the admin exchange.
 	e.GET("/health", s.health)
 	e.GET(s.cfg.APIPrefix+"/health", s.health)
+	e.GET("/openapi.json", s.openapiJSON)
+	e.GET("/docs", s.docs)
+	e.GET("/docs/:file", s.docsAsset)
+	e.POST(s.cfg.APIPrefix+"/auth/admin/token", s.adminToken)
 
-	e.POST("/v1/research/run", s.researchRun)
-	e.GET("/v1/research/runs/:id", s.researchGet)
-	e.POST("/v1/research/runs/:id/cancel", s.researchCancel)
+	research := s.require(auth.ScopeResearchRun)
+	e.POST("/v1/research/run", s.researchRun, research)
+	e.GET("/v1/research/runs/:id", s.researchGet, research)
+	e.POST("/v1/research/runs/:id/cancel", s.researchCancel, research)
 
 	p := s.cfg.APIPrefix
-	e.GET(p+"/scripts", s.listScripts)
-	e.POST(p+"/scripts/rescan", s.rescanScripts)
-	e.POST(p+"/runs", s.startRun)
-	e.GET(p+"/runs", s.listRuns)
-	e.GET(p+"/runs/active", s.activeRuns)
-	e.POST(p+"/runs/all", s.startAll)
-	e.POST(p+"/runs/stop_all", s.stopAll)
-	e.GET(p+"/runs/:run_id", s.getRun)
-	e.POST(p+"/runs/:run_id/stop", s.stopRun)
-	e.GET(p+"/runs/:run_id/logs", s.runLogs)
+	read, runs, logs := s.require(auth.ScopeScriptsRead), s.require(auth.ScopeScriptsRun), s.require(auth.ScopeLogsRead)
+	e.GET(p+"/scripts", s.listScripts, read)
+	e.POST(p+"/scripts/rescan", s.rescanScripts, read)
+	e.POST(p+"/runs", s.startRun, runs)
+	e.GET(p+"/runs", s.listRuns, read)
+	e.GET(p+"/runs/active", s.activeRuns, read)
+	e.POST(p+"/runs/all", s.startAll, runs)
+	e.POST(p+"/runs/stop_all", s.stopAll, runs)
+	e.GET(p+"/runs/:run_id", s.getRun, read)
+	e.POST(p+"/runs/:run_id/stop", s.stopRun, runs)
+	e.GET(p+"/runs/:run_id/logs", s.runLogs, logs)
 	return e
+}
+
+// jwtFromConfig builds the token verifier and minter from SCRIPT_JWT_*
+// (both nil without a secret).
+func jwtFromConfig(cfg *config.Config) (*auth.Verifier, *auth.Minter) {
+	if cfg.JWTSecret == "" {
+		return nil, nil
+	}
+	secret := []byte(cfg.JWTSecret)
+	return &auth.Verifier{Secret: secret, Issuer: cfg.JWTIss, Audience: cfg.JWTAud, Leeway: time.Duration(cfg.JWTLeewaySeconds) * time.Second},
+		&auth.Minter{Secret: secret, Issuer: cfg.JWTIss, Audience: cfg.JWTAud}
+}
+
+// mintCommand is `pyrunner-api token --sub alice --scopes scripts:read,logs:read --ttl 1h`:
+// it prints a token signed with the configured SCRIPT_JWT_SECRET.
+func mintCommand(args []string) error {
+	fs := flag.NewFlagSet("pyrunner-api token", flag.ContinueOnError)
+	sub := fs.String("sub", "", "subject (who the token is for)")
+	scopes := fs.String("scopes", "", "comma-separated scopes: scripts:read, scripts:run, logs:read, research:run, or *")
+	ttl := fs.Duration("ttl", time.Hour, "lifetime")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *sub == "" || *scopes == "" {
+		return fmt.Errorf("--sub and --scopes are required")
+	}
+	cfg, err := config.Load("pyrunner-api", nil, os.Getenv, os.Stderr)
+	if err != nil {
+		return err
+	}
+	_, m := jwtFromConfig(cfg)
+	if m == nil {
+		return fmt.Errorf("SCRIPT_JWT_SECRET is not set")
+	}
+	tok, err := m.Mint(*sub, strings.Split(*scopes, ","), *ttl, map[string]any{"type": "user"})
+	if err != nil {
+		return err
+	}
+	fmt.Println(tok)
+	return nil
 }

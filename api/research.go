@@ -51,7 +51,7 @@ func (s *server) researchRun(c echo.Context) error {
 	}
 	req.Wait = nil
 	stored, _ := json.Marshal(research.Stored{Request: req, Warnings: warnings})
-	r := &run.Run{ID: uuid.NewString(), Kind: run.KindResearch, Status: run.StatusQueued, CreatedAt: now, Request: string(stored)}
+	r := &run.Run{ID: uuid.NewString(), Kind: run.KindResearch, Status: run.StatusQueued, CreatedAt: now, Request: string(stored), Owner: owner(c)}
 	ctx := c.Request().Context()
 	if err := s.store.CreateRun(ctx, r); err != nil {
 		return run.Errorf(run.ECodeUnavailable, "cannot record the run: redis unavailable")

@@ -92,7 +92,7 @@ func (s *server) startRun(c echo.Context) error {
 	if err := json.NewDecoder(c.Request().Body).Decode(&req); err != nil {
 		return run.Errorf(run.ECodeInvalid, "invalid JSON body: %v", err)
 	}
-	r, err := s.newScriptRun(c.Request().Context(), req)
+	r, err := s.newScriptRun(c.Request().Context(), req, owner(c))
 	if err != nil {
 		return err
 	}
@@ -100,7 +100,7 @@ func (s *server) startRun(c echo.Context) error {
 }
 
 // newScriptRun validates, records and queues one script run.
-func (s *server) newScriptRun(ctx context.Context, req scripts.RunRequest) (*run.Run, error) {
+func (s *server) newScriptRun(ctx context.Context, req scripts.RunRequest, owner string) (*run.Run, error) {
 	if req.TimeoutSec < 0 {
 		return nil, run.Errorf(run.ECodeInvalid, "timeout_sec must not be negative")
 	}
@@ -121,7 +121,7 @@ func (s *server) newScriptRun(ctx context.Context, req scripts.RunRequest) (*run
 		py = "python3"
 	}
 	r := &run.Run{ID: uuid.NewString(), Kind: run.KindScript, Status: run.StatusQueued, CreatedAt: time.Now(),
-		Script: rel, Argv: append([]string{py, "-u", abs}, req.Args...), Request: string(b)}
+		Script: rel, Argv: append([]string{py, "-u", abs}, req.Args...), Request: string(b), Owner: owner}
 	if err := s.store.CreateScriptRun(ctx, r, req.Duplicate); err != nil {
 		return nil, err
 	}
@@ -177,7 +177,7 @@ func (s *server) startAll(c echo.Context) error {
 	}
 	results := []map[string]any{}
 	for _, sc := range list {
-		r, err := s.newScriptRun(c.Request().Context(), scripts.RunRequest{Script: sc.Path})
+		r, err := s.newScriptRun(c.Request().Context(), scripts.RunRequest{Script: sc.Path}, owner(c))
 		switch {
 		case err == nil:
 			results = append(results, map[string]any{"script": sc.Path, "status": "started", "run_id": r.ID})

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"net"
+	"strconv"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/ztrade/pyrunner/pkg/auth"
+	"github.com/ztrade/pyrunner/pkg/run"
+)
+
+const principalKey = "principal"
+
+// require guards a route with a scope. Script routes need a JWT when
+// SCRIPT_JWT_AUTH is on. Research routes need one too, and also whenever
+// PYRUNNER_TOKEN is set; that static token (python-runner's) grants
+// research:run. Missing or bad credentials are 401 with a detail naming
+// the failed check; a valid token without the scope is 403.
+func (s *server) require(scope string) echo.MiddlewareFunc {
+	research := scope == auth.ScopeResearchRun
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			if !s.cfg.JWTAuth && !(research && s.cfg.Token != "") {
+				return next(c)
+			}
+			c.Response().Header().Set("WWW-Authenticate", "Bearer")
+			h := c.Request().Header.Get("Authorization")
+			scheme, tok, _ := strings.Cut(h, " ")
+			tok = strings.TrimSpace(tok)
+			if h == "" {
+				return run.Errorf(run.ECodeUnauthorized, "Missing bearer token (Authorization: Bearer <token>)")
+			}
+			if !strings.EqualFold(scheme, "Bearer") || tok == "" {
+				return run.Errorf(run.ECodeUnauthorized, "Invalid authorization header: expected 'Bearer <token>'")
+			}
+			if research && s.cfg.Token != "" && auth.Equal(tok, s.cfg.Token) {
+				c.Set(principalKey, auth.Principal{Scopes: []string{auth.ScopeResearchRun}})
+				return next(c)
+			}
+			if s.verifier == nil {
+				return run.Errorf(run.ECodeUnauthorized, "Invalid token")
+			}
+			p, err := s.verifier.Verify(tok)
+			if err != nil {
+				return run.Errorf(run.ECodeUnauthorized, "%s", err.Error())
+			}
+			if !p.Allows(scope) {
+				return run.Errorf(run.ECodeForbidden, "Insufficient scopes")
+			}
+			c.Set(principalKey, p)
+			return next(c)
+		}
+	}
+}
+
+// owner is the subject of the request's token ("" without one).
+func owner(c echo.Context) string {
+	p, _ := c.Get(principalKey).(auth.Principal)
+	return p.Subject
+}
+
+// adminToken is POST /v1/auth/admin/token: the admin secret exchanged for
+// a token with every scope. 404 unless SCRIPT_JWT_ADMIN_SECRET is set.
+func (s *server) adminToken(c echo.Context) error {
+	if s.cfg.JWTAdminSecret == "" || s.minter == nil {
+		return run.Errorf(run.ECodeNotFound, "Not Found")
+	}
+	client := clientIP(c)
+	if wait := s.throttle.blocked(client); wait > 0 {
+		c.Response().Header().Set("Retry-After", itoa(int(wait.Seconds()+0.999)))
+		return run.Errorf(run.ECodeTooMany, "Too many failed attempts; retry in %ds", int(wait.Seconds()+0.999))
+	}
+	var body struct {
+		Secret string `json:"secret"`
+	}
+	if err := c.Bind(&body); err != nil || body.Secret == "" {
+		return run.Errorf(run.ECodeInvalid, "body must be {\"secret\": \"...\"}")
+	}
+	if !auth.Equal(body.Secret, s.cfg.JWTAdminSecret) {
+		time.Sleep(s.throttle.fail(client))
+		return run.Errorf(run.ECodeUnauthorized, "Invalid admin secret")
+	}
+	s.throttle.reset(client)
+	ttl := time.Duration(s.cfg.JWTExpireSeconds) * time.Second
+	tok, err := s.minter.Mint("admin", []string{auth.ScopeAll}, ttl, map[string]any{"type": "admin", "role": "admin"})
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"access_token": tok, "token_type": "Bearer", "expires_in": s.cfg.JWTExpireSeconds})
+}
+
+func clientIP(c echo.Context) string {
+	host, _, err := net.SplitHostPort(c.Request().RemoteAddr)
+	if err != nil {
+		return c.Request().RemoteAddr
+	}
+	return host
+}
+
+// throttle slows repeated failures from one client: each failure waits a
+// little longer (up to a second) before it is answered, and after
+// freeFailures in a row the client gets 429 for a back-off that doubles
+// with every further failure (up to maxBackoff). A success clears it. It
+// is per API process.
+type throttle struct {
+	mu      sync.Mutex
+	clients map[string]*failures
+}
+
+type failures struct {
+	n     int
+	until time.Time
+}
+
+const (
+	freeFailures = 5
+	maxBackoff   = time.Minute
+)
+
+func newThrottle() *throttle { return &throttle{clients: map[string]*failures{}} }
+
+func (t *throttle) blocked(client string) time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if f := t.clients[client]; f != nil {
+		return time.Until(f.until)
+	}
+	return 0
+}
+
+// fail records a failure and returns how long to delay the answer.
+func (t *throttle) fail(client string) time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	f := t.clients[client]
+	if f == nil {
+		f = &failures{}
+		t.clients[client] = f
+	}
+	f.n++
+	if f.n >= freeFailures {
+		f.until = time.Now().Add(min(time.Second<<(f.n-freeFailures), maxBackoff))
+	}
+	return min(time.Duration(f.n)*100*time.Millisecond, time.Second)
+}
+
+func (t *throttle) reset(client string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.clients, client)
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
