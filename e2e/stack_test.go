@@ -223,9 +223,18 @@ var client = &http.Client{Timeout: 5 * time.Minute}
 // do sends a request and decodes a JSON answer into out (if not nil).
 func (s *stack) do(method, path, body string, out any) int {
 	s.t.Helper()
+	return s.doAuth(method, path, body, "", out)
+}
+
+// doAuth is do with an Authorization header (none when empty).
+func (s *stack) doAuth(method, path, body, authz string, out any) int {
+	s.t.Helper()
 	req, _ := http.NewRequest(method, s.base+path, strings.NewReader(body))
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if authz != "" {
+		req.Header.Set("Authorization", authz)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
@@ -233,6 +242,7 @@ func (s *stack) do(method, path, body string, out any) int {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
+	checkAgainstSpec(s.t, req, resp, b)
 	if out != nil && len(b) > 0 {
 		if err := json.Unmarshal(b, out); err != nil {
 			s.t.Fatalf("%s %s: status %d, body not JSON: %v\n%s", method, path, resp.StatusCode, err, b)
