@@ -484,6 +484,7 @@ func TestSecretsStayOut(t *testing.T) {
 		"PYRUNNER_READONLY_PASSWORD": "db-pass-s3cret", "SCRIPT_JWT_SECRET": "jwt-s3cret", "SCRIPT_JWT_ADMIN_SECRET": "admin-s3cret",
 		"PYRUNNER_TOKEN": "tok-s3cret",
 	}, env: map[string]string{"PYRUNNER_ENV_PASSTHROUGH": "VISIBLE_TO_USER", "VISIBLE_TO_USER": "yes"}})
+	s.authz = "Bearer tok-s3cret" // PYRUNNER_TOKEN guards research
 	var env map[string]string
 	s.mustOK("import os\nresult = dict(os.environ)", &env)
 	all := fmt.Sprint(env)

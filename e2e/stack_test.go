@@ -78,6 +78,7 @@ type stack struct {
 	env       []string
 	dir       string
 	mode      string // executor mode
+	authz     string // Authorization header do() sends, if any
 }
 
 type stackOpts struct {
@@ -223,7 +224,7 @@ var client = &http.Client{Timeout: 5 * time.Minute}
 // do sends a request and decodes a JSON answer into out (if not nil).
 func (s *stack) do(method, path, body string, out any) int {
 	s.t.Helper()
-	return s.doAuth(method, path, body, "", out)
+	return s.doAuth(method, path, body, s.authz, out)
 }
 
 // doAuth is do with an Authorization header (none when empty).

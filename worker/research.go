@@ -80,7 +80,7 @@ func (w *worker) handleResearch(ctx context.Context, id string) error {
 		return finish(research.Failure(msg, meta), run.StatusFailed)
 	}
 	meta.Rows, meta.Source = f.Len(), source
-	w.store.Update(ctx, id, &run.Run{Status: run.StatusRunning}) // a stopping run stays stopping: see below
+	w.store.Update(ctx, id, &run.Run{Status: run.StatusRunning}) // a stopping run stays stopping
 
 	execStart := time.Now()
 	out, err := w.exec.Run(ctx, executor.Job{

@@ -153,6 +153,7 @@ func (s *Store) DeleteRun(ctx context.Context, id string) error {
 	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Del(ctx, s.RunKey(id), s.ResultKey(id))
 		p.ZRem(ctx, s.RunsKey(), id)
+		p.SRem(ctx, s.ActiveKey(), id)
 		return nil
 	})
 	return err
@@ -171,7 +172,8 @@ func (s *Store) GetRun(ctx context.Context, id string) (*run.Run, error) {
 }
 
 // updateScript changes a run unless it has already ended, and announces
-// the run on the done channel when the change ends it.
+// the run on the done channel when the change ends it. A stopping run is
+// never moved back to starting or running.
 //
 // KEYS[1] run hash
 // KEYS[2] done channel
@@ -186,8 +188,12 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if not st or terminal[st] then return 0 end
 local ended = false
 for i = 3, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1])
-  if ARGV[i] == 'status' and terminal[ARGV[i+1]] then ended = true end
+  local k, v = ARGV[i], ARGV[i+1]
+  -- a run being stopped stays "stopping" until it ends
+  if not (k == 'status' and st == 'stopping' and (v == 'running' or v == 'starting')) then
+    redis.call('HSET', KEYS[1], k, v)
+  end
+  if k == 'status' and terminal[v] then ended = true end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 if ended then
