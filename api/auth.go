@@ -2,8 +2,8 @@ package main
 
 import (
 	"net"
-	"strconv"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
