@@ -17,6 +17,7 @@ import (
 	"github.com/ztrade/pyrunner/pkg/run"
 	"github.com/ztrade/pyrunner/pkg/scripts"
 	"github.com/ztrade/pyrunner/pkg/store"
+	"github.com/ztrade/pyrunner/pkg/utf8cut"
 )
 
 // runRecord is a run as the script API shows it: quant-script-api's
@@ -311,7 +312,7 @@ func (s *server) runLogs(c echo.Context) error {
 		if err != nil {
 			return err
 		}
-		body[st] = string(store.TailUTF8(data, tail))
+		body[st] = string(utf8cut.Tail(data, tail))
 	}
 	return c.JSON(http.StatusOK, body)
 }
@@ -350,7 +351,7 @@ func (s *server) followLogs(c echo.Context, id string, streams []string, tail in
 			var chunk []byte
 			switch {
 			case first:
-				chunk = store.TailUTF8(data, tail)
+				chunk = utf8cut.Tail(data, tail)
 			case sent[st] < off: // fell behind the kept tail: skip ahead
 				chunk = data
 			default:
@@ -358,7 +359,7 @@ func (s *server) followLogs(c echo.Context, id string, streams []string, tail in
 			}
 			sent[st] = off + int64(len(data))
 			chunk = append(partial[st], chunk...)
-			whole := len(trimIncomplete(chunk))
+			whole := len(utf8cut.TrimPartial(chunk))
 			partial[st] = append([]byte(nil), chunk[whole:]...)
 			if whole > 0 {
 				writeEvent(bw, st, chunk[:whole])
@@ -404,27 +405,4 @@ func writeEvent(w *bufio.Writer, event string, text []byte) {
 		fmt.Fprint(w, "data: \n")
 	}
 	fmt.Fprint(w, "\n")
-}
-
-// trimIncomplete drops an unfinished UTF-8 character at the end of b.
-func trimIncomplete(b []byte) []byte {
-	for i := 1; i <= 4 && i <= len(b); i++ {
-		c := b[len(b)-i]
-		if c&0xC0 != 0x80 { // a start byte
-			need := 1
-			switch {
-			case c >= 0xF0:
-				need = 4
-			case c >= 0xE0:
-				need = 3
-			case c >= 0xC0:
-				need = 2
-			}
-			if i < need {
-				return b[:len(b)-i]
-			}
-			return b
-		}
-	}
-	return b
 }

@@ -86,9 +86,11 @@ func (w *worker) handleResearch(ctx context.Context, id string) error {
 	out, err := w.exec.Run(ctx, executor.Job{
 		RunID: id, Code: req.Code, Timeout: time.Duration(req.TimeoutSec) * time.Second, Frame: f,
 		LoadKline: func(ctx context.Context, lr executor.LoadRequest) (*frame.Frame, error) {
-			if _, err := (&research.Request{Exchange: lr.Exchange, Symbol: lr.Symbol, BinSize: lr.BinSize, Start: lr.Start,
-				End: lr.End, Limit: lr.Limit, Code: "-"}).Normalize(research.Limits{MaxRows: w.cfg.MaxRows}, time.Now()); err != nil {
+			if err := research.ValidateMarket(lr.Exchange, lr.Symbol, lr.BinSize); err != nil {
 				return nil, err
+			}
+			if lr.Start < 0 || lr.End < lr.Start || lr.Limit < 0 {
+				return nil, run.Errorf(run.ECodeInvalid, "load_kline needs 0 <= start <= end and limit >= 0")
 			}
 			f, _, err := w.db.Load(ctx, kline.Query{Exchange: lr.Exchange, Symbol: lr.Symbol, BinSize: lr.BinSize,
 				Start: lr.Start, End: lr.End, Limit: lr.Limit})

@@ -2,7 +2,8 @@ package executor
 
 import (
 	"sync"
-	"unicode/utf8"
+
+	"github.com/ztrade/pyrunner/pkg/utf8cut"
 )
 
 // capBuffer keeps the first max bytes written to it and counts the rest,
@@ -36,20 +37,7 @@ func (c *capBuffer) String() (string, bool) {
 	defer c.mu.Unlock()
 	b := c.buf
 	if c.truncated {
-		b = trimPartialRune(b)
+		b = utf8cut.TrimPartial(b)
 	}
 	return string(b), c.truncated
-}
-
-// trimPartialRune drops an incomplete UTF-8 sequence at the end of b.
-func trimPartialRune(b []byte) []byte {
-	for i := 1; i <= utf8.UTFMax && i <= len(b); i++ {
-		if utf8.RuneStart(b[len(b)-i]) {
-			if !utf8.FullRune(b[len(b)-i:]) {
-				return b[:len(b)-i]
-			}
-			break
-		}
-	}
-	return b
 }

@@ -57,10 +57,11 @@ func (r *Request) Normalize(l Limits, now time.Time) (warnings []string, err err
 		return nil, run.Errorf(run.ECodeInvalid, "binSize is required")
 	case strings.TrimSpace(r.Code) == "":
 		return nil, run.Errorf(run.ECodeInvalid, "code is required")
-	case !exchangeRe.MatchString(r.Exchange):
-		return nil, run.Errorf(run.ECodeInvalid, "exchange %q must match ^[A-Za-z0-9-]+$", r.Exchange)
-	case !symbolRe.MatchString(r.Symbol):
-		return nil, run.Errorf(run.ECodeInvalid, "symbol %q must match ^[A-Za-z0-9_-]+$", r.Symbol)
+	}
+	if err := ValidateMarket(r.Exchange, r.Symbol, r.BinSize); err != nil {
+		return nil, err
+	}
+	switch {
 	case r.Limit < 0:
 		return nil, run.Errorf(run.ECodeInvalid, "limit must not be negative (got %d)", r.Limit)
 	case r.TimeoutSec < 0:
@@ -69,9 +70,6 @@ func (r *Request) Normalize(l Limits, now time.Time) (warnings []string, err err
 		return nil, run.Errorf(run.ECodeInvalid, "start and end must be unix seconds, not negative")
 	case l.MaxCodeBytes > 0 && len(r.Code) > l.MaxCodeBytes:
 		return nil, run.Errorf(run.ECodeTooLarge, "code is %d bytes, over the limit of %d bytes", len(r.Code), l.MaxCodeBytes)
-	}
-	if _, err := binsize.Parse(r.BinSize); err != nil {
-		return nil, run.Errorf(run.ECodeInvalid, "%v", err)
 	}
 	if r.End == 0 {
 		r.End = now.Unix()
@@ -93,6 +91,21 @@ func (r *Request) Normalize(l Limits, now time.Time) (warnings []string, err err
 		r.Limit = l.MaxRows
 	}
 	return warnings, nil
+}
+
+// ValidateMarket checks the names that make up a K-line table name, for
+// requests and for load_kline calls from user code alike.
+func ValidateMarket(exchange, symbol, bin string) error {
+	switch {
+	case !exchangeRe.MatchString(exchange):
+		return run.Errorf(run.ECodeInvalid, "exchange %q must match ^[A-Za-z0-9-]+$", exchange)
+	case !symbolRe.MatchString(symbol):
+		return run.Errorf(run.ECodeInvalid, "symbol %q must match ^[A-Za-z0-9_-]+$", symbol)
+	}
+	if _, err := binsize.Parse(bin); err != nil {
+		return run.Errorf(run.ECodeInvalid, "%v", err)
+	}
+	return nil
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }

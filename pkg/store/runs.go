@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 
@@ -170,19 +169,4 @@ func (s *Store) ReadLog(ctx context.Context, id, stream string) (data []byte, of
 	data, _ = tail.Bytes()
 	n, _ := total.Int64()
 	return data, n - int64(len(data)), nil
-}
-
-// TailUTF8 returns the last n bytes of b, moved forward past any partial
-// UTF-8 character so the tail never starts inside one.
-func TailUTF8(b []byte, n int) []byte {
-	if n < 0 || len(b) <= n {
-		return b
-	}
-	t := b[len(b)-n:]
-	for i := 0; i < utf8.UTFMax && i < len(t); i++ {
-		if utf8.RuneStart(t[i]) {
-			return t[i:]
-		}
-	}
-	return t
 }
