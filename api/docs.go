@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 
 	"github.com/getkin/kin-openapi/openapi3"
@@ -46,11 +47,39 @@ func Spec() (*openapi3.T, []byte, error) {
 }
 
 func (s *server) openapiJSON(c echo.Context) error {
-	_, b, err := Spec()
+	doc, b, err := s.spec()
 	if err != nil {
 		return err
 	}
+	if doc != nil {
+		b, err = json.Marshal(doc)
+		if err != nil {
+			return err
+		}
+	}
 	return c.Blob(http.StatusOK, "application/json", b)
+}
+
+// spec is the description for this server: the embedded one, with the
+// script API's paths moved under SCRIPT_API_PREFIX when that is not /v1
+// (doc is nil when nothing moved).
+func (s *server) spec() (*openapi3.T, []byte, error) {
+	doc, b, err := Spec()
+	if err != nil || s.cfg.APIPrefix == "/v1" {
+		return nil, b, err
+	}
+	var moved openapi3.T
+	if err := json.Unmarshal(b, &moved); err != nil {
+		return nil, nil, err
+	}
+	moved.Paths = openapi3.NewPaths()
+	for path, item := range doc.Paths.Map() {
+		if strings.HasPrefix(path, "/v1/") && !strings.HasPrefix(path, "/v1/research/") {
+			path = s.cfg.APIPrefix + strings.TrimPrefix(path, "/v1")
+		}
+		moved.Paths.Set(path, item)
+	}
+	return &moved, nil, nil
 }
 
 const docsPage = `<!doctype html>

@@ -27,7 +27,13 @@ func TestSpecIsValidOpenAPI3(t *testing.T) {
 // TestRoutesMatchSpec: every route the server registers is described, and
 // every described path and method is served.
 func TestRoutesMatchSpec(t *testing.T) {
-	cfg, err := config.Load("t", nil, func(string) string { return "" }, io.Discard)
+	for _, prefix := range []string{"/v1", "/quant"} {
+		t.Run(prefix, func(t *testing.T) { testRoutesMatchSpec(t, prefix) })
+	}
+}
+
+func testRoutesMatchSpec(t *testing.T, prefix string) {
+	cfg, err := config.Load("t", []string{"--api-prefix", prefix}, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,9 +46,12 @@ func TestRoutesMatchSpec(t *testing.T) {
 		}
 		served[r.Method+" "+param.ReplaceAllString(r.Path, "{$1}")] = true
 	}
-	doc, _, err := Spec()
+	doc, _, err := s.spec()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if doc == nil {
+		doc, _, _ = Spec()
 	}
 	described := map[string]bool{}
 	for path, item := range doc.Paths.Map() {
