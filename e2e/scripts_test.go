@@ -190,12 +190,11 @@ func TestScripts(t *testing.T) {
 			Stdout string `json:"stdout"`
 		}
 		s.do("GET", "/v1/runs/"+r.RunID+"/logs?tail_bytes=7", "", &logs)
-		full := strings.Repeat("", 0)
 		var all struct {
 			Stdout string `json:"stdout"`
 		}
 		s.do("GET", "/v1/runs/"+r.RunID+"/logs?tail_bytes=65536", "", &all)
-		full = all.Stdout
+		full := all.Stdout
 		if !strings.HasSuffix(full, logs.Stdout) || len(logs.Stdout) > 7 || len(logs.Stdout) < 4 || !isValidUTF8(logs.Stdout) {
 			t.Errorf("tail_bytes=7 gave %q of %q", logs.Stdout, full)
 		}

@@ -102,9 +102,7 @@ func reason(err error) string {
 func scopes(c jwt.MapClaims) []string {
 	var out []string
 	add := func(s string) {
-		for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ' ' || r == ',' }) {
-			out = append(out, f)
-		}
+		out = append(out, strings.FieldsFunc(s, func(r rune) bool { return r == ' ' || r == ',' })...)
 	}
 	switch v := c["scopes"].(type) {
 	case []any:

@@ -6,7 +6,6 @@ package frame
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -128,12 +127,6 @@ func writeColumn(w io.Writer, c any) error {
 		return err
 	}
 	return binary.Write(w, binary.LittleEndian, c)
-}
-
-// MarshalHeader is a helper for protocols that carry the header as JSON.
-func (f *Frame) MarshalHeader() json.RawMessage {
-	b, _ := json.Marshal(f.Header())
-	return b
 }
 
 // Head returns a frame of the first n rows, sharing f's memory.

@@ -136,12 +136,10 @@ type batcher struct {
 	sink     func(string, []byte)
 	interval time.Duration
 
-	mu      sync.Mutex
-	buf     []byte
-	pending bool
-	closed  bool
-	wake    chan struct{}
-	done    chan struct{}
+	mu   sync.Mutex
+	buf  []byte
+	wake chan struct{}
+	done chan struct{}
 }
 
 func newBatcher(stream string, sink func(string, []byte), interval time.Duration) *batcher {

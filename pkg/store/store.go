@@ -81,9 +81,6 @@ func (s *Store) Ping(ctx context.Context) error {
 // Close closes the connections.
 func (s *Store) Close() error { return s.rdb.Close() }
 
-// TTL is how long run records are kept.
-func (s *Store) TTL() time.Duration { return s.ttl }
-
 // CreateRun writes a new run record and indexes it.
 func (s *Store) CreateRun(ctx context.Context, r *run.Run) error {
 	key := s.RunKey(r.ID)
