@@ -148,21 +148,26 @@ func (s *server) answerResearch(c echo.Context, id string, d time.Duration) erro
 // waitFor returns the run once it has ended or d has passed, whichever is
 // first. It wakes on the completion event, never by polling.
 func (s *server) waitFor(ctx context.Context, id string, d time.Duration) (*run.Run, error) {
-	done, unregister := s.waiter.Register(id)
-	defer unregister()
-	r, err := s.store.GetRun(ctx, id)
-	if err != nil || r.Status.Terminal() || d <= 0 {
-		return r, err
-	}
 	t := time.NewTimer(d)
 	defer t.Stop()
-	select {
-	case <-done:
-	case <-t.C:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("client went away: %w", ctx.Err())
+	for {
+		done, unregister := s.waiter.Register(id)
+		r, err := s.store.GetRun(context.WithoutCancel(ctx), id)
+		if err != nil || r.Status.Terminal() || d <= 0 {
+			unregister()
+			return r, err
+		}
+		select {
+		case <-done: // ended, or a subscription gap: look again
+			unregister()
+		case <-t.C:
+			unregister()
+			return s.store.GetRun(context.WithoutCancel(ctx), id)
+		case <-ctx.Done():
+			unregister()
+			return nil, fmt.Errorf("client went away: %w", ctx.Err())
+		}
 	}
-	return s.store.GetRun(context.WithoutCancel(ctx), id)
 }
 
 func pollURL(id string) string { return "/v1/research/runs/" + id }

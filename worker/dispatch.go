@@ -111,6 +111,22 @@ func (d *dispatcher) cancel(id string) {
 	}
 }
 
+// resync cancels the runs this worker holds whose records say a stop was
+// requested: a stop published while the subscription was down.
+func (d *dispatcher) resync() {
+	d.mu.Lock()
+	ids := make([]string, 0, len(d.running))
+	for id := range d.running {
+		ids = append(ids, id)
+	}
+	d.mu.Unlock()
+	for _, id := range ids {
+		if r, err := d.store.GetRun(context.Background(), id); err == nil && r.StopRequested {
+			d.cancel(id)
+		}
+	}
+}
+
 // drain waits up to grace for the wake path's runs to finish.
 func (d *dispatcher) drain(grace time.Duration) bool {
 	done := make(chan struct{})

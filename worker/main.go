@@ -89,7 +89,8 @@ func start() error {
 
 	research := newDispatcher(st, w.id, queue.QueueResearch, cfg.ResearchConcurrency, w.handleResearch)
 	scriptsD := newDispatcher(st, w.id, queue.QueueScripts, cfg.ScriptConcurrency, w.handleScript)
-	if err := st.OnCancel(bg, func(id string) { research.cancel(id); scriptsD.cancel(id) }); err != nil {
+	onCancel := func(id string) { research.cancel(id); scriptsD.cancel(id) }
+	if err := st.OnCancel(bg, onCancel, func() { research.resync(); scriptsD.resync() }); err != nil {
 		return err
 	}
 	wakeCtx, stopWake := context.WithCancel(bg)

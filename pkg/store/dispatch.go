@@ -94,8 +94,10 @@ func (s *Store) RequestStop(ctx context.Context, id string) (StopOutcome, error)
 
 // OnCancel calls fn with each run id a client asks to stop, until ctx ends.
 // It returns once subscribed.
-func (s *Store) OnCancel(ctx context.Context, fn func(id string)) error {
-	return s.subscribe(ctx, s.CancelChannel(), fn)
+// After a gap in the subscription, resync is called: a stop published in
+// the gap was missed, so the worker checks its runs' records instead.
+func (s *Store) OnCancel(ctx context.Context, fn func(id string), resync func()) error {
+	return s.subscribeWithResync(ctx, s.CancelChannel(), fn, resync)
 }
 
 // Wake pushes a new run id for idle workers of queue. The list is trimmed

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Waiter lets many requests wait for run events over a single pub/sub
@@ -29,16 +31,18 @@ func (s *Store) NewLogWaiter(ctx context.Context) (*Waiter, error) {
 
 func (s *Store) newWaiter(ctx context.Context, channel string) (*Waiter, error) {
 	w := &Waiter{waiting: map[string][]chan struct{}{}}
-	if err := s.subscribe(ctx, channel, w.wake); err != nil {
+	if err := s.subscribeWithResync(ctx, channel, w.wake, w.wakeAll); err != nil {
 		return nil, err
 	}
 	return w, nil
 }
 
-// subscribe calls fn with every message published on channel until ctx
-// ends. It returns once the subscription is confirmed, so nothing
-// published after it is missed.
-func (s *Store) subscribe(ctx context.Context, channel string, fn func(payload string)) error {
+// subscribeWithResync calls fn with every message published on channel
+// until ctx ends. It returns once the subscription is confirmed, so
+// nothing published after it is missed. go-redis re-subscribes after a
+// lost connection; what was published in the gap is gone, so resync is
+// called then, for the caller to look at the state again.
+func (s *Store) subscribeWithResync(ctx context.Context, channel string, fn func(payload string), resync func()) error {
 	ps := s.rdb.Subscribe(ctx, channel)
 	if _, err := ps.Receive(ctx); err != nil {
 		ps.Close()
@@ -46,7 +50,7 @@ func (s *Store) subscribe(ctx context.Context, channel string, fn func(payload s
 	}
 	go func() {
 		defer ps.Close()
-		ch := ps.Channel()
+		ch := ps.ChannelWithSubscriptions()
 		for {
 			select {
 			case <-ctx.Done():
@@ -55,7 +59,15 @@ func (s *Store) subscribe(ctx context.Context, channel string, fn func(payload s
 				if !ok {
 					return
 				}
-				fn(m.Payload)
+				switch m := m.(type) {
+				case *redis.Message:
+					fn(m.Payload)
+				case *redis.Subscription:
+					if m.Kind == "subscribe" && resync != nil {
+						slog.Warn("re-subscribed after a lost connection; waking all waiters", "channel", channel)
+						resync()
+					}
+				}
 			}
 		}
 	}()
@@ -63,8 +75,9 @@ func (s *Store) subscribe(ctx context.Context, channel string, fn func(payload s
 	return nil
 }
 
-// Register returns a channel closed when run id ends, and a function to
-// call when no longer waiting. Register before reading the run's status,
+// Register returns a channel closed when run id ends (or, rarely, when
+// the subscription had a gap: callers look again and may wait on), and a
+// function to call when no longer waiting. Register before reading the run's status,
 // so an end between the read and the wait is not lost.
 func (w *Waiter) Register(id string) (<-chan struct{}, func()) {
 	ch := make(chan struct{})
@@ -85,6 +98,20 @@ func (w *Waiter) Register(id string) (<-chan struct{}, func()) {
 			delete(w.waiting, id)
 		} else {
 			w.waiting[id] = list
+		}
+	}
+}
+
+// wakeAll wakes every waiter (after a gap in the subscription); each
+// looks at its run again and waits on if it has not ended.
+func (w *Waiter) wakeAll() {
+	w.mu.Lock()
+	all := w.waiting
+	w.waiting = map[string][]chan struct{}{}
+	w.mu.Unlock()
+	for _, list := range all {
+		for _, c := range list {
+			close(c)
 		}
 	}
 }
