@@ -13,7 +13,6 @@ import (
 
 	"github.com/ztrade/pyrunner/pkg/proc"
 	"github.com/ztrade/pyrunner/pkg/research"
-	"github.com/ztrade/pyrunner/python"
 )
 
 // Cold starts a fresh interpreter for every run: simple and fully
@@ -26,15 +25,11 @@ type Cold struct {
 
 // NewCold prepares the work dir and the harness.
 func NewCold(opt Options) (*Cold, error) {
-	mpl, err := prepareWorkDir(opt)
+	py, mpl, err := prepareWorkDir(opt)
 	if err != nil {
 		return nil, err
 	}
-	h, err := harnessPath(opt.WorkDir, python.Harness)
-	if err != nil {
-		return nil, err
-	}
-	return &Cold{opt: opt, harness: h, mplDir: mpl}, nil
+	return &Cold{opt: opt, harness: filepath.Join(py, "harness.py"), mplDir: mpl}, nil
 }
 
 // Mode is "cold".

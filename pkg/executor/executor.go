@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -100,20 +99,6 @@ type Options struct {
 
 // ErrCancelled marks a run whose context was cancelled (stop or shutdown).
 var ErrCancelled = errors.New("run cancelled")
-
-// harnessPath writes the embedded harness once per worker and returns it.
-func harnessPath(workDir string, src []byte) (string, error) {
-	dir := filepath.Join(workDir, ".harness")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("executor: make %s: %w", dir, err)
-	}
-	p := filepath.Join(dir, "harness.py")
-	tmp := p + "." + strconv.Itoa(os.Getpid())
-	if err := os.WriteFile(tmp, src, 0o644); err != nil {
-		return "", fmt.Errorf("executor: write harness: %w", err)
-	}
-	return p, os.Rename(tmp, p)
-}
 
 // childEnv is the whole environment user code gets: a minimal base, the
 // passthrough names, and nothing else of the worker's (no DB credentials,

@@ -7,6 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+
+	"github.com/ztrade/pyrunner/python"
 )
 
 // Isolation of user code, in both executor modes:
@@ -50,24 +53,39 @@ func makeRunDir(workDir, runID string) (string, error) {
 	return dir, nil
 }
 
-// prepareWorkDir makes the work dir (traversable, not listable, by others)
-// and the shared matplotlib config dir with its font cache built, so runs
-// only ever read it.
-func prepareWorkDir(opt Options) (mplDir string, err error) {
+// prepareWorkDir makes the work dir (traversable, not listable, by others),
+// writes the embedded Python side (harness.py, zygote.py) into pyDir, and
+// makes the shared matplotlib config dir with its font cache built, so
+// runs only ever read it.
+func prepareWorkDir(opt Options) (pyDir, mplDir string, err error) {
 	if err := os.MkdirAll(opt.WorkDir, 0o711); err != nil {
-		return "", fmt.Errorf("executor: make work dir: %w", err)
+		return "", "", fmt.Errorf("executor: make work dir: %w", err)
 	}
 	os.Chmod(opt.WorkDir, 0o711)
 	if _, _, ok := runIdentity(); ok {
 		for p := filepath.Dir(opt.WorkDir); p != "/" && p != "."; p = filepath.Dir(p) {
 			if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o001 == 0 {
-				return "", fmt.Errorf("executor: work dir %s is out of reach of the user code runs as (uid %d): %s has mode %o; pick a PYRUNNER_WORK_DIR whose parents others may traverse", opt.WorkDir, nobody, p, fi.Mode().Perm())
+				return "", "", fmt.Errorf("executor: work dir %s is out of reach of the user code runs as (uid %d): %s has mode %o; pick a PYRUNNER_WORK_DIR whose parents others may traverse", opt.WorkDir, nobody, p, fi.Mode().Perm())
 			}
+		}
+	}
+	pyDir = filepath.Join(opt.WorkDir, ".harness")
+	if err := os.MkdirAll(pyDir, 0o755); err != nil {
+		return "", "", fmt.Errorf("executor: make %s: %w", pyDir, err)
+	}
+	for name, src := range map[string][]byte{"harness.py": python.Harness, "zygote.py": python.Zygote} {
+		p := filepath.Join(pyDir, name)
+		tmp := p + "." + strconv.Itoa(os.Getpid()) // written whole, then renamed: workers may share the dir
+		if err := os.WriteFile(tmp, src, 0o644); err == nil {
+			err = os.Rename(tmp, p)
+		}
+		if err != nil {
+			return "", "", fmt.Errorf("executor: write %s: %w", p, err)
 		}
 	}
 	mplDir = filepath.Join(opt.WorkDir, ".mplconfig")
 	if err := os.MkdirAll(mplDir, 0o755); err != nil {
-		return "", fmt.Errorf("executor: make matplotlib dir: %w", err)
+		return "", "", fmt.Errorf("executor: make matplotlib dir: %w", err)
 	}
 	cmd := exec.Command(opt.Python, "-c", "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot")
 	cmd.Env = childEnv(opt.WorkDir, mplDir, nil)
@@ -80,7 +98,7 @@ func prepareWorkDir(opt Options) (mplDir string, err error) {
 		}
 		return nil
 	})
-	return mplDir, nil
+	return pyDir, mplDir, nil
 }
 
 // ProbeSandbox resolves PYRUNNER_SANDBOX: "none" stays none, "bwrap"

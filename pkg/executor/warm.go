@@ -14,8 +14,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/ztrade/pyrunner/python"
 )
 
 // Warm keeps one long-lived Python zygote (python/zygote.py) that has
@@ -33,19 +31,11 @@ type Warm struct {
 
 // NewWarm writes the Python side and starts the zygote.
 func NewWarm(opt Options) (*Warm, error) {
-	mpl, err := prepareWorkDir(opt)
+	py, mpl, err := prepareWorkDir(opt)
 	if err != nil {
 		return nil, err
 	}
-	h, err := harnessPath(opt.WorkDir, python.Harness)
-	if err != nil {
-		return nil, err
-	}
-	dir := filepath.Dir(h)
-	if err := os.WriteFile(filepath.Join(dir, "zygote.py"), python.Zygote, 0o644); err != nil {
-		return nil, fmt.Errorf("executor: write zygote: %w", err)
-	}
-	w := &Warm{opt: opt, dir: dir, mplDir: mpl}
+	w := &Warm{opt: opt, dir: py, mplDir: mpl}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if _, err := w.zygoteLocked(); err != nil {
