@@ -6,6 +6,8 @@
 //	(b) sustained trivial runs/s with one and with two workers
 //	(c) time to deliver a 1M-row frame to user code, next to pandas.read_sql
 //	(d) worker RSS (worker + zygote + children) at rest and under load
+//	(e) the cost of isolation: warm trivial p50 with the full sandbox next
+//	    to PYRUNNER_SANDBOX=none, two stacks called in turn
 //
 // Run it with `make bench`.
 package main
@@ -181,6 +183,28 @@ func latency(s *stack, n int) (p50, p99 time.Duration, err error) {
 	return percentile(ds, 0.5), percentile(ds, 0.99), nil
 }
 
+// interleaved calls each stack in turn, n times each, and returns each
+// one's p50.
+func interleaved(n int, stacks ...*stack) ([]time.Duration, error) {
+	ds := make([][]time.Duration, len(stacks))
+	for i := -5; i < n; i++ { // 5 to warm up
+		for j, s := range stacks {
+			_, d, err := s.research(trivial)
+			if err != nil {
+				return nil, err
+			}
+			if i >= 0 {
+				ds[j] = append(ds[j], d)
+			}
+		}
+	}
+	p50s := make([]time.Duration, len(stacks))
+	for j := range stacks {
+		p50s[j] = percentile(ds[j], 0.5)
+	}
+	return p50s, nil
+}
+
 // throughput runs trivial calls from clients goroutines for d and
 // samples the workers' RSS meanwhile.
 func throughput(s *stack, clients int, d time.Duration) (perSec float64, peakRSS int64, err error) {
@@ -316,6 +340,27 @@ func run() error {
 	}
 	if len(lat) == 2 {
 		add("(a) cold p50 / warm p50", fmt.Sprintf("%.1f×", float64(lat["cold"][0])/float64(lat["warm"][0])))
+	}
+
+	// (e) isolation cost, interleaved so both see the same machine load
+	if only == "" || strings.Contains(only, "e") {
+		iso, err := start(dir, db, 1, "PYRUNNER_EXECUTOR=warm", "PYRUNNER_SANDBOX=bwrap")
+		if err != nil {
+			return err
+		}
+		bare, err := start(dir, db, 1, "PYRUNNER_EXECUTOR=warm", "PYRUNNER_SANDBOX=none")
+		if err != nil {
+			iso.stop()
+			return err
+		}
+		p50s, err := interleaved(200, iso, bare)
+		iso.stop()
+		bare.stop()
+		if err != nil {
+			return err
+		}
+		add("(e) warm trivial p50, full isolation (bwrap + per-run namespaces + seccomp) / PYRUNNER_SANDBOX=none, interleaved (n=200)",
+			fmt.Sprintf("%s / %s (isolation costs %+.0f%%)", ms(p50s[0]), ms(p50s[1]), 100*(float64(p50s[0])/float64(p50s[1])-1)))
 	}
 
 	// (b) throughput and (d) RSS

@@ -13,3 +13,11 @@ var Harness []byte
 //
 //go:embed zygote.py
 var Zygote []byte
+
+// Isolation is isolation.py: a run's own namespaces and seccomp filter.
+//
+//go:embed isolation.py
+var Isolation []byte
+
+// Files are the Python side as the executor writes it out, by file name.
+var Files = map[string][]byte{"harness.py": Harness, "zygote.py": Zygote, "isolation.py": Isolation}

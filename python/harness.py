@@ -37,6 +37,9 @@ import traceback
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # python -I leaves it out
+import isolation  # noqa: E402
+
 USER_FILENAME = "<user_code>"
 COLUMNS = ["start", "open", "high", "low", "close", "volume", "turnover", "trades"]
 MAX_CHUNK = 1 << 22
@@ -288,13 +291,58 @@ def apply_limits(job):
 
 def drop_privileges(job):
     """Run user code as the job's uid/gid (the worker sends them when it is
-    root), after the limits are set and before any user code runs."""
+    root), after the limits are set and before any user code runs. The
+    kernel clears the parent-death signal when the uid changes, so it is
+    set again (and a parent that died in between is noticed)."""
     uid, gid = job.get("uid"), job.get("gid")
+    ppid = os.getppid()
     if gid is not None and os.getgid() != gid:
         os.setgroups([])
         os.setgid(gid)
     if uid is not None and os.getuid() != uid:
         os.setuid(uid)
+    if job.get("isolate"):
+        isolation.rearm_parent_death()
+    elif ppid > 1:
+        isolation.set_parent_death()
+        if os.getppid() != ppid:
+            os._exit(1)
+
+
+def json_size(o):
+    """The size of the JSON text of o (plain JSON values, as to_jsonable
+    returns), counted without building it: a result of gigabytes is
+    measured, and refused, in the memory it already has."""
+    total = 0
+    seen = {}
+    stack = [o]
+    while stack:
+        v = stack.pop()
+        if v is None or v is True:
+            total += 4
+        elif v is False:
+            total += 5
+        elif isinstance(v, str):
+            n = seen.get(id(v)) if len(v) > 64 else None
+            if n is None:
+                if v.isascii() and v.isprintable() and '"' not in v and "\\" not in v:
+                    n = len(v) + 2
+                else:
+                    n = len(json.dumps(v))
+                if len(v) > 64:
+                    seen[id(v)] = n
+            total += n
+        elif isinstance(v, (int, float)):
+            total += len(repr(v)) if isinstance(v, int) else len(json.dumps(v))
+        elif isinstance(v, dict):
+            total += 1 + 2 * len(v) if v else 2  # braces, colons, commas
+            for k, x in v.items():
+                stack.append(k)
+                stack.append(x)
+        else:  # list
+            total += 1 + len(v) if v else 2  # brackets, commas
+            stack.extend(v)
+    return total
 
 
 def execute(job, df, load_kline):
@@ -327,9 +375,13 @@ def execute(job, df, load_kline):
     if ok:
         try:
             result = to_jsonable(g.get("result"))
-            json.dumps(result, allow_nan=False)
         except BaseException as e:  # noqa: BLE001
             ok, error, result = False, f"result could not be converted to JSON: {error_text(e)}", None
+    limit = int(job.get("maxResultBytes") or 0)
+    if ok and limit > 0:
+        n = json_size(result)
+        if n > limit:
+            ok, error, result = False, f"result too large: {n} bytes (limit {limit})", None
     images = []
     try:
         images = collect_images(g, int(job.get("maxImages", 3)), int(job.get("maxImageBytes", 1 << 20)), warnings)
@@ -341,14 +393,29 @@ def execute(job, df, load_kline):
 def serve(sock):
     """Take one job from sock, run it, send the result."""
     job, body = recv_msg(sock)
+    if job.get("isolate"):
+        isolation.enter(job)  # from here on: PID 1 of the run's own namespaces
     df = frame_to_df(job["frame"], body)
     del body
     apply_limits(job)
     drop_privileges(job)
+    if job.get("isolate"):
+        isolation.lock_down()
     msg = execute(job, df, make_load_kline(sock))
     sys.stdout.flush()
     sys.stderr.flush()
-    send_msg(sock, msg)
+    # Close the output before the result: the worker takes the two
+    # together as the end of the run, without waiting for this process
+    # (and its namespaces) to be torn down.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        send_msg(sock, msg)
+    except (TypeError, ValueError) as e:  # a value to_jsonable let through
+        send_msg(sock, {"type": "result", "ok": False, "error": f"result could not be converted to JSON: {error_text(e)}",
+                        "result": None, "images": msg["images"], "warnings": msg["warnings"]})
 
 
 def main():

@@ -3,10 +3,16 @@ numpy, pandas and matplotlib (and PYRUNNER_PRELOAD), and forks one child
 per research run, so a run costs a fork (~10 ms) instead of the ~0.6 s
 those imports take.
 
+The fork is taken off the run's path: the zygote keeps PYRUNNER_PREFORK
+children forked ahead of time (and, with PYRUNNER_ISOLATE=1, already in
+their own namespaces: python/isolation.py), hands each request to one of
+them, and forks the next while nothing else is asked of it.
+
 The worker talks to it over a SOCK_SEQPACKET socket on file descriptor 3,
 one JSON message per packet:
 
-    worker → zygote  {"op": "fork", "run": id, "dir": ..., "env": {...}}
+    worker → zygote  {"op": "fork", "run": id, "dir": ..., "env": {...},
+                      "isolate": {"uid", "gid", "diskBytes"} (when isolating)}
                      with three descriptors attached (SCM_RIGHTS): the
                      run's channel socket, its stdout and its stderr
     zygote → worker  {"op": "ready", "pid": n}            once, after preloading
@@ -14,9 +20,8 @@ one JSON message per packet:
                      {"op": "exit", "pid": n, "code": n}  when a child ends (minus the signal if killed)
 
 Each child is a fresh copy of the zygote: new process group, its own
-working directory and environment, then
-harness.serve() on its channel. Nothing a run does reaches the zygote or
-the next run.
+working directory and environment, then harness.serve() on its channel.
+Nothing a run does reaches the zygote or the next run.
 """
 
 import ctypes
@@ -39,6 +44,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402,F401
 
 import harness  # noqa: E402
+import isolation  # noqa: E402
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -66,8 +72,14 @@ def warm_up():
     gc.freeze()
 
 
-def child(msg, fds, zygote_pid, keep):
-    """In the forked child: become the run, then serve it. Never returns."""
+PREFORK = max(1, int(os.environ.pop("PYRUNNER_PREFORK", "2") or 2))
+ISOLATE = os.environ.pop("PYRUNNER_ISOLATE", "") == "1"
+
+
+def standby(sock, zygote_pid, keep):
+    """In a pre-forked child: get ready (own process group, isolated
+    namespaces when ISOLATE), wait on sock for a run, become it, serve it.
+    Never returns."""
     code = 0
     try:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -79,14 +91,25 @@ def child(msg, fds, zygote_pid, keep):
             signal.signal(s, signal.SIG_DFL)
         for fd in keep:
             os.close(fd)
+        if ISOLATE:
+            isolation.split()  # from here on: G, PID 1 of the run's namespaces
+        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)
+        if not data or len(fds) != 3:  # the zygote retired this child
+            os._exit(0)
+        sock.close()
+        msg = json.loads(data)
         chan, out, err = fds
         os.dup2(out, 1)
         os.dup2(err, 2)
         os.close(out)
         os.close(err)
-        os.chdir(msg["dir"])
         os.environ.clear()
         os.environ.update(msg.get("env") or {})
+        iso = msg.get("isolate")
+        if ISOLATE and iso:
+            isolation.make_home(msg["dir"], int(iso["uid"]), int(iso["gid"]), int(iso["diskBytes"]))
+        else:
+            os.chdir(msg["dir"])
         random.seed()
         np.random.seed()
         harness.serve(socket.socket(fileno=chan))
@@ -105,16 +128,71 @@ def send(ctl, obj):
     ctl.send(json.dumps(obj).encode())
 
 
-def reap(ctl):
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
+class Zygote:
+    """The zygote's state: its control socket and the ready children, each
+    a (pid, socket) waiting for a run."""
+
+    def __init__(self, ctl, keep):
+        self.ctl = ctl
+        self.keep = keep  # descriptors a child must not keep
+        self.me = os.getpid()
+        self.ready = []
+
+    def prefork(self):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
         if pid == 0:
-            return
-        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-        send(ctl, {"op": "exit", "pid": pid, "code": code})
+            a.close()
+            standby(b, self.me, self.keep + [s.fileno() for _, s in self.ready])
+        b.close()
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass  # the child did it first, or already exited
+        self.ready.append((pid, a))
+
+    def dispatch(self, data, fds):
+        """Hand a fork request to a ready child (making one if none is),
+        and answer the worker."""
+        msg = json.loads(data)
+        try:
+            if msg.get("op") != "fork" or len(fds) != 3:
+                send(self.ctl, {"op": "fork_failed", "run": msg.get("run"), "error": "bad fork request"})
+                return
+            for _ in range(3):  # a ready child that died is passed over
+                if not self.ready:
+                    self.prefork()
+                pid, s = self.ready.pop(0)
+                try:
+                    socket.send_fds(s, [data], fds)
+                except OSError:
+                    continue
+                finally:
+                    s.close()
+                send(self.ctl, {"op": "forked", "run": msg.get("run"), "pid": pid})
+                return
+            send(self.ctl, {"op": "fork_failed", "run": msg.get("run"), "error": "no child could take the run"})
+        except OSError as e:
+            send(self.ctl, {"op": "fork_failed", "run": msg.get("run"), "error": str(e)})
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            waiting = [r for r in self.ready if r[0] == pid]
+            if waiting:  # a ready child died before it had a run: replaced
+                self.ready.remove(waiting[0])
+                waiting[0][1].close()
+                continue
+            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            send(self.ctl, {"op": "exit", "pid": pid, "code": code})
 
 
 def main():
@@ -129,16 +207,21 @@ def main():
     sel = selectors.DefaultSelector()
     sel.register(ctl, selectors.EVENT_READ, "ctl")
     sel.register(wake_r, selectors.EVENT_READ, "wake")
-    me = os.getpid()
-    send(ctl, {"op": "ready", "pid": me})
+    z = Zygote(ctl, [ctl.fileno(), wake_r, wake_w, sel.fileno()])
+    send(ctl, {"op": "ready", "pid": z.me})
     while True:
-        for key, _ in sel.select():
+        # Requests first; with none waiting, fill up the ready children.
+        events = sel.select(timeout=0 if len(z.ready) < PREFORK else None)
+        if not events:
+            z.prefork()
+            continue
+        for key, _ in events:
             if key.data == "wake":
                 try:
                     os.read(wake_r, 4096)
                 except BlockingIOError:
                     pass
-                reap(ctl)
+                z.reap()
                 continue
             try:
                 data, fds, _, _ = socket.recv_fds(ctl, 1 << 20, 3)
@@ -146,29 +229,8 @@ def main():
                 continue
             if not data:  # the worker is gone
                 os._exit(0)
-            msg = json.loads(data)
-            if msg.get("op") != "fork" or len(fds) != 3:
-                for fd in fds:
-                    os.close(fd)
-                send(ctl, {"op": "fork_failed", "run": msg.get("run"), "error": "bad fork request"})
-                continue
-            try:
-                pid = os.fork()
-            except OSError as e:
-                for fd in fds:
-                    os.close(fd)
-                send(ctl, {"op": "fork_failed", "run": msg.get("run"), "error": str(e)})
-                continue
-            if pid == 0:
-                child(msg, fds, me, [ctl.fileno(), wake_r, wake_w, sel.fileno()])
-            try:
-                os.setpgid(pid, pid)
-            except OSError:
-                pass  # the child did it first, or already exited
-            for fd in fds:
-                os.close(fd)
-            send(ctl, {"op": "forked", "run": msg.get("run"), "pid": pid})
-            reap(ctl)
+            z.dispatch(data, fds)
+            z.reap()
 
 
 if __name__ == "__main__":

@@ -54,15 +54,12 @@ func start() error {
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
-	sandbox, err := executor.ProbeSandbox(cfg.Sandbox)
-	if err != nil {
-		return fmt.Errorf("refusing to start: %w", err)
-	}
-	exe, err := newExecutor(cfg, py, sandbox, kc)
+	exe, err := newExecutor(cfg, py, kc)
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
 	defer exe.Close()
+	sandbox, sandboxNote := exe.Sandbox()
 	st, err := store.Open(ctx, cfg.RedisURL, cfg.KeyPrefix, cfg.ResultTTL)
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
@@ -79,7 +76,7 @@ func start() error {
 	}
 	info := store.WorkerInfo{
 		ID: w.id, Host: host, PID: os.Getpid(), StartedAt: run.FormatTime(time.Now()),
-		Executor: exe.Mode(), Sandbox: sandbox, Python: py, DBType: db.Type(),
+		Executor: exe.Mode(), Sandbox: sandbox, SandboxNote: sandboxNote, Python: py, DBType: db.Type(),
 		ResearchConcurrency: cfg.ResearchConcurrency, ScriptConcurrency: cfg.ScriptConcurrency,
 	}
 	bg, cancelBg := context.WithCancel(context.Background())
@@ -138,7 +135,7 @@ const researchGrace = 5 * time.Second
 
 // newExecutor builds the configured executor. Inside the sandbox, the
 // worker's config file, its SQLite database and its state are masked.
-func newExecutor(cfg *config.Config, py, sandbox string, kc kline.Config) (executor.Executor, error) {
+func newExecutor(cfg *config.Config, py string, kc kline.Config) (executor.Executor, error) {
 	hide := []string{cfg.ZtradeConfig, cfg.StateDir, cfg.LogsDir}
 	if kc.DBType() == "sqlite" {
 		hide = append(hide, strings.TrimPrefix(strings.SplitN(kc.URI, "?", 2)[0], "file:"))
@@ -147,7 +144,7 @@ func newExecutor(cfg *config.Config, py, sandbox string, kc kline.Config) (execu
 		Python:      py,
 		WorkDir:     cfg.WorkDir,
 		Passthrough: cfg.EnvPassthrough,
-		Sandbox:     sandbox,
+		Sandbox:     cfg.Sandbox,
 		Hide:        hide,
 		Preload:     cfg.Preload,
 		Limits: executor.Limits{
@@ -158,6 +155,8 @@ func newExecutor(cfg *config.Config, py, sandbox string, kc kline.Config) (execu
 			FileBytes:      int64(cfg.MaxFileMB) << 20,
 			OpenFiles:      1024,
 			Processes:      cfg.MaxProcs,
+			DiskBytes:      int64(cfg.DiskMB) << 20,
+			MaxResultBytes: cfg.MaxResultBytes,
 		},
 	}
 	if cfg.Executor == "cold" {

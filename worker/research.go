@@ -138,27 +138,57 @@ func withOutput(res *research.Result, out *executor.Output) *research.Result {
 	return res
 }
 
-// finishResearch stores the result, then ends the run (which wakes waiters).
+// finishResearch stores the result, then ends the run (which wakes
+// waiters). Neither write may be lost while the worker lives: each is
+// retried, and a result Redis will not take (too large for it, a timeout)
+// is replaced by a small failure record that says why, so the run ends
+// failed instead of staying running.
 func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *research.Result, st run.Status) error {
 	if res.Images == nil {
 		res.Images = []research.Image{}
 	}
 	b, err := json.Marshal(res)
-	if err != nil {
-		return fmt.Errorf("encode result of %s: %w", r.ID, err)
+	if err == nil {
+		err = retry(ctx, 3, func() error { return w.store.SetResult(ctx, r.ID, b) })
 	}
-	if err := w.store.SetResult(ctx, r.ID, b); err != nil {
-		return err
+	if err != nil {
+		slog.Error("could not store a run's result; storing a failure record instead", "run_id", r.ID, "bytes", len(b), "err", err)
+		res = research.Failure(fmt.Sprintf("the run's outcome (%d bytes) could not be stored: %v", len(b), err), res.Meta)
+		st = run.StatusFailed
+		small, _ := json.Marshal(res)
+		if err := retry(ctx, 9, func() error { return w.store.SetResult(ctx, r.ID, small) }); err != nil {
+			slog.Error("could not store a run's failure record", "run_id", r.ID, "err", err)
+		}
 	}
 	change := &run.Run{Status: st, FinishedAt: time.Now(), ReturnCode: r.ReturnCode}
 	if !res.OK && res.Error != nil {
 		change.Error = *res.Error
 	}
-	if _, err := w.store.Update(ctx, r.ID, change); err != nil {
-		return err
+	if err := retry(ctx, 9, func() error { _, err := w.store.Update(ctx, r.ID, change); return err }); err != nil {
+		return fmt.Errorf("end run %s: %w", r.ID, err)
 	}
 	slog.Info("research run finished", "run_id", r.ID, "status", st, "rows", metaRows(res.Meta))
 	return nil
+}
+
+// retry calls f up to tries times until it succeeds, with back-off from
+// 100 ms (9 tries span about 20 s: Redis restarting, a failover), or until
+// ctx ends.
+func retry(ctx context.Context, tries int, f func() error) error {
+	delay := 100 * time.Millisecond
+	for i := 1; ; i++ {
+		err := f()
+		if err == nil || i >= tries || ctx.Err() != nil {
+			return err
+		}
+		slog.Warn("redis write failed; retrying", "err", err, "retry_in", delay)
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return err
+		}
+		delay = min(2*delay, 8*time.Second)
+	}
 }
 
 func metaRows(m *research.Meta) int {

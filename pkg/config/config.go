@@ -86,6 +86,8 @@ type Config struct {
 	MemoryLimitMB       int
 	MaxFileMB           int
 	MaxProcs            int
+	DiskMB              int
+	MaxResultBytes      int
 	Preload             string
 	WorkDir             string
 	EnvPassthrough      []string
@@ -140,6 +142,8 @@ func (c *Config) settings() []setting {
 		{"PYRUNNER_MEMORY_LIMIT_MB", "2048", "address-space limit per run in MiB (0: none)", num(&c.MemoryLimitMB)},
 		{"PYRUNNER_MAX_FILE_MB", "256", "largest file a run may write, in MiB", num(&c.MaxFileMB)},
 		{"PYRUNNER_MAX_PROCS", "256", "processes and threads user code may have (when the worker runs as root)", num(&c.MaxProcs)},
+		{"PYRUNNER_DISK_MB", "512", "all a research run may write (files, /tmp, /dev/shm together), in MiB", num(&c.DiskMB)},
+		{"PYRUNNER_MAX_RESULT_BYTES", "16777216", "largest research result (its JSON); a larger one is ok:false", num(&c.MaxResultBytes)},
 		{"PYRUNNER_WORK_DIR", os.TempDir() + "/pyrunner", "where per-run working directories are made", str(&c.WorkDir)},
 		{"PYRUNNER_ENV_PASSTHROUGH", "", "comma-separated worker env names passed to user code", list(&c.EnvPassthrough)},
 		{"SCRIPT_SCRIPTS_PATH", "./scripts", "scripts folder", str(&c.ScriptsPath)},

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ztrade/pyrunner/pkg/proc"
 	"github.com/ztrade/pyrunner/pkg/research"
@@ -18,22 +21,30 @@ import (
 // Cold starts a fresh interpreter for every run: simple and fully
 // isolated, but each run pays for importing pandas (~0.6 s).
 type Cold struct {
-	opt     Options
-	harness string
-	mplDir  string
+	opt         Options
+	harness     string
+	mplDir      string
+	sandboxNote string
 }
 
-// NewCold prepares the work dir and the harness.
+// NewCold prepares the work dir and the harness, and resolves the sandbox.
 func NewCold(opt Options) (*Cold, error) {
 	py, mpl, err := prepareWorkDir(opt)
 	if err != nil {
 		return nil, err
 	}
-	return &Cold{opt: opt, harness: filepath.Join(py, "harness.py"), mplDir: mpl}, nil
+	c := &Cold{opt: opt, harness: filepath.Join(py, "harness.py"), mplDir: mpl}
+	if c.opt.Sandbox, c.sandboxNote, err = resolveSandbox(opt, py); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // Mode is "cold".
 func (c *Cold) Mode() string { return "cold" }
+
+// Sandbox is the sandbox in force.
+func (c *Cold) Sandbox() (string, string) { return c.opt.Sandbox, c.sandboxNote }
 
 // Close does nothing: a cold executor holds no processes between runs.
 func (c *Cold) Close() error { return nil }
@@ -46,16 +57,18 @@ const hardKillGrace = 2 * time.Second
 
 // Run runs job in a new process group and a fresh working directory.
 func (c *Cold) Run(ctx context.Context, job Job) (*Output, error) {
-	dir, conn, childEnd, cleanup, err := prepareRun(c.opt.WorkDir, job.RunID)
+	isolated := c.opt.Sandbox == "bwrap"
+	rs, cleanup, err := prepareRun(c.opt.WorkDir, job.RunID, isolated)
 	if err != nil {
 		return nil, err
 	}
 	defer cleanup()
+	childEnd := rs.child
 
-	argv := sandboxArgs(c.opt, []string{filepath.Dir(c.harness), c.mplDir}, []string{dir}, []string{c.opt.Python, "-I", "-u", c.harness})
+	argv := sandboxArgs(c.opt, []string{filepath.Dir(c.harness), c.mplDir}, []string{rs.dir}, []string{c.opt.Python, "-I", "-u", c.harness})
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = dir
-	cmd.Env = childEnv(dir, c.mplDir, c.opt.Passthrough)
+	cmd.Dir = rs.dir
+	cmd.Env = childEnv(rs.dir, c.mplDir, c.opt.Passthrough)
 	cmd.Stdin = nil
 	stdout := &capBuffer{max: c.opt.Limits.MaxOutputBytes}
 	stderr := &capBuffer{max: c.opt.Limits.MaxOutputBytes}
@@ -68,22 +81,40 @@ func (c *Cold) Run(ctx context.Context, job Job) (*Output, error) {
 		return nil, fmt.Errorf("executor: start %s: %w", c.opt.Python, err)
 	}
 	childEnd.Close()
-	wait := func() int { cmd.Wait(); return proc.ExitCode(cmd.ProcessState) }
-	return supervise(ctx, job, c.opt.Limits, conn, cmd.Process.Pid, wait, stdout, stderr)
+	wait := func() int {
+		cmd.Wait()
+		code := proc.ExitCode(cmd.ProcessState)
+		if c.opt.Sandbox == "bwrap" && code > 128 {
+			code = 128 - code // bubblewrap passes on a signal as 128+N
+		}
+		return code
+	}
+	return supervise(ctx, job, c.opt.Limits, rs, isolated, cmd.Process.Pid, wait, nil, stdout, stderr)
 }
 
 // supervise talks to a started harness process, enforces the hard time
 // limit and cancellation by killing its process group, and assembles the
 // Output. wait must reap the process (and collect its output) and return
-// its exit code.
-func supervise(ctx context.Context, job Job, lim Limits, conn net.Conn, pid int, wait func() int, stdout, stderr *capBuffer) (*Output, error) {
+// its exit code. outputClosed, when not nil, is closed once the run's
+// stdout and stderr are: the harness closes them just before it sends its
+// result, so a result and closed output end the run at once, and the
+// process is reaped (and what it left in its group killed) after the
+// answer instead of before it.
+func supervise(ctx context.Context, job Job, lim Limits, rs *runSetup, isolated bool, pid int, wait func() int, outputClosed <-chan struct{}, stdout, stderr *capBuffer) (*Output, error) {
 	type convResult struct {
 		res *resultMsg
 		err error
 	}
+	conn := rs.conn
+	oomBefore := oomKills()
 	convDone := make(chan convResult, 1)
 	go func() {
-		res, err := conversation(ctx, conn, job, lim)
+		res, err := conversation(ctx, rs, job, lim, isolated)
+		var tooLarge *errTooLarge
+		if errors.As(err, &tooLarge) {
+			// Nothing more from this run will be read: end it.
+			syscall.Kill(-pid, syscall.SIGKILL)
+		}
 		convDone <- convResult{res, err}
 	}()
 	waitDone := make(chan int, 1)
@@ -101,11 +132,21 @@ func supervise(ctx context.Context, job Job, lim Limits, conn net.Conn, pid int,
 		haveConv  bool
 		hardKill  bool
 		cancelled bool
+		over      <-chan struct{} // outputClosed, once the result is in
 	)
 	for waitDone != nil {
 		select {
 		case conv = <-convDone:
 			haveConv, convDone = true, nil
+			if conv.res != nil {
+				over = outputClosed
+			}
+		case <-over:
+			// The harness exits 0 right after its result (serve, then
+			// os._exit(0)): end its group now, and reap it in the
+			// background.
+			go func(done <-chan int) { <-done }(waitDone)
+			waitDone, code = nil, 0
 		case code = <-waitDone:
 			waitDone = nil
 		case <-hard.C:
@@ -117,8 +158,8 @@ func supervise(ctx context.Context, job Job, lim Limits, conn net.Conn, pid int,
 			ctx = context.Background()
 		}
 	}
-	// The process is gone: kill anything it left in its group, and stop
-	// waiting on the channel.
+	// The process is gone (or, above, its result is in): kill anything it
+	// left in its group, and stop waiting on the channel.
 	syscall.Kill(-pid, syscall.SIGKILL)
 	if !haveConv {
 		conn.SetDeadline(time.Now().Add(100 * time.Millisecond))
@@ -143,7 +184,7 @@ func supervise(ctx context.Context, job Job, lim Limits, conn net.Conn, pid int,
 		out.TimedOut = true
 		out.Error = timeoutText(job.Timeout)
 	default:
-		out.Error = diedText(out.ExitCode, conv.err)
+		out.Error = diedText(out.ExitCode, conv.err, oomKills() > oomBefore)
 	}
 	if out.Images == nil {
 		out.Images = []research.Image{}
@@ -154,15 +195,43 @@ func supervise(ctx context.Context, job Job, lim Limits, conn net.Conn, pid int,
 	return out, nil
 }
 
+// oomKills is the host's count of OOM kills so far (/proc/vmstat), or 0.
+func oomKills() int64 {
+	b, err := os.ReadFile("/proc/vmstat")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
 func timeoutText(d time.Duration) string { return fmt.Sprintf("timeout after %ds", int(d/time.Second)) }
 
-// diedText explains a harness that ended without sending a result.
-func diedText(code int, err error) string {
+// diedText explains a harness that ended without sending a result: what
+// is known, not a guess. oom says the kernel's OOM killer struck during
+// the run.
+func diedText(code int, err error, oom bool) string {
+	var tooLarge *errTooLarge
 	switch {
+	case errors.As(err, &tooLarge):
+		return fmt.Sprintf("result too large: %d bytes (limit %d)", tooLarge.size, tooLarge.limit)
+	case code == -int(syscall.SIGKILL) && oom:
+		return "python was killed by the kernel's out-of-memory killer (SIGKILL): the host ran out of memory"
 	case code == -int(syscall.SIGKILL):
-		return "python was killed (SIGKILL): it may have run out of memory"
+		return "python was killed by SIGKILL from outside the run (not by a pyrunner limit)"
+	case code == -int(syscall.SIGXCPU):
+		return "python went over its CPU time limit (SIGXCPU)"
+	case code == -int(syscall.SIGXFSZ):
+		return "python wrote a file over the size limit (SIGXFSZ)"
+	case code == -int(syscall.SIGSEGV), code == -int(syscall.SIGBUS), code == -int(syscall.SIGABRT):
+		return fmt.Sprintf("python crashed (%s)", unix.SignalName(syscall.Signal(-code)))
 	case code < 0:
-		return fmt.Sprintf("python was killed by signal %s", syscall.Signal(-code))
+		return fmt.Sprintf("python was killed by signal %s", unix.SignalName(syscall.Signal(-code)))
 	case err != nil && !errors.Is(err, os.ErrDeadlineExceeded):
 		return fmt.Sprintf("python exited with code %d before returning a result (%v)", code, err)
 	}

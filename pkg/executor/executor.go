@@ -66,6 +66,9 @@ type Executor interface {
 	Run(ctx context.Context, job Job) (*Output, error)
 	// Mode names the executor ("cold" or "warm") for health and logs.
 	Mode() string
+	// Sandbox is the sandbox in force ("bwrap" or "none") and, when
+	// PYRUNNER_SANDBOX=auto fell back to none, a note saying why.
+	Sandbox() (mode, note string)
 	Close() error
 }
 
@@ -78,6 +81,24 @@ type Limits struct {
 	FileBytes      int64
 	OpenFiles      int
 	Processes      int
+	// DiskBytes bounds all an isolated run writes: its directory, /tmp
+	// and /dev/shm together (one tmpfs).
+	DiskBytes int64
+	// MaxResultBytes bounds the JSON of a run's result.
+	MaxResultBytes int
+}
+
+// DefaultDiskBytes bounds what an isolated run writes when Limits gives
+// no DiskBytes (PYRUNNER_DISK_MB's default).
+const DefaultDiskBytes = 512 << 20
+
+// maxMessage is the largest message a harness may send under lim: the
+// result, the images in base64, and room for the rest.
+func (lim Limits) maxMessage() int64 {
+	if lim.MaxResultBytes <= 0 {
+		return 1 << 30
+	}
+	return int64(lim.MaxResultBytes) + int64(lim.MaxImages)*(int64(lim.MaxImageBytes)*4/3+1024) + 1<<20
 }
 
 // Options configure an executor.
@@ -87,7 +108,8 @@ type Options struct {
 	Limits  Limits
 	// Passthrough names worker environment variables user code may see.
 	Passthrough []string
-	// Sandbox is "bwrap" or "none" (see ProbeSandbox).
+	// Sandbox is PYRUNNER_SANDBOX: "auto", "bwrap" or "none" (see
+	// resolveSandbox); the executor reports what it resolved to.
 	Sandbox string
 	// Hide lists files and folders masked inside the sandbox: the worker's
 	// config, its SQLite database, its state.
@@ -129,27 +151,29 @@ func childEnv(home, mplDir string, passthrough []string) []string {
 
 // conversation runs the job over an open channel: send the job, serve
 // load_kline requests, and return the harness's result message.
-func conversation(ctx context.Context, conn net.Conn, job Job, lim Limits) (*resultMsg, error) {
+func conversation(ctx context.Context, rs *runSetup, job Job, lim Limits, isolated bool) (*resultMsg, error) {
+	conn := rs.conn
 	w := bufio.NewWriterSize(conn, 1<<20)
 	r := bufio.NewReaderSize(conn, 1<<16)
 	header := map[string]any{
 		"type": "job", "code": job.Code, "timeoutSec": int(job.Timeout / time.Second),
 		"maxImages": lim.MaxImages, "maxImageBytes": lim.MaxImageBytes,
-		"memoryBytes": lim.MemoryBytes, "fileBytes": lim.FileBytes, "openFiles": lim.OpenFiles, "processes": lim.Processes,
-		"frame": job.Frame.Header(),
+		"memoryBytes": lim.MemoryBytes, "fileBytes": lim.FileBytes, "openFiles": lim.OpenFiles,
+		"maxResultBytes": lim.MaxResultBytes, "frame": job.Frame.Header(),
 	}
-	if uid, gid, ok := runIdentity(); ok {
+	if rs.id.ok {
 		// RLIMIT_NPROC counts every process of the uid, so it is only set
-		// for the dedicated identity user code gets when the worker is root.
-		header["uid"], header["gid"], header["processes"] = uid, gid, lim.Processes
-	} else {
-		delete(header, "processes")
+		// for the run's own identity (when the worker is root).
+		header["uid"], header["gid"], header["processes"] = rs.id.uid, rs.id.gid, lim.Processes
+		if isolated {
+			header["isolate"] = isolateParams(rs, lim)
+		}
 	}
 	if err := writeMsg(w, header, job.Frame.ByteLen(), job.Frame.WriteBody); err != nil {
 		return nil, fmt.Errorf("send job: %w", err)
 	}
 	for {
-		h, err := readMsg(r)
+		h, err := readMsg(r, lim.maxMessage())
 		if err != nil {
 			return nil, err
 		}
@@ -168,8 +192,10 @@ func conversation(ctx context.Context, conn net.Conn, job Job, lim Limits) (*res
 			return &res, nil
 		case "load_kline":
 			var req LoadRequest
-			json.Unmarshal(h, &req)
-			f, err := job.LoadKline(ctx, req)
+			f, err := (*frame.Frame)(nil), json.Unmarshal(h, &req)
+			if err == nil {
+				f, err = job.LoadKline(ctx, req)
+			}
 			if err != nil {
 				err = writeMsg(w, map[string]any{"type": "error", "error": err.Error()}, 0, nil)
 			} else {
@@ -182,6 +208,15 @@ func conversation(ctx context.Context, conn net.Conn, job Job, lim Limits) (*res
 			return nil, fmt.Errorf("unexpected message %q from harness", kind.Type)
 		}
 	}
+}
+
+// isolateParams is what python/isolation.py needs of a run.
+func isolateParams(rs *runSetup, lim Limits) map[string]any {
+	disk := lim.DiskBytes
+	if disk <= 0 {
+		disk = DefaultDiskBytes
+	}
+	return map[string]any{"uid": rs.id.uid, "gid": rs.id.gid, "diskBytes": disk}
 }
 
 type resultMsg struct {

@@ -135,7 +135,7 @@ func testLimitsEndTheRunOnly(t *testing.T, b *testBundle) {
 	if out.OK || !strings.Contains(out.Error, "File too large") && !strings.Contains(out.Error, "SIGXFSZ") {
 		t.Errorf("file size: ok=%v error=%q", out.OK, out.Error)
 	}
-	if _, _, root := runIdentity(); root {
+	if os.Geteuid() == 0 {
 		out = b.run(t, "import os\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            import time; time.sleep(30); os._exit(0)\n        n += 1\nexcept OSError as e:\n    result = {'forked': n, 'error': str(e)}", 20*time.Second)
 		if !out.OK || !strings.Contains(string(out.Result), "Resource temporarily unavailable") {
 			t.Errorf("fork bomb: ok=%v error=%q result=%s", out.OK, out.Error, out.Result)
@@ -185,5 +185,35 @@ func TestZygoteKilledMidRun(t *testing.T) {
 	out := b.run(t, "result = 1", 10*time.Second)
 	if !out.OK || w.ZygotePID() == pid {
 		t.Errorf("next run: ok=%v error=%q, zygote %d (was %d)", out.OK, out.Error, w.ZygotePID(), pid)
+	}
+}
+
+// TestDeathIsExplained: a run that dies says how, not a guess.
+func TestDeathIsExplained(t *testing.T) {
+	forEachMode(t, func(t *testing.T, b *testBundle) {
+		out := b.run(t, "import ctypes\nctypes.string_at(0)", 10*time.Second)
+		if out.OK || out.Error != "python crashed (SIGSEGV)" {
+			t.Errorf("segfault: ok=%v error=%q", out.OK, out.Error)
+		}
+	})
+}
+
+func TestDiedText(t *testing.T) {
+	for _, c := range []struct {
+		code int
+		err  error
+		oom  bool
+		want string
+	}{
+		{-9, nil, true, "python was killed by the kernel's out-of-memory killer (SIGKILL): the host ran out of memory"},
+		{-9, nil, false, "python was killed by SIGKILL from outside the run (not by a pyrunner limit)"},
+		{-25, nil, false, "python wrote a file over the size limit (SIGXFSZ)"},
+		{-15, nil, false, "python was killed by signal SIGTERM"},
+		{1, &errTooLarge{size: 30, limit: 20}, false, "result too large: 30 bytes (limit 20)"},
+		{3, nil, false, "python exited with code 3 before returning a result"},
+	} {
+		if got := diedText(c.code, c.err, c.oom); got != c.want {
+			t.Errorf("diedText(%d, %v, %v) = %q, want %q", c.code, c.err, c.oom, got, c.want)
+		}
 	}
 }

@@ -1,13 +1,18 @@
 package executor
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/ztrade/pyrunner/python"
 )
@@ -15,37 +20,54 @@ import (
 // Isolation of user code, in both executor modes:
 //
 //   - a minimal environment (childEnv) and no credentials anywhere in it;
-//   - when the worker runs as root, user code runs as nobody (65534), so it
-//     cannot read the worker's files or /proc entries, and RLIMIT_NPROC
-//     (which root ignores) bounds its processes;
+//   - when the worker runs as root, each run gets a uid of its own (see
+//     newIdentity), so runs cannot signal each other or share RLIMIT_NPROC,
+//     and cannot read the worker's files or /proc entries;
 //   - rlimits for address space, file size, open files and processes, set
 //     by the harness before user code starts (soft = hard);
-//   - with bubblewrap: a read-only root, private /tmp and /dev/shm, no
-//     network, the worker's config and database files masked, and only the
-//     work dir writable.
+//   - with bubblewrap: a read-only root, no network, the worker's config and
+//     database files masked; and per run (python/isolation.py) its own
+//     mount, PID and IPC namespaces, one tmpfs of PYRUNNER_DISK_MB for its
+//     directory, /tmp and /dev/shm together, and a seccomp filter against
+//     namespaces, mounts and ptrace. When the run's first process ends, the
+//     kernel kills everything else it started.
 
-// nobody is the uid and gid user code runs as when the worker is root.
-const nobody = 65534
-
-// runIdentity is the uid/gid to run user code as, when the worker can
+// identity is the uid/gid a run's user code has, when the worker can
 // switch (it is root).
-func runIdentity() (uid, gid int, ok bool) {
-	if os.Geteuid() != 0 {
-		return 0, 0, false
-	}
-	return nobody, nobody, true
+type identity struct {
+	uid, gid int
+	ok       bool
 }
 
-// makeRunDir makes a fresh private working directory for one run, owned by
-// the identity the run will have. The work dir itself is not listable by
-// user code, so one run cannot find another's directory.
-func makeRunDir(workDir, runID string) (string, error) {
+// uidBase and uidSpan place run uids far above any system or login user.
+// A run's uid is drawn at random, so runs of different workers on one host
+// practically never share one (one in 16M per pair of concurrent runs), and
+// nothing on the host's disk belongs to it.
+const (
+	uidBase = 1 << 24
+	uidSpan = 1 << 24
+)
+
+// newIdentity picks the identity of one run.
+func newIdentity() identity {
+	if os.Geteuid() != 0 {
+		return identity{}
+	}
+	id := uidBase + rand.IntN(uidSpan)
+	return identity{uid: id, gid: id, ok: true}
+}
+
+// makeRunDir makes a fresh private working directory for one run. An
+// isolated run mounts its own tmpfs on it, so on the host it stays an
+// empty folder only root may enter; otherwise it is owned by the run's
+// identity. The work dir itself is not listable by user code.
+func makeRunDir(workDir, runID string, id identity, isolated bool) (string, error) {
 	dir, err := os.MkdirTemp(workDir, "run-"+runID+"-")
 	if err != nil {
 		return "", fmt.Errorf("executor: make run dir: %w", err)
 	}
-	if uid, gid, ok := runIdentity(); ok {
-		if err := os.Chown(dir, uid, gid); err != nil {
+	if id.ok && !isolated {
+		if err := os.Chown(dir, id.uid, id.gid); err != nil {
 			os.RemoveAll(dir)
 			return "", fmt.Errorf("executor: chown run dir: %w", err)
 		}
@@ -62,10 +84,10 @@ func prepareWorkDir(opt Options) (pyDir, mplDir string, err error) {
 		return "", "", fmt.Errorf("executor: make work dir: %w", err)
 	}
 	os.Chmod(opt.WorkDir, 0o711)
-	if _, _, ok := runIdentity(); ok {
+	if os.Geteuid() == 0 {
 		for p := filepath.Dir(opt.WorkDir); p != "/" && p != "."; p = filepath.Dir(p) {
 			if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o001 == 0 {
-				return "", "", fmt.Errorf("executor: work dir %s is out of reach of the user code runs as (uid %d): %s has mode %o; pick a PYRUNNER_WORK_DIR whose parents others may traverse", opt.WorkDir, nobody, p, fi.Mode().Perm())
+				return "", "", fmt.Errorf("executor: work dir %s is out of reach of the users code runs as: %s has mode %o; pick a PYRUNNER_WORK_DIR whose parents others may traverse", opt.WorkDir, p, fi.Mode().Perm())
 			}
 		}
 	}
@@ -73,13 +95,13 @@ func prepareWorkDir(opt Options) (pyDir, mplDir string, err error) {
 	if err := os.MkdirAll(pyDir, 0o755); err != nil {
 		return "", "", fmt.Errorf("executor: make %s: %w", pyDir, err)
 	}
-	for name, src := range map[string][]byte{"harness.py": python.Harness, "zygote.py": python.Zygote} {
+	for name, src := range python.Files {
 		p := filepath.Join(pyDir, name)
 		tmp := p + "." + strconv.Itoa(os.Getpid()) // written whole, then renamed: workers may share the dir
-		if err := os.WriteFile(tmp, src, 0o644); err == nil {
-			err = os.Rename(tmp, p)
+		if err := os.WriteFile(tmp, src, 0o644); err != nil {
+			return "", "", fmt.Errorf("executor: write %s: %w", tmp, err)
 		}
-		if err != nil {
+		if err := os.Rename(tmp, p); err != nil {
 			return "", "", fmt.Errorf("executor: write %s: %w", p, err)
 		}
 	}
@@ -101,23 +123,48 @@ func prepareWorkDir(opt Options) (pyDir, mplDir string, err error) {
 	return pyDir, mplDir, nil
 }
 
-// ProbeSandbox resolves PYRUNNER_SANDBOX: "none" stays none, "bwrap"
-// must work (or it is an error), "auto" is bwrap when it works here.
-func ProbeSandbox(mode string) (string, error) {
-	if mode == "none" {
-		return "none", nil
+// resolveSandbox turns PYRUNNER_SANDBOX into what runs here. "none"
+// stays none. "bwrap" must give full isolation (bubblewrap, and inside it
+// the per-run namespaces and seccomp filter of python/isolation.py, which
+// need the worker to be root) or it is an error. "auto" is bwrap when that
+// works, and otherwise none with a note saying why (logged at start and
+// shown by /health).
+func resolveSandbox(opt Options, pyDir string) (mode, note string, err error) {
+	if opt.Sandbox == "none" {
+		return "none", "", nil
 	}
-	err := exec.Command("bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-net",
-		"--die-with-parent", "--", "/bin/true").Run()
+	// "" is auto.
+	problem := probeIsolation(opt, pyDir)
 	switch {
-	case err == nil:
-		return "bwrap", nil
-	case mode == "bwrap":
-		return "", fmt.Errorf("executor: PYRUNNER_SANDBOX=bwrap but bubblewrap does not work here: %w", err)
-	default:
-		slog.Warn("bubblewrap does not work here; running user code without a sandbox", "err", err)
-		return "none", nil
+	case problem == nil:
+		return "bwrap", "", nil
+	case opt.Sandbox == "bwrap":
+		return "", "", fmt.Errorf("executor: PYRUNNER_SANDBOX=bwrap but the sandbox does not work here: %w", problem)
 	}
+	note = "sandbox off: " + problem.Error() + "; user code runs without bubblewrap or per-run namespaces"
+	slog.Warn("PYRUNNER_SANDBOX=auto fell back to none: research code is NOT isolated", "reason", problem.Error())
+	return "none", note, nil
+}
+
+// probeIsolation runs, inside bubblewrap, a throwaway process that sets up
+// a run's namespaces and seccomp filter and checks that a user namespace
+// is then refused.
+func probeIsolation(opt Options, pyDir string) error {
+	if os.Geteuid() != 0 {
+		return errors.New("per-run isolation needs the worker to run as root (or with CAP_SYS_ADMIN, as in the worker container)")
+	}
+	if _, err := exec.LookPath("bwrap"); err != nil {
+		return errors.New("bubblewrap (bwrap) is not installed")
+	}
+	probe := "import sys; sys.path.insert(0, sys.argv[1]); import isolation; isolation.probe()"
+	argv := sandboxArgs(Options{Sandbox: "bwrap", Hide: opt.Hide}, []string{pyDir}, nil, []string{opt.Python, "-I", "-c", probe, pyDir})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("isolation probe failed (%v): %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // sandboxArgs wraps argv in bubblewrap when the sandbox is on: read-only
@@ -129,8 +176,11 @@ func sandboxArgs(opt Options, readable, writable []string, argv []string) []stri
 		return argv
 	}
 	a := []string{"bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-		"--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs", "/dev/shm", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-		"--die-with-parent"}
+		"--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs", "/dev/shm",
+		// /run holds the host's Unix sockets (a database's, Docker's), which
+		// no network namespace shuts off.
+		"--tmpfs", "/run", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+		"--die-with-parent", "--new-session"}
 	for _, r := range readable {
 		a = append(a, "--ro-bind", r, r)
 	}
@@ -150,18 +200,28 @@ func sandboxArgs(opt Options, readable, writable []string, argv []string) []stri
 	return append(append(a, "--"), argv...)
 }
 
-// prepareRun makes a run's directory and its channel: the parent's end
-// and the child's end (to pass as fd 3). cleanup closes the channel and
-// removes the directory.
-func prepareRun(workDir, runID string) (dir string, conn net.Conn, child *os.File, cleanup func(), err error) {
-	dir, err = makeRunDir(workDir, runID)
+// runSetup is what one run needs before its process starts: its
+// directory, its identity and its channel (the parent's end, and the
+// child's end to pass as fd 3).
+type runSetup struct {
+	dir   string
+	id    identity
+	conn  net.Conn
+	child *os.File
+}
+
+// prepareRun makes a run's directory, identity and channel. cleanup
+// closes the channel and removes the directory.
+func prepareRun(workDir, runID string, isolated bool) (*runSetup, func(), error) {
+	id := newIdentity()
+	dir, err := makeRunDir(workDir, runID, id, isolated)
 	if err != nil {
-		return "", nil, nil, nil, err
+		return nil, nil, err
 	}
-	conn, child, err = socketPair()
+	conn, child, err := socketPair()
 	if err != nil {
 		os.RemoveAll(dir)
-		return "", nil, nil, nil, err
+		return nil, nil, err
 	}
-	return dir, conn, child, func() { conn.Close(); os.RemoveAll(dir) }, nil
+	return &runSetup{dir: dir, id: id, conn: conn, child: child}, func() { conn.Close(); os.RemoveAll(dir) }, nil
 }

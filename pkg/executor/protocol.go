@@ -14,7 +14,12 @@ import (
 //
 // (see python/harness.py for the conversation).
 
-const maxHeader = 1 << 30
+// errTooLarge is a message from the harness over the size it may have.
+type errTooLarge struct{ size, limit int64 }
+
+func (e *errTooLarge) Error() string {
+	return fmt.Sprintf("message of %d bytes from the harness is over the limit of %d", e.size, e.limit)
+}
 
 // writeMsg sends one message; body may be nil.
 func writeMsg(w *bufio.Writer, header any, bodyLen int64, body func(io.Writer) error) error {
@@ -36,16 +41,16 @@ func writeMsg(w *bufio.Writer, header any, bodyLen int64, body func(io.Writer) e
 	return w.Flush()
 }
 
-// readMsg reads one message header (and skips any body: the harness
-// sends none).
-func readMsg(r *bufio.Reader) (json.RawMessage, error) {
+// readMsg reads one message header of at most max bytes (and skips any
+// body: the harness sends none).
+func readMsg(r *bufio.Reader, max int64) (json.RawMessage, error) {
 	var n [8]byte
 	if _, err := io.ReadFull(r, n[:4]); err != nil {
 		return nil, err
 	}
 	hl := binary.BigEndian.Uint32(n[:4])
-	if hl > maxHeader {
-		return nil, fmt.Errorf("message header of %d bytes is too large", hl)
+	if int64(hl) > max {
+		return nil, &errTooLarge{int64(hl), max}
 	}
 	h := make([]byte, hl)
 	if _, err := io.ReadFull(r, h); err != nil {

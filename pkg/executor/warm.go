@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -21,9 +22,10 @@ import (
 // run. A zygote that dies is replaced on the next run; the runs it had in
 // flight end with a clear error.
 type Warm struct {
-	opt    Options
-	dir    string // where harness.py and zygote.py are written
-	mplDir string
+	opt         Options
+	dir         string // where harness.py and zygote.py are written
+	mplDir      string
+	sandboxNote string
 
 	mu sync.Mutex // guards z and serializes fork requests
 	z  *zygote
@@ -36,6 +38,9 @@ func NewWarm(opt Options) (*Warm, error) {
 		return nil, err
 	}
 	w := &Warm{opt: opt, dir: py, mplDir: mpl}
+	if w.opt.Sandbox, w.sandboxNote, err = resolveSandbox(opt, py); err != nil {
+		return nil, err
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if _, err := w.zygoteLocked(); err != nil {
@@ -46,6 +51,9 @@ func NewWarm(opt Options) (*Warm, error) {
 
 // Mode is "warm".
 func (w *Warm) Mode() string { return "warm" }
+
+// Sandbox is the sandbox in force.
+func (w *Warm) Sandbox() (string, string) { return w.opt.Sandbox, w.sandboxNote }
 
 // Close stops the zygote (its children die with it).
 func (w *Warm) Close() error {
@@ -90,6 +98,13 @@ func (z *zygote) exitChan(pid int) chan int {
 	return ch
 }
 
+// forget drops a child's exit channel once its exit was taken.
+func (z *zygote) forget(pid int) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	delete(z.exits, pid)
+}
+
 func (z *zygote) stop() {
 	z.cmd.Process.Kill()
 	<-z.dead
@@ -120,7 +135,12 @@ func (w *Warm) zygoteLocked() (*zygote, error) {
 	argv := sandboxArgs(w.opt, nil, []string{w.opt.WorkDir}, []string{w.opt.Python, "-E", "-s", "-u", filepath.Join(w.dir, "zygote.py")})
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = w.opt.WorkDir
-	cmd.Env = append(childEnv(w.opt.WorkDir, w.mplDir, w.opt.Passthrough), "PYRUNNER_PRELOAD="+w.opt.Preload)
+	isolate := "0"
+	if w.opt.Sandbox == "bwrap" {
+		isolate = "1"
+	}
+	cmd.Env = append(childEnv(w.opt.WorkDir, w.mplDir, w.opt.Passthrough), "PYRUNNER_PRELOAD="+w.opt.Preload,
+		"PYRUNNER_ISOLATE="+isolate, fmt.Sprintf("PYRUNNER_PREFORK=%d", prefork))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.ExtraFiles = []*os.File{child}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -181,8 +201,12 @@ func (z *zygote) read(ready chan<- error) {
 	}
 }
 
+// prefork is how many children the zygote keeps forked ahead of time.
+const prefork = 2
+
 // fork asks the zygote for a child wired to chanEnd, stdout and stderr.
-func (w *Warm) fork(runID, dir string, env []string, files []*os.File) (*zygote, int, error) {
+// isolate, when set, is what the child's namespaces need of the run.
+func (w *Warm) fork(runID, dir string, env []string, isolate map[string]any, files []*os.File) (*zygote, int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	z, err := w.zygoteLocked()
@@ -199,6 +223,9 @@ func (w *Warm) fork(runID, dir string, env []string, files []*os.File) (*zygote,
 		}
 	}
 	req := map[string]any{"op": "fork", "run": runID, "dir": dir, "env": envMap}
+	if isolate != nil {
+		req["isolate"] = isolate
+	}
 	b, _ := json.Marshal(req)
 	fds := make([]int, len(files))
 	for i, f := range files {
@@ -221,11 +248,13 @@ func (w *Warm) fork(runID, dir string, env []string, files []*os.File) (*zygote,
 
 // Run forks a child of the zygote for job and supervises it.
 func (w *Warm) Run(ctx context.Context, job Job) (*Output, error) {
-	dir, conn, chanEnd, cleanup, err := prepareRun(w.opt.WorkDir, job.RunID)
+	isolated := w.opt.Sandbox == "bwrap"
+	rs, cleanup, err := prepareRun(w.opt.WorkDir, job.RunID, isolated)
 	if err != nil {
 		return nil, err
 	}
 	defer cleanup()
+	chanEnd := rs.child
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		chanEnd.Close()
@@ -238,7 +267,11 @@ func (w *Warm) Run(ctx context.Context, job Job) (*Output, error) {
 		outW.Close()
 		return nil, fmt.Errorf("executor: pipe: %w", err)
 	}
-	z, pid, err := w.fork(job.RunID, dir, childEnv(dir, w.mplDir, w.opt.Passthrough), []*os.File{chanEnd, outW, errW})
+	var iso map[string]any
+	if isolated {
+		iso = isolateParams(rs, w.opt.Limits)
+	}
+	z, pid, err := w.fork(job.RunID, rs.dir, childEnv(rs.dir, w.mplDir, w.opt.Passthrough), iso, []*os.File{chanEnd, outW, errW})
 	chanEnd.Close()
 	outW.Close()
 	errW.Close()
@@ -249,38 +282,38 @@ func (w *Warm) Run(ctx context.Context, job Job) (*Output, error) {
 	}
 	stdout := &capBuffer{max: w.opt.Limits.MaxOutputBytes}
 	stderr := &capBuffer{max: w.opt.Limits.MaxOutputBytes}
-	copied := make(chan struct{}, 2)
+	var copies sync.WaitGroup
+	outputClosed := make(chan struct{})
 	for _, p := range []struct {
 		r *os.File
 		b *capBuffer
 	}{{outR, stdout}, {errR, stderr}} {
-		go func() { io.Copy(p.b, p.r); copied <- struct{}{} }()
+		copies.Add(1)
+		go func() { io.Copy(p.b, p.r); copies.Done() }()
 	}
-	zygoteDied := false
+	go func() { copies.Wait(); close(outputClosed) }()
+	var zygoteDied atomic.Bool
 	wait := func() int {
 		var code int
 		select {
 		case code = <-z.exitChan(pid):
 		case <-z.dead:
-			zygoteDied, code = true, -int(syscall.SIGKILL)
+			zygoteDied.Store(true)
+			code = -int(syscall.SIGKILL)
 		}
+		z.forget(pid)
 		// Output still in the pipes arrives right after the exit; a
 		// grandchild holding them open is not waited for past a second.
-		t := time.NewTimer(time.Second)
-		defer t.Stop()
-		for i := 0; i < 2; i++ {
-			select {
-			case <-copied:
-			case <-t.C:
-				i = 2
-			}
+		select {
+		case <-outputClosed:
+		case <-time.After(time.Second):
 		}
 		outR.Close()
 		errR.Close()
 		return code
 	}
-	out, err := supervise(ctx, job, w.opt.Limits, conn, pid, wait, stdout, stderr)
-	if err == nil && zygoteDied && !out.OK {
+	out, err := supervise(ctx, job, w.opt.Limits, rs, isolated, pid, wait, outputClosed, stdout, stderr)
+	if err == nil && zygoteDied.Load() && !out.OK {
 		out.Error = "the Python zygote died during the run (it is restarted for the next run)"
 		out.TimedOut = false
 	}

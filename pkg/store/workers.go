@@ -19,6 +19,7 @@ type WorkerInfo struct {
 	LastHeartbeat       string `json:"last_heartbeat"`
 	Executor            string `json:"executor"`
 	Sandbox             string `json:"sandbox"`
+	SandboxNote         string `json:"sandbox_note,omitempty"`
 	Python              string `json:"python"`
 	DBType              string `json:"db_type"`
 	ResearchConcurrency int    `json:"research_concurrency"`

@@ -115,3 +115,18 @@ def test_serve_whole_job_with_load_kline():
     t.join(5)
     assert got["request"] == {"type": "load_kline", "exchange": "a", "symbol": "b", "binSize": "1m", "start": 0, "end": 10, "limit": 0}
     assert got["result"]["ok"] is True and got["result"]["result"] == {"df": 3, "x": 2}
+
+
+@pytest.mark.parametrize("value", [None, True, False, 0, -12, 3.25, 1e300, "", "plain", "é\n\"\\\x7f",
+                                   [], {}, [1, [2, [3]]], {"a": {"b": []}, "c": [None, "x" * 100]},
+                                   ["y" * 1000] * 50])
+def test_json_size_is_the_size_of_the_json_sent(value):
+    assert harness.json_size(value) == len(json.dumps(value, separators=(",", ":")))
+
+
+def test_a_result_over_the_limit_is_refused_with_its_size():
+    msg = harness.execute({"code": "print('kept')\nresult = 'x' * 5000", "maxResultBytes": 4096}, None, None)
+    assert msg["ok"] is False and msg["result"] is None
+    assert msg["error"] == "result too large: 5002 bytes (limit 4096)"
+    msg = harness.execute({"code": "result = 'x' * 4000", "maxResultBytes": 4096}, None, None)
+    assert msg["ok"] is True and len(msg["result"]) == 4000

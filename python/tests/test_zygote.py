@@ -3,9 +3,11 @@ SOCK_SEQPACKET control socket, a fork request with descriptors attached, and
 the harness conversation with the forked child."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ def zygote(tmp_path):
     theirs.close()
     ours.settimeout(60)
     assert json.loads(ours.recv(65536))["op"] == "ready"
-    yield ours
+    yield ours, proc
     proc.kill()
     proc.wait()
 
@@ -52,6 +54,7 @@ def fork_run(ctl, tmp_path, code):
 
 
 def test_fork_runs_and_reports_exit(zygote, tmp_path):
+    zygote, _ = zygote
     forked, result, exited, stdout = fork_run(zygote, tmp_path, "import os\nprint('hi')\nresult = [len(df), os.environ['X'], os.getcwd()]")
     assert result["ok"] is True and result["result"] == [2, "1", str(tmp_path)]
     assert stdout == "hi\n"
@@ -59,6 +62,28 @@ def test_fork_runs_and_reports_exit(zygote, tmp_path):
 
 
 def test_runs_do_not_see_each_other(zygote, tmp_path):
+    zygote, _ = zygote
     fork_run(zygote, tmp_path, "import json\njson.leaked = 1\nleak = 1")
     _, result, _, _ = fork_run(zygote, tmp_path, "import json\nresult = [hasattr(json, 'leaked'), 'leak' in globals()]")
     assert result["result"] == [False, False]
+
+
+def ready_children(zygote_pid):
+    with open(f"/proc/{zygote_pid}/task/{zygote_pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def test_a_ready_child_that_dies_is_replaced(zygote, tmp_path):
+    ctl, proc = zygote
+    deadline = time.monotonic() + 30
+    while len(ready_children(proc.pid)) < 2:  # the zygote forks them ahead of time
+        assert time.monotonic() < deadline, "the zygote did not fork its ready children"
+        time.sleep(0.01)
+    killed = ready_children(proc.pid)
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    while not (len(ready_children(proc.pid)) == 2 and set(ready_children(proc.pid)).isdisjoint(killed)):
+        assert time.monotonic() < deadline, "the zygote did not replace its ready children"
+        time.sleep(0.01)
+    _, result, _, _ = fork_run(ctl, tmp_path, "result = 'after'")
+    assert result["ok"] is True and result["result"] == "after"
