@@ -34,4 +34,5 @@ bench: deps build
 	$(GO) run ./bench
 
 clean:
+	-@tools/stack.sh stop >/dev/null 2>&1
 	rm -rf bin .run

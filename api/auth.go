@@ -68,7 +68,7 @@ func owner(c echo.Context) string {
 // a token with every scope. 404 unless SCRIPT_JWT_ADMIN_SECRET is set.
 func (s *server) adminToken(c echo.Context) error {
 	if s.cfg.JWTAdminSecret == "" || s.minter == nil {
-		return run.Errorf(run.ECodeNotFound, "Not Found")
+		return run.Errorf(run.ECodeNotFound, "Not Found: the admin token exchange is off (SCRIPT_JWT_ADMIN_SECRET, and SCRIPT_JWT_SECRET to sign with, are not set)")
 	}
 	client := clientIP(c)
 	if wait := s.throttle.blocked(client); wait > 0 {

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -36,7 +37,9 @@ func main() {
 		}
 		return
 	}
-	if err := start(); err != nil {
+	if err := start(); errors.Is(err, config.ErrHelp) {
+		return
+	} else if err != nil {
 		fmt.Fprintln(os.Stderr, "pyrunner-api:", err)
 		os.Exit(1)
 	}
@@ -102,9 +105,13 @@ func start() error {
 	s.verifier, s.minter = jwtFromConfig(cfg)
 	e := s.routes()
 	httpSrv := &http.Server{Addr: cfg.Listen, Handler: e, ReadHeaderTimeout: 10 * time.Second}
+	ln, err := net.Listen("tcp", cfg.Listen) // bound before "ready" is said; a taken port is an error
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
 	errc := make(chan error, 1)
-	go func() { errc <- httpSrv.ListenAndServe() }()
-	slog.Info("api ready", "listen", cfg.Listen, "redis", config.RedactURL(cfg.RedisURL))
+	go func() { errc <- httpSrv.Serve(ln) }()
+	slog.Info("api ready", "listen", ln.Addr().String(), "redis", config.RedactURL(cfg.RedisURL))
 	select {
 	case err := <-errc:
 		if !errors.Is(err, http.ErrServerClosed) {
@@ -130,6 +137,7 @@ func (s *server) routes() *echo.Echo {
 	e.GET(s.cfg.APIPrefix+"/health", s.health)
 	e.GET("/openapi.json", s.openapiJSON)
 	e.GET("/docs", s.docs)
+	e.GET("/docs/", s.docs)
 	e.GET("/docs/:file", s.docsAsset)
 	e.POST(s.cfg.APIPrefix+"/auth/admin/token", s.adminToken)
 

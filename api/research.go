@@ -148,17 +148,23 @@ func (s *server) answerResearch(c echo.Context, id string, d time.Duration) erro
 // waitFor returns the run once it has ended or d has passed, whichever is
 // first. It wakes on the completion event, never by polling.
 func (s *server) waitFor(ctx context.Context, id string, d time.Duration) (*run.Run, error) {
+	return s.waitUntil(ctx, id, d, func(r *run.Run) bool { return r.Status.Terminal() })
+}
+
+// waitUntil returns the run once done(run) holds or d has passed. It
+// wakes on the run's events (it started, it ended), never by polling.
+func (s *server) waitUntil(ctx context.Context, id string, d time.Duration, done func(*run.Run) bool) (*run.Run, error) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for {
-		done, unregister := s.waiter.Register(id)
+		woken, unregister := s.waiter.Register(id)
 		r, err := s.store.GetRun(context.WithoutCancel(ctx), id)
-		if err != nil || r.Status.Terminal() || d <= 0 {
+		if err != nil || done(r) || d <= 0 {
 			unregister()
 			return r, err
 		}
 		select {
-		case <-done: // ended, or a subscription gap: look again
+		case <-woken: // an event of the run, or a subscription gap: look again
 			unregister()
 		case <-t.C:
 			unregister()

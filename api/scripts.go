@@ -93,11 +93,24 @@ func (s *server) startRun(c echo.Context) error {
 	if err := json.NewDecoder(c.Request().Body).Decode(&req); err != nil {
 		return run.Errorf(run.ECodeInvalid, "invalid JSON body: %v", err)
 	}
-	r, err := s.newScriptRun(c.Request().Context(), req, owner(c))
+	ctx := c.Request().Context()
+	r, err := s.newScriptRun(ctx, req, owner(c))
 	if err != nil {
 		return err
 	}
+	// Answer with the started run, as quant-script-api does: wait (on the
+	// run's events, not polling) until a worker has it running or it has
+	// ended, up to SCRIPT_START_WAIT_SECONDS; "queued" only past that.
+	wait := time.Duration(s.cfg.StartWaitSeconds * float64(time.Second))
+	if started, err := s.waitUntil(ctx, r.ID, wait, startedOrEnded); err == nil {
+		r = started
+	}
 	return c.JSON(http.StatusOK, record(r))
+}
+
+// startedOrEnded is true once a run is past queued and starting.
+func startedOrEnded(r *run.Run) bool {
+	return r.Status != run.StatusQueued && r.Status != run.StatusStarting
 }
 
 // newScriptRun validates, records and queues one script run.
@@ -302,11 +315,14 @@ func (s *server) runLogs(c echo.Context) error {
 		}
 		tail = n
 	}
-	tail = min(tail, s.cfg.LogTailBytes)
+	asked := tail
+	if tail == 0 || tail > s.cfg.LogTailBytes {
+		tail = s.cfg.LogTailBytes // 0 is the whole kept log, as quant-script-api
+	}
 	if b, _ := strconv.ParseBool(c.QueryParam("follow")); b {
 		return s.followLogs(c, r.ID, streams, tail)
 	}
-	body := map[string]any{"run_id": r.ID, "stream": stream, "tail_bytes": tail}
+	body := map[string]any{"run_id": r.ID, "stream": stream, "tail_bytes": asked}
 	for _, st := range streams {
 		data, _, err := s.store.ReadLog(c.Request().Context(), r.ID, st)
 		if err != nil {

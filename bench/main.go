@@ -6,6 +6,8 @@
 //	(b) sustained trivial runs/s with one and with two workers
 //	(c) time to deliver a 1M-row frame to user code, next to pandas.read_sql
 //	(d) worker RSS (worker + zygote + children) at rest and under load
+//	(f) a script's start until its first output is readable (POST /v1/runs,
+//	    then the SSE follow), next to a plain python3 -u subprocess from Go
 //	(e) the cost of isolation: warm trivial p50 with the full sandbox next
 //	    to PYRUNNER_SANDBOX=none, two stacks called in turn
 //
@@ -13,6 +15,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -205,6 +208,64 @@ func interleaved(n int, stacks ...*stack) ([]time.Duration, error) {
 	return p50s, nil
 }
 
+// scriptFirstOutput starts script and returns how long until its first
+// line of stdout arrives on the follow stream.
+func (s *stack) scriptFirstOutput(script string) (time.Duration, error) {
+	t := time.Now()
+	resp, err := client.Post(s.base+"/v1/runs", "application/json", strings.NewReader(`{"script":"`+script+`","duplicate":true}`))
+	if err != nil {
+		return 0, err
+	}
+	var r struct {
+		RunID string `json:"run_id"`
+	}
+	json.NewDecoder(resp.Body).Decode(&r)
+	resp.Body.Close()
+	if r.RunID == "" {
+		return 0, fmt.Errorf("script start: status %d", resp.StatusCode)
+	}
+	f, err := client.Get(s.base + "/v1/runs/" + r.RunID + "/logs?stream=stdout&follow=true")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Body.Close()
+	sc := bufio.NewScanner(f.Body)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "data: hello") {
+			return time.Since(t), nil
+		}
+	}
+	return 0, fmt.Errorf("script %s: no output on the follow stream", r.RunID)
+}
+
+// bareFirstOutput runs python -u script as a plain subprocess and returns
+// how long until its first line arrives.
+func bareFirstOutput(python, script string) (time.Duration, error) {
+	t := time.Now()
+	cmd := exec.Command(python, "-u", script)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	d := time.Since(t)
+	cmd.Wait()
+	if !strings.HasPrefix(line, "hello") {
+		return 0, fmt.Errorf("bare python printed %q: %v", line, err)
+	}
+	return d, nil
+}
+
+func pythonPath() string {
+	if p, err := exec.LookPath(os.Getenv("PYRUNNER_PYTHON")); err == nil {
+		return p
+	}
+	return "/usr/bin/python3"
+}
+
 // throughput runs trivial calls from clients goroutines for d and
 // samples the workers' RSS meanwhile.
 func throughput(s *stack, clients int, d time.Duration) (perSec float64, peakRSS int64, err error) {
@@ -342,6 +403,38 @@ func run() error {
 		add("(a) cold p50 / warm p50", fmt.Sprintf("%.1f×", float64(lat["cold"][0])/float64(lat["warm"][0])))
 	}
 
+	// (f) script start → output readable, next to a bare subprocess
+	if only == "" || strings.Contains(only, "f") {
+		scripts := filepath.Join(dir, "scripts")
+		os.MkdirAll(scripts, 0o755)
+		hello := filepath.Join(scripts, "hello.py")
+		os.WriteFile(hello, []byte("print('hello', flush=True)\n"), 0o644)
+		s, err := start(dir, db, 1, "SCRIPT_SCRIPTS_PATH="+scripts)
+		if err != nil {
+			return err
+		}
+		py := pythonPath()
+		var viaAPI, bare []time.Duration
+		for i := -3; i < 40; i++ { // 3 to warm up
+			d, err := s.scriptFirstOutput("hello.py")
+			if err != nil {
+				s.stop()
+				return err
+			}
+			b, err := bareFirstOutput(py, hello)
+			if err != nil {
+				s.stop()
+				return err
+			}
+			if i >= 0 {
+				viaAPI, bare = append(viaAPI, d), append(bare, b)
+			}
+		}
+		s.stop()
+		add("(f) script start → first output readable over the API (POST /v1/runs + SSE follow): p50 / p99 (n=40)", ms(percentile(viaAPI, 0.5))+" / "+ms(percentile(viaAPI, 0.99)))
+		add("(f) the same for a plain `python3 -u hello.py` subprocess from Go, interleaved: p50 / p99", ms(percentile(bare, 0.5))+" / "+ms(percentile(bare, 0.99)))
+	}
+
 	// (e) isolation cost, interleaved so both see the same machine load
 	if only == "" || strings.Contains(only, "e") {
 		iso, err := start(dir, db, 1, "PYRUNNER_EXECUTOR=warm", "PYRUNNER_SANDBOX=bwrap")
@@ -401,10 +494,7 @@ func run() error {
 			best, bestR = d, r
 		}
 	}
-	py := "/usr/bin/python3"
-	if p, err := exec.LookPath(os.Getenv("PYRUNNER_PYTHON")); err == nil {
-		py = p
-	}
+	py := pythonPath()
 	s.stop()
 	out, err := exec.Command(py, "-c", fmt.Sprintf(`
 import sqlite3, time, pandas as pd

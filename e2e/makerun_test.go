@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -44,5 +45,36 @@ func TestMakeRun(t *testing.T) {
 	}
 	if out, err := stop.CombinedOutput(); err != nil || !strings.Contains(string(out), "stopped") {
 		t.Errorf("make stop: %v %s", err, out)
+	}
+	work := fmt.Sprintf("%s/pyrunner-stack-%d", os.TempDir(), port)
+	if _, err := os.Stat(work); err == nil {
+		t.Errorf("make stop left %s behind", work)
+	}
+}
+
+// TestMakeRunTakenPort: `make run` on a port something else holds fails
+// loudly and says how to pick other ports, instead of joining that stack.
+func TestMakeRunTakenPort(t *testing.T) {
+	for _, which := range []string{"PYRUNNER_PORT", "PYRUNNER_REDIS_PORT"} {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports := map[string]int{"PYRUNNER_PORT": freePort(t), "PYRUNNER_REDIS_PORT": freePort(t)}
+		ports[which] = l.Addr().(*net.TCPAddr).Port
+		env := append(os.Environ(), "PYRUNNER_RUN_DIR="+t.TempDir())
+		for k, v := range ports {
+			env = append(env, fmt.Sprintf("%s=%d", k, v))
+		}
+		cmd := exec.Command("make", "run")
+		cmd.Dir, cmd.Env = "..", env
+		out, err := cmd.CombinedOutput()
+		l.Close()
+		if err == nil || !strings.Contains(string(out), "already in use") || !strings.Contains(string(out), "PYRUNNER_PORT=") {
+			t.Errorf("make run with %s taken: err %v\n%s", which, err, out)
+		}
+		stop := exec.Command("make", "stop")
+		stop.Dir, stop.Env = "..", env
+		stop.Run()
 	}
 }

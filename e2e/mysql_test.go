@@ -28,7 +28,7 @@ func TestResearchMySQL(t *testing.T) {
 x = load_kline("okx", "BTC-USDT-SWAP", "1h", 1735689600, 1735776000)
 result = {"rows": len(x), "null_turnover": int(x.turnover.isna().sum()),
           "env_has_password": any("`+d.Password+`" in v for v in os.environ.values())}`, &got)
-	if got.Rows != 25 || got.NullTurn != 0 || got.Env {
+	if got.Rows != 24 || got.NullTurn != 0 || got.Env {
 		t.Errorf("okx 1h from MariaDB: %+v", got)
 	}
 	for _, p := range append(s.workers, s.api) {

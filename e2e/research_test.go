@@ -158,7 +158,7 @@ func testResample(t *testing.T, s *stack) {
 	st, r := s.research(`result = {"rows": len(df), "starts": df.start.head(3).tolist(), "open0": df.open.iloc[0], "vol0": df.volume.iloc[0]}`,
 		map[string]any{"binSize": "5m", "start": seedStart, "end": seedStart + 3600})
 	json.Unmarshal(r.Result, &got)
-	if st != 200 || !r.ok() || got.Rows != 13 || got.Starts[1] != seedStart+300 || r.Meta["source"] != "binance_BTCUSDT_1m resampled to 5m" {
+	if st != 200 || !r.ok() || got.Rows != 12 || got.Starts[1] != seedStart+300 || r.Meta["source"] != "binance_BTCUSDT_1m resampled to 5m" {
 		t.Fatalf("5m: %d %+v meta %v", st, got, r.Meta)
 	}
 	var one struct {
@@ -360,18 +360,19 @@ func testValidation(t *testing.T, s *stack) {
 		status int
 		detail string
 	}{
-		{`{"symbol":"BTCUSDT","binSize":"1m","code":"1"}`, 400, "exchange is required"},
-		{`{"exchange":"binance","binSize":"1m","code":"1"}`, 400, "symbol is required"},
-		{`{"exchange":"binance","symbol":"BTCUSDT","code":"1"}`, 400, "binSize is required"},
-		{`{"exchange":"binance","symbol":"BTCUSDT","binSize":"1m"}`, 400, "code is required"},
+		{`{"start":1,"end":2,"symbol":"BTCUSDT","binSize":"1m","code":"1"}`, 400, "exchange is required"},
+		{`{"start":1,"end":2,"exchange":"binance","binSize":"1m","code":"1"}`, 400, "symbol is required"},
+		{`{"start":1,"end":2,"exchange":"binance","symbol":"BTCUSDT","binSize":"","code":"1"}`, 400, "binSize is required"},
+		{`{"exchange":"binance","symbol":"BTCUSDT","code":"1","end":2}`, 400, "start is required"},
+		{`{"start":1,"end":2,"exchange":"binance","symbol":"BTCUSDT","binSize":"1m"}`, 400, "code is required"},
 		{`{"exchange":"binance","symbol":"BTCUSDT","binSize":"1m","code":"1","start":20,"end":10}`, 400, "start (20) is after end (10)"},
-		{`{"exchange":"binance","symbol":"BTCUSDT","binSize":"1y","code":"1"}`, 400, "binSize \"1y\""},
-		{`{"exchange":"bin ance","symbol":"BTCUSDT","binSize":"1m","code":"1"}`, 400, "exchange \"bin ance\" must match"},
-		{`{"exchange":"binance","symbol":"BTC/USDT","binSize":"1m","code":"1"}`, 400, "symbol \"BTC/USDT\" must match"},
-		{`{"exchange":"binance","symbol":"x;drop","binSize":"1m","code":"1"}`, 400, "must match"},
-		{`{"exchange":"binance","symbol":"BTCUSDT","binSize":"1m","code":"1","limit":-1}`, 400, "limit must not be negative"},
-		{`{"exchange":"binance","symbol":"BTCUSDT","binSize":"1m","code":"1","timeoutSec":-5}`, 400, "timeoutSec must not be negative"},
-		{`{"exchange":"binance","symbol":"BTCUSDT","binSize":"1m","code":"` + big + `"}`, 413, "over the limit of 262144 bytes"},
+		{`{"start":1,"end":2,"exchange":"binance","symbol":"BTCUSDT","binSize":"1y","code":"1"}`, 400, "binSize \"1y\""},
+		{`{"start":1,"end":2,"exchange":"bin ance","symbol":"BTCUSDT","binSize":"1m","code":"1"}`, 400, "exchange \"bin ance\" must match"},
+		{`{"start":1,"end":2,"exchange":"binance","symbol":"BTC/USDT","binSize":"1m","code":"1"}`, 400, "symbol \"BTC/USDT\" must match"},
+		{`{"start":1,"end":2,"exchange":"binance","symbol":"x;drop","binSize":"1m","code":"1"}`, 400, "must match"},
+		{`{"start":1,"end":2,"exchange":"binance","symbol":"BTCUSDT","binSize":"1m","code":"1","limit":-1}`, 400, "limit must not be negative"},
+		{`{"start":1,"end":2,"exchange":"binance","symbol":"BTCUSDT","binSize":"1m","code":"1","timeoutSec":-5}`, 400, "timeoutSec must not be negative"},
+		{`{"start":1,"end":2,"exchange":"binance","symbol":"BTCUSDT","binSize":"1m","code":"` + big + `"}`, 413, "over the limit of 262144 bytes"},
 		{`{"exchange":`, 400, "invalid JSON body"},
 	}
 	for _, c := range cases {

@@ -79,10 +79,12 @@ type stack struct {
 	dir       string
 	mode      string // executor mode
 	authz     string // Authorization header do() sends, if any
+	cwd       string // working directory of started processes
 }
 
 type stackOpts struct {
-	workers int
+	workers int               // 0: two; -1: none
+	dir     string            // working directory of the API and workers (default: this package's)
 	scripts string            // scripts root (default: an empty folder)
 	env     map[string]string // extra environment for API and workers
 	dbEnv   map[string]string // read-only DB settings (default: a demo SQLite)
@@ -117,13 +119,15 @@ func startStack(t *testing.T, o stackOpts) *stack {
 	t.Helper()
 	if o.workers == 0 {
 		o.workers = 2
+	} else if o.workers < 0 {
+		o.workers = 0
 	}
 	dir := reachableTempDir(t)
 	if o.scripts == "" {
 		o.scripts = filepath.Join(dir, "scripts")
 		os.MkdirAll(o.scripts, 0o755)
 	}
-	s := &stack{t: t, dir: dir, redisPort: freePort(t)}
+	s := &stack{t: t, dir: dir, redisPort: freePort(t), cwd: o.dir}
 	s.redisURL = fmt.Sprintf("redis://127.0.0.1:%d/0", s.redisPort)
 	s.start("redis", "redis-server", "--port", strconv.Itoa(s.redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 	waitUntil(t, 10*time.Second, "redis to answer", func() bool {
@@ -181,7 +185,7 @@ func (s *stack) start(name, bin string, args ...string) *proc {
 		s.t.Fatal(err)
 	}
 	cmd := exec.Command(bin, args...)
-	cmd.Env = s.env
+	cmd.Env, cmd.Dir = s.env, s.cwd
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("start %s: %v", name, err)

@@ -233,6 +233,9 @@ def collect_images(g, max_images, max_bytes, warnings):
 
     out = []
     for name, mime, load in sources:
+        if not mime.startswith("image/"):  # as python-runner: only images are kept
+            warnings.append(f"image {name} dropped: {mime} is not an image type")
+            continue
         if len(out) >= max_images:
             warnings.append(f"image {name} dropped: only {max_images} images are kept")
             continue

@@ -10,6 +10,7 @@ mkdir -p "$RUN" && RUN=$(cd "$RUN" && pwd)
 PORT=${PYRUNNER_PORT:-9000}
 REDIS_PORT=${PYRUNNER_REDIS_PORT:-6390}
 DB=$RUN/exchange.db
+WORK="${TMPDIR:-/tmp}/pyrunner-stack-$PORT"
 
 stop() {
   for f in $RUN/worker-*.pid $RUN/api.pid $RUN/redis.pid; do
@@ -17,6 +18,18 @@ stop() {
     kill "$(cat "$f")" 2>/dev/null || true
     rm -f "$f"
   done
+  rm -rf "$WORK"
+}
+
+# taken PORT: something already listens on 127.0.0.1:PORT.
+taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# alive NAME: its pid file names a running process, or say why not.
+alive() {
+  kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null && return 0
+  echo "stack: $1 died; the end of $RUN/$1.log:" >&2
+  tail -n 5 "$RUN/$1.log" >&2
+  return 1
 }
 
 wait_for() { # url seconds
@@ -31,6 +44,13 @@ wait_for() { # url seconds
 start() {
   mkdir -p "$RUN"
   stop
+  for p in "$PORT" "$REDIS_PORT"; do
+    if taken "$p"; then
+      echo "stack: port $p is already in use (another pyrunner, or something else)." >&2
+      echo "stack: pick free ports, e.g. PYRUNNER_PORT=9100 PYRUNNER_REDIS_PORT=6490 make run" >&2
+      exit 1
+    fi
+  done
   if [ ! -f "$DB" ]; then
     echo "stack: writing demo K-lines to $DB"
     bin/pyrunner-demodata --sqlite "$DB" >/dev/null
@@ -38,23 +58,26 @@ start() {
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
     >"$RUN/redis.log" 2>&1 & echo $! > "$RUN/redis.pid"
   for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  alive redis || exit 1
   export PYRUNNER_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
   export PYRUNNER_READONLY_TYPE=sqlite PYRUNNER_READONLY_URI="$DB"
   # The work dir must be reachable by the user code runs as (nobody, when
   # root), so it lives under /tmp rather than in a possibly private checkout.
-  export PYRUNNER_LISTEN=":$PORT" PYRUNNER_WORK_DIR="${TMPDIR:-/tmp}/pyrunner-stack-$PORT"
+  export PYRUNNER_LISTEN="127.0.0.1:$PORT" PYRUNNER_WORK_DIR="$WORK"
   export SCRIPT_SCRIPTS_PATH="${SCRIPT_SCRIPTS_PATH:-$PWD/examples/scripts}" SCRIPT_STATE_DIR="$RUN/state"
   nohup bin/pyrunner-api >"$RUN/api.log" 2>&1 & echo $! > "$RUN/api.pid"
   for i in 1 2; do
     nohup bin/pyrunner-worker >"$RUN/worker-$i.log" 2>&1 & echo $! > "$RUN/worker-$i.pid"
   done
   wait_for "http://127.0.0.1:$PORT/health" 20
+  alive api || exit 1
   n=0
   for _ in $(seq 1 100); do
     n=$(curl -fsS "http://127.0.0.1:$PORT/health" | /usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))')
     [ "$n" -ge 2 ] && break
     sleep 0.2
   done
+  alive worker-1 && alive worker-2 || exit 1
   if [ "$n" -lt 2 ]; then
     echo "stack: only $n of 2 workers came up:" >&2
     tail -n 5 "$RUN"/worker-*.log >&2

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -25,7 +26,9 @@ import (
 )
 
 func main() {
-	if err := start(); err != nil {
+	if err := start(); errors.Is(err, config.ErrHelp) {
+		return
+	} else if err != nil {
 		fmt.Fprintln(os.Stderr, "pyrunner-worker:", err)
 		os.Exit(1)
 	}

@@ -8,9 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/ztrade/pyrunner/pkg/config"
+	"github.com/ztrade/pyrunner/pkg/proc"
 	"github.com/ztrade/pyrunner/pkg/run"
 	"github.com/ztrade/pyrunner/pkg/scriptrun"
 	"github.com/ztrade/pyrunner/pkg/scripts"
@@ -48,9 +51,13 @@ func (w *worker) handleScript(ctx context.Context, id string) error {
 	if err != nil {
 		return end(run.StatusFailed, nil, fmt.Sprintf("cannot start on worker %s: %s", w.id, run.ErrorMessage(err)))
 	}
+	env, err := scriptEnv(w.cfg.EnvPassthrough, w.cfg.EnvFile, req.Env)
+	if err != nil {
+		return end(run.StatusFailed, nil, fmt.Sprintf("cannot start on worker %s: %v", w.id, err))
+	}
 	logs, _ := filepath.Abs(w.cfg.LogsDir)
 	spec := scriptrun.Spec{
-		Python: w.python, Script: abs, Args: req.Args, Dir: dir, Env: scriptEnv(w.cfg.EnvPassthrough, req.Env),
+		Python: w.python, Script: abs, Args: req.Args, Dir: dir, Env: env,
 		StdoutPath: filepath.Join(logs, id+".stdout.log"), StderrPath: filepath.Join(logs, id+".stderr.log"),
 		Grace: time.Duration(w.cfg.TerminateTimeoutSeconds) * time.Second, Timeout: time.Duration(req.TimeoutSec) * time.Second,
 		FlushEvery: 100 * time.Millisecond,
@@ -91,16 +98,24 @@ func (w *worker) handleScript(ctx context.Context, id string) error {
 }
 
 // scriptEnv is a script's whole environment: a minimal base, the
-// passthrough names, then the request's env. None of the worker's secrets.
-func scriptEnv(passthrough []string, extra map[string]string) []string {
+// worker's variables matching PYRUNNER_ENV_PASSTHROUGH (names or globs),
+// the variables of SCRIPT_ENV_FILE (read at every start, so a changed key
+// needs no restart), then the request's env. None of the worker's secrets.
+func scriptEnv(passthrough []string, envFile string, extra map[string]string) ([]string, error) {
 	env := map[string]string{"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": "UTC", "PYTHONUNBUFFERED": "1"}
-	for _, k := range []string{"PATH", "HOME", "LANG", "TZ"} {
-		if v, ok := os.LookupEnv(k); ok {
-			env[k] = v
-		}
+	for _, kv := range proc.PassedEnv(append([]string{"PATH", "HOME", "LANG", "TZ"}, passthrough...), os.Environ()) {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
 	}
-	for _, k := range passthrough {
-		if v, ok := os.LookupEnv(k); ok {
+	if envFile != "" {
+		if _, err := os.Stat(envFile); err != nil {
+			return nil, fmt.Errorf("SCRIPT_ENV_FILE: %w", err)
+		}
+		vars, err := config.ReadDotenv(envFile)
+		if err != nil {
+			return nil, fmt.Errorf("SCRIPT_ENV_FILE: %w", err)
+		}
+		for k, v := range vars {
 			env[k] = v
 		}
 	}
@@ -112,5 +127,5 @@ func scriptEnv(passthrough []string, extra map[string]string) []string {
 		out = append(out, k+"="+v)
 	}
 	sort.Strings(out)
-	return out
+	return out, nil
 }

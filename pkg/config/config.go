@@ -7,17 +7,18 @@ package config
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/url"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
 )
 
@@ -97,6 +98,8 @@ type Config struct {
 	LogsDir                 string
 	StateDir                string
 	TerminateTimeoutSeconds int
+	StartWaitSeconds        float64
+	EnvFile                 string
 
 	JWTAuth          bool
 	JWTSecret        string
@@ -110,63 +113,88 @@ type Config struct {
 	LogLevel         string
 }
 
-// setting binds one environment name to a field.
+// setting binds one environment name to a field, for the binaries in who.
 type setting struct {
-	env, def, usage string
-	set             func(string) error
+	env        string
+	who        program
+	def, usage string
+	set        func(string) error
+}
+
+// program says which binary a setting belongs to (for its flags and
+// --help; the environment is read by both).
+type program int
+
+const (
+	api program = 1 << iota
+	worker
+	both = api | worker
+)
+
+// programOf maps a binary's name to its program.
+func programOf(name string) program {
+	switch {
+	case strings.HasSuffix(name, "-api"):
+		return api
+	case strings.HasSuffix(name, "-worker"):
+		return worker
+	}
+	return both
 }
 
 func (c *Config) settings() []setting {
 	return []setting{
-		{"PYRUNNER_LISTEN", ":9000", "HTTP listen address of the API", str(&c.Listen)},
-		{"PYRUNNER_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL (redis://, rediss://, redis-sentinel://)", str(&c.RedisURL)},
-		{"PYRUNNER_KEY_PREFIX", "pyrunner:", "prefix of every pyrunner key in Redis", str(&c.KeyPrefix)},
-		{"PYRUNNER_PYTHON", "", "Python interpreter (default: the first python3 that imports numpy and pandas)", str(&c.Python)},
-		{"PYRUNNER_TOKEN", "", "static bearer token granting research:run", str(&c.Token)},
-		{"PYRUNNER_MAX_ROWS", "200000", "most K-line rows one load returns", i64(&c.MaxRows)},
-		{"PYRUNNER_MAX_CODE_BYTES", "262144", "largest research code accepted (413 above)", num(&c.MaxCodeBytes)},
-		{"PYRUNNER_MAX_OUTPUT_BYTES", "4194304", "stdout/stderr kept per stream", num(&c.MaxOutputBytes)},
-		{"PYRUNNER_DEFAULT_TIMEOUT_SEC", "60", "research time limit when the request gives none", num(&c.DefaultTimeoutSec)},
-		{"PYRUNNER_MAX_TIMEOUT_SEC", "600", "largest research time limit", num(&c.MaxTimeoutSec)},
-		{"PYRUNNER_MAX_WAIT_SEC", "660", "longest a request waits for a result before answering 202", num(&c.MaxWaitSec)},
-		{"PYRUNNER_MAX_IMAGES", "3", "images kept per research run", num(&c.MaxImages)},
-		{"PYRUNNER_MAX_IMAGE_BYTES", "1048576", "largest image kept", num(&c.MaxImageBytes)},
-		{"PYRUNNER_RESULT_TTL", "168h", "how long run records and results are kept", dur(&c.ResultTTL)},
-		{"PYRUNNER_LOG_TAIL_BYTES", "1048576", "script output kept in Redis per stream", num(&c.LogTailBytes)},
-		{"PYRUNNER_RESEARCH_CONCURRENCY", strconv.Itoa(runtime.NumCPU()), "research runs at once per worker", num(&c.ResearchConcurrency)},
-		{"PYRUNNER_SCRIPT_CONCURRENCY", "16", "script runs at once per worker", num(&c.ScriptConcurrency)},
-		{"PYRUNNER_TASK_CHECK_INTERVAL", "250ms", "how often an idle worker polls asynq's queue (new runs also wake idle workers at once)", dur(&c.TaskCheckInterval)},
-		{"PYRUNNER_EXECUTOR", "warm", "warm (forking zygote) or cold (fresh interpreter per run)", str(&c.Executor)},
-		{"PYRUNNER_PRELOAD", "", "comma-separated modules the warm zygote imports besides numpy, pandas, matplotlib", str(&c.Preload)},
-		{"PYRUNNER_SANDBOX", "auto", "auto, bwrap or none", str(&c.Sandbox)},
-		{"PYRUNNER_MEMORY_LIMIT_MB", "2048", "address-space limit per run in MiB (0: none)", num(&c.MemoryLimitMB)},
-		{"PYRUNNER_MAX_FILE_MB", "256", "largest file a run may write, in MiB", num(&c.MaxFileMB)},
-		{"PYRUNNER_MAX_PROCS", "256", "processes and threads user code may have (when the worker runs as root)", num(&c.MaxProcs)},
-		{"PYRUNNER_DISK_MB", "512", "all a research run may write (files, /tmp, /dev/shm together), in MiB", num(&c.DiskMB)},
-		{"PYRUNNER_MAX_RESULT_BYTES", "16777216", "largest research result (its JSON); a larger one is ok:false", num(&c.MaxResultBytes)},
-		{"PYRUNNER_WORK_DIR", os.TempDir() + "/pyrunner", "where per-run working directories are made", str(&c.WorkDir)},
-		{"PYRUNNER_ENV_PASSTHROUGH", "", "comma-separated worker env names passed to user code", list(&c.EnvPassthrough)},
-		{"SCRIPT_SCRIPTS_PATH", "./scripts", "scripts folder", str(&c.ScriptsPath)},
-		{"SCRIPT_API_PREFIX", "/v1", "prefix of the script API", str(&c.APIPrefix)},
-		{"SCRIPT_LOGS_DIR", "", "where full script logs are written (default: <state dir>/logs)", str(&c.LogsDir)},
-		{"SCRIPT_STATE_DIR", ".quant-script-api", "state folder", str(&c.StateDir)},
-		{"SCRIPT_TERMINATE_TIMEOUT_SECONDS", "10", "grace between SIGTERM and SIGKILL", num(&c.TerminateTimeoutSeconds)},
-		{"SCRIPT_JWT_AUTH", "false", "require a JWT on protected endpoints", boolean(&c.JWTAuth)},
-		{"SCRIPT_JWT_SECRET", "", "HS256 secret", str(&c.JWTSecret)},
-		{"SCRIPT_JWT_ISS", "", "required iss claim", str(&c.JWTIss)},
-		{"SCRIPT_JWT_AUD", "", "required aud claim", str(&c.JWTAud)},
-		{"SCRIPT_JWT_LEEWAY_SECONDS", "30", "clock leeway for exp and nbf", num(&c.JWTLeewaySeconds)},
-		{"SCRIPT_JWT_EXPIRE_SECONDS", "3600", "lifetime of minted tokens", num(&c.JWTExpireSeconds)},
-		{"SCRIPT_JWT_ADMIN_SECRET", "", "secret exchanged for an admin token", str(&c.JWTAdminSecret)},
-		{"PYRUNNER_ZTRADE_CONFIG", "/etc/ztrade/ztrade.yaml", "ztrade.yaml to read db.readonly from", str(&c.ZtradeConfig)},
-		{"PYRUNNER_READONLY_TYPE", "", "read-only DB type: mysql or sqlite", str(&c.Readonly.Type)},
-		{"PYRUNNER_READONLY_URI", "", "read-only DB URI (MySQL DSN or SQLite path)", str(&c.Readonly.URI)},
-		{"PYRUNNER_READONLY_HOST", "", "read-only MySQL host", str(&c.Readonly.Host)},
-		{"PYRUNNER_READONLY_PORT", "", "read-only MySQL port (3306)", num(&c.Readonly.Port)},
-		{"PYRUNNER_READONLY_DATABASE", "", "read-only MySQL database", str(&c.Readonly.Database)},
-		{"PYRUNNER_READONLY_USER", "", "read-only MySQL user", str(&c.Readonly.User)},
-		{"PYRUNNER_READONLY_PASSWORD", "", "read-only MySQL password", str(&c.Readonly.Password)},
-		{"PYRUNNER_LOG_LEVEL", "info", "debug, info, warn or error", str(&c.LogLevel)},
+		{"PYRUNNER_LISTEN", api, ":9000", "HTTP listen address of the API", str(&c.Listen)},
+		{"PYRUNNER_REDIS_URL", both, "redis://127.0.0.1:6379/0", "Redis URL (redis://, rediss://, redis-sentinel://)", str(&c.RedisURL)},
+		{"PYRUNNER_KEY_PREFIX", both, "pyrunner:", "prefix of every pyrunner key in Redis", str(&c.KeyPrefix)},
+		{"PYRUNNER_PYTHON", both, "", "Python interpreter (default: the first python3 that imports numpy and pandas)", str(&c.Python)},
+		{"PYRUNNER_TOKEN", api, "", "static bearer token granting research:run", str(&c.Token)},
+		{"PYRUNNER_MAX_ROWS", both, "200000", "most K-line rows one load returns", i64(&c.MaxRows)},
+		{"PYRUNNER_MAX_CODE_BYTES", api, "262144", "largest research code accepted (413 above)", num(&c.MaxCodeBytes)},
+		{"PYRUNNER_MAX_OUTPUT_BYTES", worker, "4194304", "stdout/stderr kept per stream", num(&c.MaxOutputBytes)},
+		{"PYRUNNER_DEFAULT_TIMEOUT_SEC", api, "60", "research time limit when the request gives none", num(&c.DefaultTimeoutSec)},
+		{"PYRUNNER_MAX_TIMEOUT_SEC", api, "600", "largest research time limit", num(&c.MaxTimeoutSec)},
+		{"PYRUNNER_MAX_WAIT_SEC", api, "660", "longest a request waits for a result before answering 202", num(&c.MaxWaitSec)},
+		{"PYRUNNER_MAX_IMAGES", worker, "3", "images kept per research run", num(&c.MaxImages)},
+		{"PYRUNNER_MAX_IMAGE_BYTES", worker, "1048576", "largest image kept", num(&c.MaxImageBytes)},
+		{"PYRUNNER_RESULT_TTL", both, "168h", "how long run records and results are kept", dur(&c.ResultTTL)},
+		{"PYRUNNER_LOG_TAIL_BYTES", both, "1048576", "script output kept in Redis per stream", num(&c.LogTailBytes)},
+		{"PYRUNNER_RESEARCH_CONCURRENCY", worker, strconv.Itoa(runtime.NumCPU()), "research runs at once per worker", num(&c.ResearchConcurrency)},
+		{"PYRUNNER_SCRIPT_CONCURRENCY", worker, "16", "script runs at once per worker", num(&c.ScriptConcurrency)},
+		{"PYRUNNER_TASK_CHECK_INTERVAL", worker, "250ms", "how often an idle worker polls asynq's queue (new runs also wake idle workers at once)", dur(&c.TaskCheckInterval)},
+		{"PYRUNNER_EXECUTOR", worker, "warm", "warm (forking zygote) or cold (fresh interpreter per run)", str(&c.Executor)},
+		{"PYRUNNER_PRELOAD", worker, "", "comma-separated modules the warm zygote imports besides numpy, pandas, matplotlib", str(&c.Preload)},
+		{"PYRUNNER_SANDBOX", worker, "auto", "auto, bwrap or none", str(&c.Sandbox)},
+		{"PYRUNNER_MEMORY_LIMIT_MB", worker, "2048", "address-space limit per run in MiB (0: none)", num(&c.MemoryLimitMB)},
+		{"PYRUNNER_MAX_FILE_MB", worker, "256", "largest file a run may write, in MiB", num(&c.MaxFileMB)},
+		{"PYRUNNER_MAX_PROCS", worker, "256", "processes and threads user code may have (when the worker runs as root)", num(&c.MaxProcs)},
+		{"PYRUNNER_DISK_MB", worker, "512", "all a research run may write (files, /tmp, /dev/shm together), in MiB", num(&c.DiskMB)},
+		{"PYRUNNER_MAX_RESULT_BYTES", worker, "16777216", "largest research result (its JSON); a larger one is ok:false", num(&c.MaxResultBytes)},
+		{"PYRUNNER_WORK_DIR", worker, os.TempDir() + "/pyrunner", "where per-run working directories are made", str(&c.WorkDir)},
+		{"PYRUNNER_ENV_PASSTHROUGH", worker, "", "comma-separated worker env names or globs (BINANCE_*) passed to user code", list(&c.EnvPassthrough)},
+		{"SCRIPT_SCRIPTS_PATH", both, "./scripts", "scripts folder", str(&c.ScriptsPath)},
+		{"SCRIPT_API_PREFIX", api, "/v1", "prefix of the script API", str(&c.APIPrefix)},
+		{"SCRIPT_LOGS_DIR", worker, "", "where full script logs are written (default: <state dir>/logs)", str(&c.LogsDir)},
+		{"SCRIPT_STATE_DIR", both, ".quant-script-api", "state folder", str(&c.StateDir)},
+		{"SCRIPT_TERMINATE_TIMEOUT_SECONDS", both, "10", "grace between SIGTERM and SIGKILL", num(&c.TerminateTimeoutSeconds)},
+		{"SCRIPT_START_WAIT_SECONDS", api, "5", "how long POST /v1/runs waits for a worker to start the script before answering queued", flt(&c.StartWaitSeconds)},
+		{"SCRIPT_ENV_FILE", worker, "", "dotenv file whose variables every script gets (where API keys scripts used to inherit go)", str(&c.EnvFile)},
+		{"SCRIPT_JWT_AUTH", api, "false", "require a JWT on protected endpoints", boolean(&c.JWTAuth)},
+		{"SCRIPT_JWT_SECRET", api, "", "HS256 secret", str(&c.JWTSecret)},
+		{"SCRIPT_JWT_ISS", api, "", "required iss claim", str(&c.JWTIss)},
+		{"SCRIPT_JWT_AUD", api, "", "required aud claim", str(&c.JWTAud)},
+		{"SCRIPT_JWT_LEEWAY_SECONDS", api, "30", "clock leeway for exp and nbf", num(&c.JWTLeewaySeconds)},
+		{"SCRIPT_JWT_EXPIRE_SECONDS", api, "3600", "lifetime of minted tokens", num(&c.JWTExpireSeconds)},
+		{"SCRIPT_JWT_ADMIN_SECRET", api, "", "secret exchanged for an admin token", str(&c.JWTAdminSecret)},
+		{"PYRUNNER_ZTRADE_CONFIG", worker, "/etc/ztrade/ztrade.yaml", "ztrade.yaml to read db.readonly from", str(&c.ZtradeConfig)},
+		{"PYRUNNER_READONLY_TYPE", worker, "", "read-only DB type: mysql or sqlite", str(&c.Readonly.Type)},
+		{"PYRUNNER_READONLY_URI", worker, "", "read-only DB URI (MySQL DSN or SQLite path)", str(&c.Readonly.URI)},
+		{"PYRUNNER_READONLY_HOST", worker, "", "read-only MySQL host", str(&c.Readonly.Host)},
+		{"PYRUNNER_READONLY_PORT", worker, "", "read-only MySQL port (3306)", num(&c.Readonly.Port)},
+		{"PYRUNNER_READONLY_DATABASE", worker, "", "read-only MySQL database", str(&c.Readonly.Database)},
+		{"PYRUNNER_READONLY_USER", worker, "", "read-only MySQL user", str(&c.Readonly.User)},
+		{"PYRUNNER_READONLY_PASSWORD", worker, "", "read-only MySQL password", str(&c.Readonly.Password)},
+		{"PYRUNNER_LOG_LEVEL", both, "info", "debug, info, warn or error", str(&c.LogLevel)},
 	}
 }
 
@@ -182,6 +210,10 @@ func num(p *int) func(string) error {
 		*p = n
 		return err
 	}
+}
+
+func flt(p *float64) func(string) error {
+	return func(v string) error { n, err := strconv.ParseFloat(v, 64); *p = n; return err }
 }
 
 func i64(p *int64) func(string) error {
@@ -224,50 +256,94 @@ func FlagName(env string) string {
 	return strings.ReplaceAll(strings.ToLower(n), "_", "-")
 }
 
-// Load reads the settings for program name from args and getenv. Unknown
-// flags and bad values are errors that name the setting.
+// ErrHelp is returned by Load after --help or --version printed what was
+// asked: the program should exit 0.
+var ErrHelp = errors.New("help requested")
+
+// Version is the build's version (its VCS revision, when built from a
+// checkout), for --version.
+func Version() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := info.Main.Version
+	for _, kv := range info.Settings {
+		if kv.Key == "vcs.revision" {
+			v = kv.Value
+		}
+	}
+	return v
+}
+
+// Load reads the settings for program name (pyrunner-api or
+// pyrunner-worker) with one precedence: flags (--name value or
+// --name=value), the environment, a .env file in the working directory
+// (as quant-script-api reads one), ztrade.yaml's db.readonly, defaults.
+// --help lists the program's own flags with their defaults; it and
+// --version print to usageOut and return ErrHelp. Unknown flags and bad
+// values are errors that name the setting.
 func Load(name string, args []string, getenv func(string) string, usageOut io.Writer) (*Config, error) {
 	c := &Config{}
 	ss := c.settings()
-	for _, s := range ss {
+	prog := programOf(name)
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(usageOut)
+	fs.SortFlags = false
+	flags := map[string]*setting{}
+	for i := range ss {
+		s := &ss[i]
 		if err := s.set(s.def); err != nil {
 			return nil, fmt.Errorf("config: default of %s: %w", s.env, err)
 		}
-	}
-	// ztrade.yaml first (lowest of the set sources), then env, then flags.
-	path := getenv("PYRUNNER_ZTRADE_CONFIG")
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(usageOut)
-	for _, a := range args { // the config path may come as a flag too
-		if v, ok := strings.CutPrefix(a, "--ztrade-config="); ok {
-			path = v
+		if s.who&prog != 0 {
+			fs.String(FlagName(s.env), s.def, s.usage+" (env "+s.env+")")
+			flags[FlagName(s.env)] = s
 		}
 	}
-	if path == "" {
-		path = c.ZtradeConfig
+	version := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(usageOut, "Usage of %s (every flag also reads its environment variable, then .env):\n%s", name, fs.FlagUsagesWrapped(100))
+	}
+	if err := fs.Parse(args); errors.Is(err, pflag.ErrHelp) {
+		return nil, ErrHelp
+	} else if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if *version {
+		fmt.Fprintf(usageOut, "%s %s\n", name, Version())
+		return nil, ErrHelp
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("config: unexpected argument %q", fs.Arg(0))
+	}
+	dotenv, err := ReadDotenv(".env")
+	if err != nil {
+		return nil, err
+	}
+	get := func(k string) (string, bool) {
+		if f := fs.Lookup(FlagName(k)); f != nil && f.Changed {
+			return f.Value.String(), true
+		}
+		if v := getenv(k); v != "" {
+			return v, true
+		}
+		v, ok := dotenv[k]
+		return v, ok && v != ""
+	}
+	path := c.ZtradeConfig
+	if v, ok := get("PYRUNNER_ZTRADE_CONFIG"); ok {
+		path = v
 	}
 	if err := c.readZtrade(path); err != nil {
 		return nil, err
 	}
 	for _, s := range ss {
-		if v, ok := lookup(getenv, s.env); ok {
+		if v, ok := get(s.env); ok {
 			if err := s.set(v); err != nil {
 				return nil, fmt.Errorf("config: %s=%q: %w", s.env, v, err)
 			}
 		}
-		s := s
-		fs.Func(FlagName(s.env), s.usage+" (env "+s.env+")", func(v string) error {
-			if err := s.set(v); err != nil {
-				return fmt.Errorf("%s: %w", s.env, err)
-			}
-			return nil
-		})
-	}
-	if err := fs.Parse(args); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("config: unexpected argument %q", fs.Arg(0))
 	}
 	c.ZtradeConfig = path
 	if c.LogsDir == "" {
@@ -287,6 +363,37 @@ func Load(name string, args []string, getenv func(string) string, usageOut io.Wr
 		return nil, fmt.Errorf("config: PYRUNNER_SANDBOX must be auto, bwrap or none, not %q", c.Sandbox)
 	}
 	return c, nil
+}
+
+// ReadDotenv reads a dotenv file as quant-script-api does: KEY=value
+// lines, # comments and blank lines skipped, an optional "export ", and
+// one pair of matching quotes around a value removed. A missing file is
+// an empty map.
+func ReadDotenv(path string) (map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return map[string]string{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("config: read %s: %w", path, err)
+	}
+	out := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(strings.TrimPrefix(line, "export "), "=")
+		if k = strings.TrimSpace(k); !ok || k == "" {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
+			v = v[1 : len(v)-1]
+		}
+		out[k] = v
+	}
+	return out, nil
 }
 
 func lookup(getenv func(string) string, k string) (string, bool) {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -47,5 +48,55 @@ func TestBadValuesNameTheSetting(t *testing.T) {
 func TestFlagNames(t *testing.T) {
 	if FlagName("SCRIPT_SCRIPTS_PATH") != "scripts-path" || FlagName("PYRUNNER_MAX_ROWS") != "max-rows" {
 		t.Fatal(FlagName("SCRIPT_SCRIPTS_PATH"), FlagName("PYRUNNER_MAX_ROWS"))
+	}
+}
+
+// TestFlagForms: --name value and --name=value both work; --help and
+// --version end with ErrHelp (exit 0) after listing the binary's own flags
+// with their defaults.
+func TestFlagForms(t *testing.T) {
+	noYAML := env(map[string]string{"PYRUNNER_ZTRADE_CONFIG": "/nonexistent"})
+	dir := t.TempDir()
+	yml := dir + "/z.yaml"
+	os.WriteFile(yml, []byte("db:\n  readonly:\n    uri: /data/x.db\n"), 0o644)
+	for _, args := range [][]string{{"--ztrade-config", yml}, {"--ztrade-config=" + yml}} {
+		c, err := Load("pyrunner-worker", args, env(nil), io.Discard)
+		if err != nil || c.Readonly.URI != "/data/x.db" || c.ZtradeConfig != yml {
+			t.Errorf("%v: %v %+v", args, err, c)
+		}
+	}
+	var out strings.Builder
+	if _, err := Load("pyrunner-worker", []string{"--help"}, noYAML, &out); !errors.Is(err, ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	if !strings.Contains(out.String(), "--work-dir") || !strings.Contains(out.String(), "(default \"warm\")") || strings.Contains(out.String(), "--jwt-secret") {
+		t.Errorf("worker --help lists the wrong flags or no defaults:\n%s", out.String())
+	}
+	out.Reset()
+	Load("pyrunner-api", []string{"--help"}, noYAML, &out)
+	if !strings.Contains(out.String(), "--jwt-secret") || strings.Contains(out.String(), "--work-dir") {
+		t.Errorf("api --help lists the wrong flags:\n%s", out.String())
+	}
+	out.Reset()
+	if _, err := Load("pyrunner-api", []string{"--version"}, noYAML, &out); !errors.Is(err, ErrHelp) || !strings.HasPrefix(out.String(), "pyrunner-api ") {
+		t.Errorf("--version: %v %q", err, out.String())
+	}
+}
+
+// TestDotenv: a .env in the working directory sits between the
+// environment and ztrade.yaml.
+func TestDotenv(t *testing.T) {
+	dir := t.TempDir()
+	wd, _ := os.Getwd()
+	t.Cleanup(func() { os.Chdir(wd) })
+	os.Chdir(dir)
+	os.WriteFile(".env", []byte("# comment\nexport PYRUNNER_MAX_ROWS=7\nPYRUNNER_MAX_IMAGES='4'\nPYRUNNER_READONLY_URI=\"/from/dotenv.db\"\n"), 0o644)
+	os.WriteFile("z.yaml", []byte("db:\n  readonly:\n    uri: /from/yaml.db\n"), 0o644)
+	c, err := Load("pyrunner-worker", nil, env(map[string]string{"PYRUNNER_ZTRADE_CONFIG": "z.yaml", "PYRUNNER_MAX_IMAGES": "9"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxRows != 7 || c.MaxImages != 9 || c.Readonly.URI != "/from/dotenv.db" {
+		t.Errorf(".env: rows %d (want 7 from .env), images %d (want 9 from env), uri %q (want .env over yaml)", c.MaxRows, c.MaxImages, c.Readonly.URI)
 	}
 }

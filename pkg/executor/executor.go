@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/ztrade/pyrunner/pkg/frame"
+	"github.com/ztrade/pyrunner/pkg/proc"
 	"github.com/ztrade/pyrunner/pkg/research"
 )
 
@@ -106,7 +107,8 @@ type Options struct {
 	Python  string
 	WorkDir string
 	Limits  Limits
-	// Passthrough names worker environment variables user code may see.
+	// Passthrough names (or globs of) worker environment variables user
+	// code may see.
 	Passthrough []string
 	// Sandbox is PYRUNNER_SANDBOX: "auto", "bwrap" or "none" (see
 	// resolveSandbox); the executor reports what it resolved to.
@@ -141,12 +143,7 @@ func childEnv(home, mplDir string, passthrough []string) []string {
 		"MKL_NUM_THREADS=1",
 	}
 	// OpenBLAS needs these on some CPUs to pick a kernel that works.
-	for _, k := range append([]string{"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}, passthrough...) {
-		if v, ok := os.LookupEnv(k); ok {
-			env = append(env, k+"="+v)
-		}
-	}
-	return env
+	return append(env, proc.PassedEnv(append([]string{"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}, passthrough...), os.Environ())...)
 }
 
 // conversation runs the job over an open channel: send the job, serve

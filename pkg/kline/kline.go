@@ -200,21 +200,19 @@ func (d *DB) Load(ctx context.Context, q Query) (f *frame.Frame, source string, 
 	if err != nil {
 		return nil, "", err
 	}
-	first := ceilDiv(q.Start, size) * size
-	last := floorDiv(q.End, size) * size
+	// As ztrade's query_kline: the finer candles of [start, end] (those
+	// before the first aligned one are skipped by the merge anyway), at
+	// most limit*ratio + ratio of them.
 	ratio := size / fineSize
 	fineLimit := int64(0)
 	if q.Limit > 0 {
 		fineLimit = (q.Limit + 1) * ratio
 	}
-	raw, err := d.read(ctx, fine, info, first, last+size-1, fineLimit, fineSize)
+	raw, err := d.read(ctx, fine, info, ceilDiv(q.Start, size)*size, q.End, fineLimit, fineSize)
 	if err != nil {
 		return nil, "", err
 	}
-	out := Resample(raw, size)
-	if fineLimit > 0 && int64(raw.Len()) == fineLimit && out.Len() > 0 {
-		out = out.Head(out.Len() - 1) // the last bucket may be cut short by the limit
-	}
+	out := Resample(raw, fineSize, size)
 	if q.Limit > 0 && int64(out.Len()) > q.Limit {
 		out = out.Head(int(q.Limit))
 	}
@@ -430,20 +428,57 @@ func asFloat(v driver.Value) float64 {
 	return math.NaN()
 }
 
-// Resample merges candles into buckets of size seconds aligned to the
-// epoch (start % size == 0), as ztrade's KlineMerge: open first, high max,
-// low min, close last, volume, turnover and trades summed. A bucket's
-// turnover is NaN only when every candle in it lacks one.
-func Resample(in *frame.Frame, size int64) *frame.Frame {
+// Resample merges candles of fine seconds into candles of size seconds
+// exactly as ztrade's KlineMerge (github.com/ztrade/base common/merge.go),
+// which query_kline uses, so research and query_kline agree candle for
+// candle:
+//
+//   - candles before the first one aligned to the epoch (start % size ==
+//     0) are skipped, and so is any candle not after the previous one;
+//   - candles are gathered until one is the last of its bucket (start %
+//     size == size - fine); the gathered candles are emitted as one only
+//     if there are exactly size/fine of them, and are dropped otherwise.
+//     So a bucket with a gap is dropped, a bucket missing its last candle
+//     takes the next bucket down with it, and a bucket that is not
+//     complete by the end of the data is never emitted;
+//   - open is the first candle's, high the max, low the min, close the
+//     last's, volume and trades summed. Turnover is summed as DESIGN §3
+//     says (KlineMerge keeps the last candle's); it is NaN only when every
+//     candle in the bucket lacks one.
+//
+// The emitted candle starts where its first gathered candle does.
+func Resample(in *frame.Frame, fine, size int64) *frame.Frame {
 	out := &frame.Frame{}
+	ratio := int(size / fine)
+	var cache []int // indexes into in of the candles gathered so far
+	first := true
 	for i := 0; i < in.Len(); i++ {
-		b := floorDiv(in.Start[i], size) * size
-		n := out.Len()
-		if n == 0 || out.Start[n-1] != b {
-			out.Append(b, in.Open[i], in.High[i], in.Low[i], in.Close[i], in.Volume[i], in.Turnover[i], in.Trades[i])
+		s := in.Start[i]
+		if n := len(cache); n > 0 && s <= in.Start[cache[n-1]] {
 			continue
 		}
-		j := n - 1
+		if first && s%size != 0 {
+			continue
+		}
+		first = false
+		cache = append(cache, i)
+		if int(s%size/fine)+1 != ratio {
+			continue
+		}
+		if len(cache) == ratio {
+			mergeInto(out, in, cache)
+		}
+		cache = cache[:0]
+	}
+	return out
+}
+
+// mergeInto appends to out the candles of in at idx merged into one.
+func mergeInto(out, in *frame.Frame, idx []int) {
+	a := idx[0]
+	out.Append(in.Start[a], in.Open[a], in.High[a], in.Low[a], in.Close[a], in.Volume[a], in.Turnover[a], in.Trades[a])
+	j := out.Len() - 1
+	for _, i := range idx[1:] {
 		out.High[j] = math.Max(out.High[j], in.High[i])
 		out.Low[j] = math.Min(out.Low[j], in.Low[i])
 		out.Close[j] = in.Close[i]
@@ -457,5 +492,4 @@ func Resample(in *frame.Frame, size int64) *frame.Frame {
 			out.Turnover[j] += t
 		}
 	}
-	return out
 }

@@ -4,6 +4,8 @@ package proc
 
 import (
 	"os"
+	"path"
+	"strings"
 	"syscall"
 )
 
@@ -17,4 +19,21 @@ func ExitCode(ps *os.ProcessState) int {
 		return -int(ws.Signal())
 	}
 	return ps.ExitCode()
+}
+
+// PassedEnv returns the entries (KEY=value) of environ whose names match
+// one of patterns: exact names, or globs as path.Match reads them
+// (BINANCE_*), for PYRUNNER_ENV_PASSTHROUGH.
+func PassedEnv(patterns, environ []string) []string {
+	var out []string
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		for _, p := range patterns {
+			if ok, _ := path.Match(p, k); ok {
+				out = append(out, kv)
+				break
+			}
+		}
+	}
+	return out
 }

@@ -6,6 +6,7 @@ package research
 
 import (
 	"encoding/json"
+	"math"
 	"regexp"
 	"strconv"
 	"strings"
@@ -28,6 +29,77 @@ type Request struct {
 	Code       string `json:"code"`
 	// Wait asks the API to answer with the finished result (the default).
 	Wait *bool `json:"wait,omitempty"`
+
+	missing []string // required fields the body lacked (start, end)
+}
+
+// UnmarshalJSON reads a body as leniently as python-runner's pydantic
+// model: binSize may be left out (1m), and start, end, limit and
+// timeoutSec may come as numeric strings or integral floats
+// ("1735689600", 10.0). A missing start or end is remembered for
+// Normalize to refuse.
+func (r *Request) UnmarshalJSON(b []byte) error {
+	var raw struct {
+		Exchange   string          `json:"exchange"`
+		Symbol     string          `json:"symbol"`
+		BinSize    *string         `json:"binSize"`
+		Start      json.RawMessage `json:"start"`
+		End        json.RawMessage `json:"end"`
+		Limit      json.RawMessage `json:"limit"`
+		TimeoutSec json.RawMessage `json:"timeoutSec"`
+		Code       string          `json:"code"`
+		Wait       *bool           `json:"wait"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	*r = Request{Exchange: raw.Exchange, Symbol: raw.Symbol, BinSize: "1m", Code: raw.Code, Wait: raw.Wait}
+	if raw.BinSize != nil {
+		r.BinSize = *raw.BinSize
+	}
+	for _, f := range []struct {
+		name     string
+		raw      json.RawMessage
+		dst      *int64
+		required bool
+	}{{"start", raw.Start, &r.Start, true}, {"end", raw.End, &r.End, true}, {"limit", raw.Limit, &r.Limit, false}} {
+		n, ok, err := lenientInt(f.name, f.raw)
+		switch {
+		case err != nil:
+			return err
+		case ok:
+			*f.dst = n
+		case f.required:
+			r.missing = append(r.missing, f.name)
+		}
+	}
+	n, _, err := lenientInt("timeoutSec", raw.TimeoutSec)
+	if err != nil {
+		return err
+	}
+	r.TimeoutSec = int(n)
+	return nil
+}
+
+// lenientInt reads an integer as pydantic does: a JSON integer, an
+// integral float, or a string holding one. ok is false when the field is
+// absent or null.
+func lenientInt(name string, raw json.RawMessage) (n int64, ok bool, err error) {
+	s := strings.TrimSpace(string(raw))
+	if s == "" || s == "null" {
+		return 0, false, nil
+	}
+	if unq, err := strconv.Unquote(s); err == nil && strings.HasPrefix(s, `"`) {
+		s = strings.TrimSpace(unq)
+	}
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return n, true, nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f != math.Trunc(f) || math.Abs(f) > 1<<62 {
+		return 0, false, run.Errorf(run.ECodeInvalid, "%s must be an integer, not %s", name, raw)
+	}
+	return int64(f), true, nil
 }
 
 // Limits are the server settings validation needs.
@@ -57,6 +129,12 @@ func (r *Request) Normalize(l Limits, now time.Time) (warnings []string, err err
 		return nil, run.Errorf(run.ECodeInvalid, "binSize is required")
 	case strings.TrimSpace(r.Code) == "":
 		return nil, run.Errorf(run.ECodeInvalid, "code is required")
+	case len(r.missing) > 0:
+		verb := " is"
+		if len(r.missing) > 1 {
+			verb = " are"
+		}
+		return nil, run.Errorf(run.ECodeInvalid, "%s%s required (unix seconds)", strings.Join(r.missing, " and "), verb)
 	}
 	if err := ValidateMarket(r.Exchange, r.Symbol, r.BinSize); err != nil {
 		return nil, err

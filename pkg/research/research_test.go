@@ -1,6 +1,8 @@
 package research
 
 import (
+	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,6 +29,40 @@ func TestValidateMarket(t *testing.T) {
 	for _, c := range [][3]string{{"a b", "X", "1m"}, {"a", "X;", "1m"}, {"a", "X", "1y"}, {"a`", "X", "1m"}} {
 		if err := ValidateMarket(c[0], c[1], c[2]); run.ErrorCode(err) != run.ECodeInvalid {
 			t.Errorf("%v accepted", c)
+		}
+	}
+}
+
+// TestLenientBody: python-runner's pydantic model takes numbers as numeric
+// strings or integral floats and binSize may be left out; start and end
+// may not.
+func TestLenientBody(t *testing.T) {
+	l := Limits{DefaultTimeoutSec: 60, MaxTimeoutSec: 600, MaxRows: 1000}
+	var r Request
+	if err := json.Unmarshal([]byte(`{"exchange":"binance","symbol":"BTCUSDT","start":"1735689600","end":1735776000.0,"limit":"10","timeoutSec":10.0,"code":"x"}`), &r); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Normalize(l, time.Now()); err != nil || r.BinSize != "1m" || r.Start != 1735689600 || r.End != 1735776000 || r.Limit != 10 || r.TimeoutSec != 10 {
+		t.Errorf("lenient body: %+v %v", r, err)
+	}
+	for body, want := range map[string]string{
+		`{"exchange":"b","symbol":"S","end":1,"code":"x"}`:                        "start is required",
+		`{"exchange":"b","symbol":"S","start":1,"code":"x"}`:                      "end is required",
+		`{"exchange":"b","symbol":"S","start":null,"code":"x"}`:                   "start and end are required",
+		`{"exchange":"b","symbol":"S","binSize":"","start":1,"end":2,"code":"x"}`: "binSize is required",
+	} {
+		var r Request
+		if err := json.Unmarshal([]byte(body), &r); err != nil {
+			t.Fatalf("%s: %v", body, err)
+		}
+		if _, err := r.Normalize(l, time.Now()); run.ErrorCode(err) != run.ECodeInvalid || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", body, err, want)
+		}
+	}
+	for _, body := range []string{`{"start":1.5}`, `{"start":"abc"}`, `{"limit":"1e400"}`, `{"timeoutSec":true}`} {
+		var r Request
+		if err := json.Unmarshal([]byte(body), &r); run.ErrorCode(err) != run.ECodeInvalid {
+			t.Errorf("%s: %v", body, err)
 		}
 	}
 }

@@ -129,14 +129,19 @@ func within(root, p string) bool {
 	return p == root || strings.HasPrefix(p, root+string(filepath.Separator))
 }
 
-// clean checks a client path is relative and stays inside the root
-// lexically; it returns the slash form.
-func clean(what, p string) (string, error) {
+// clean checks a client path stays inside the root lexically: relative to
+// it, or absolute and under it (as quant-script-api accepts). It returns
+// the relative slash form.
+func (f *Folder) clean(what, p string) (string, error) {
 	if p == "" {
 		return "", run.Errorf(run.ECodeInvalid, "%s is required", what)
 	}
-	if filepath.IsAbs(p) || strings.HasPrefix(p, "/") || strings.HasPrefix(p, "\\") {
-		return "", run.Errorf(run.ECodeInvalid, "%s %q must be relative to the scripts root", what, p)
+	if filepath.IsAbs(p) {
+		rel, err := filepath.Rel(f.root, filepath.Clean(p))
+		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+			return "", run.Errorf(run.ECodeInvalid, "%s %q is outside the scripts root %s", what, p, f.root)
+		}
+		p = rel
 	}
 	c := filepath.ToSlash(filepath.Clean(p))
 	if c == ".." || strings.HasPrefix(c, "../") {
@@ -146,11 +151,13 @@ func clean(what, p string) (string, error) {
 }
 
 // Resolve turns a client's script path into its absolute path, checking it
-// is a runnable script inside the root. It returns the cleaned relative
+// is a .py file inside the root. Any such file may be started by name, as
+// in quant-script-api (_private.py, .hidden/x.py too): the scan rules
+// (Runnable) decide only what is listed and what runs/all starts. It returns the cleaned relative
 // path too. Errors are *run.Error: 400 for paths that are not allowed,
 // 404 for a script that is not there.
 func (f *Folder) Resolve(script string) (rel, abs string, err error) {
-	rel, err = clean("script", script)
+	rel, err = f.clean("script", script)
 	if err != nil {
 		return "", "", err
 	}
@@ -168,8 +175,8 @@ func (f *Folder) Resolve(script string) (rel, abs string, err error) {
 	if fi, err := os.Stat(real); err != nil || !fi.Mode().IsRegular() {
 		return "", "", run.Errorf(run.ECodeInvalid, "script %q is not a file", rel)
 	}
-	if !Runnable(rel) {
-		return "", "", run.Errorf(run.ECodeInvalid, "%q is not a runnable script: scripts are .py files not starting with _ outside hidden, venv and cache folders", rel)
+	if !strings.HasSuffix(rel, ".py") {
+		return "", "", run.Errorf(run.ECodeInvalid, "script %q must point to a .py file", rel)
 	}
 	return rel, abs, nil
 }
@@ -180,7 +187,7 @@ func (f *Folder) ResolveDir(cwd string) (string, error) {
 	if cwd == "" || cwd == "." {
 		return f.root, nil
 	}
-	rel, err := clean("cwd", cwd)
+	rel, err := f.clean("cwd", cwd)
 	if err != nil {
 		return "", err
 	}

@@ -50,10 +50,18 @@ func TestResolve(t *testing.T) {
 	if rel, abs, err := f.Resolve("./sub/../hello.py"); err != nil || rel != "hello.py" || abs != filepath.Join(root, "hello.py") {
 		t.Fatalf("%s %s %v", rel, abs, err)
 	}
+	// Named explicitly, any .py file inside the root runs (as in
+	// quant-script-api), absolute paths inside the root included.
+	for in, want := range map[string]string{"_private.py": "_private.py", ".hidden/f.py": ".hidden/f.py", "venv/e.py": "venv/e.py",
+		filepath.Join(root, "sub", "b.py"): "sub/b.py"} {
+		if rel, abs, err := f.Resolve(in); err != nil || rel != want || abs != filepath.Join(root, filepath.FromSlash(want)) {
+			t.Errorf("Resolve(%q) = %q %q %v", in, rel, abs, err)
+		}
+	}
 	for in, code := range map[string]run.Code{
 		"../../etc/passwd": run.ECodeInvalid, "/etc/passwd": run.ECodeInvalid, "link.py": run.ECodeInvalid,
-		"_private.py": run.ECodeInvalid, "notes.txt": run.ECodeInvalid, "missing.py": run.ECodeNotFound,
-		"venv/e.py": run.ECodeInvalid, "": run.ECodeInvalid, "outdir/evil.py": run.ECodeInvalid,
+		"notes.txt": run.ECodeInvalid, "missing.py": run.ECodeNotFound, root + "/../x.py": run.ECodeInvalid,
+		"": run.ECodeInvalid, "outdir/evil.py": run.ECodeInvalid,
 	} {
 		if _, _, err := f.Resolve(in); run.ErrorCode(err) != code {
 			t.Errorf("Resolve(%q) = %v, want %s", in, err, code)
@@ -61,6 +69,9 @@ func TestResolve(t *testing.T) {
 	}
 	if d, err := f.ResolveDir("sub"); err != nil || d != filepath.Join(root, "sub") {
 		t.Errorf("cwd sub: %s %v", d, err)
+	}
+	if d, err := f.ResolveDir(filepath.Join(root, "sub")); err != nil || d != filepath.Join(root, "sub") {
+		t.Errorf("absolute cwd inside the root: %s %v", d, err)
 	}
 	for _, in := range []string{"..", "/tmp", "outdir", "nope"} {
 		if _, err := f.ResolveDir(in); run.ErrorCode(err) != run.ECodeInvalid {

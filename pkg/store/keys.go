@@ -14,7 +14,7 @@ func (s *Store) ResultKey(id string) string { return s.prefix + "run:" + id + ":
 func (s *Store) RunsKey() string { return s.prefix + "runs" }
 
 // DoneChannel is the pub/sub channel on which a run's id is published when
-// it reaches a terminal status.
+// it reaches a terminal status (and when it starts running).
 func (s *Store) DoneChannel() string { return s.prefix + "events:done" }
 
 // WorkersKey is the sorted set of worker ids, scored by last heartbeat (ms).

@@ -169,8 +169,9 @@ func (s *Store) GetRun(ctx context.Context, id string) (*run.Run, error) {
 }
 
 // updateScript changes a run unless it has already ended, and announces
-// the run on the done channel when the change ends it. A stopping run is
-// never moved back to starting or running.
+// the run on the done channel when the change ends it or makes it
+// running (an API waiting for a script to start wakes then). A stopping
+// run is never moved back to starting or running.
 //
 // KEYS[1] run hash
 // KEYS[2] done channel
@@ -183,7 +184,7 @@ var updateScript = redis.NewScript(`
 local terminal = {succeeded=true, failed=true, stopped=true, timeout=true, terminated=true}
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st or terminal[st] then return 0 end
-local ended = false
+local ended, started = false, false
 for i = 3, #ARGV, 2 do
   local k, v = ARGV[i], ARGV[i+1]
   -- a run being stopped stays "stopping" until it ends
@@ -191,10 +192,13 @@ for i = 3, #ARGV, 2 do
     redis.call('HSET', KEYS[1], k, v)
   end
   if k == 'status' and terminal[v] then ended = true end
+  if k == 'status' and v == 'running' and st ~= 'running' then started = true end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 if ended then
   redis.call('SREM', KEYS[3], ARGV[2])
+end
+if ended or started then
   redis.call('PUBLISH', KEYS[2], ARGV[2])
 end
 return 1
@@ -202,7 +206,8 @@ return 1
 
 // Update applies the non-empty fields of change to run id, unless the run
 // has already ended. It reports whether it applied them. A change to a
-// terminal status publishes the run's completion.
+// terminal status, or to running, publishes the run's id on the done
+// channel.
 func (s *Store) Update(ctx context.Context, id string, change *run.Run) (bool, error) {
 	args := []any{int(s.ttl.Seconds()), id}
 	for k, v := range change.Fields() {
