@@ -3,7 +3,6 @@ package main
 import (
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -29,6 +28,10 @@ func (s *server) require(scope string) echo.MiddlewareFunc {
 				return next(c)
 			}
 			c.Response().Header().Set("WWW-Authenticate", "Bearer")
+			client := clientIP(c)
+			if wait := s.tokenThrottle.blocked(client); wait > 0 {
+				return run.TooMany(wait, "Too many bad tokens from this client; retry in %ds", int(wait.Seconds()+0.999))
+			}
 			h := c.Request().Header.Get("Authorization")
 			scheme, tok, _ := strings.Cut(h, " ")
 			tok = strings.TrimSpace(tok)
@@ -39,16 +42,23 @@ func (s *server) require(scope string) echo.MiddlewareFunc {
 				return run.Errorf(run.ECodeUnauthorized, "Invalid authorization header: expected 'Bearer <token>'")
 			}
 			if research && s.cfg.Token != "" && auth.Equal(tok, s.cfg.Token) {
+				s.tokenThrottle.reset(client)
 				c.Set(principalKey, auth.Principal{Scopes: []string{auth.ScopeResearchRun}})
 				return next(c)
 			}
+			// A wrong token slows its client down (never another client).
+			badToken := func(detail string) error {
+				time.Sleep(s.tokenThrottle.fail(client))
+				return run.Errorf(run.ECodeUnauthorized, "%s", detail)
+			}
 			if s.verifier == nil {
-				return run.Errorf(run.ECodeUnauthorized, "Invalid token")
+				return badToken("Invalid token")
 			}
 			p, err := s.verifier.Verify(tok)
 			if err != nil {
-				return run.Errorf(run.ECodeUnauthorized, "%s", err.Error())
+				return badToken(err.Error())
 			}
+			s.tokenThrottle.reset(client)
 			if !p.Allows(scope) {
 				return run.Errorf(run.ECodeForbidden, "Insufficient scopes")
 			}
@@ -72,8 +82,7 @@ func (s *server) adminToken(c echo.Context) error {
 	}
 	client := clientIP(c)
 	if wait := s.throttle.blocked(client); wait > 0 {
-		c.Response().Header().Set("Retry-After", itoa(int(wait.Seconds()+0.999)))
-		return run.Errorf(run.ECodeTooMany, "Too many failed attempts; retry in %ds", int(wait.Seconds()+0.999))
+		return run.TooMany(wait, "Too many failed attempts; retry in %ds", int(wait.Seconds()+0.999))
 	}
 	var body struct {
 		Secret string `json:"secret"`
@@ -102,13 +111,15 @@ func clientIP(c echo.Context) string {
 	return host
 }
 
-// throttle slows repeated failures from one client: each failure waits a
-// little longer (up to a second) before it is answered, and after
-// freeFailures in a row the client gets 429 for a back-off that doubles
-// with every further failure (up to maxBackoff). A success clears it. It
-// is per API process.
+// throttle slows repeated failures from one client (its IP): each failure
+// waits a little longer (up to a second) before it is answered, and after
+// free failures in a row the client gets 429 for a back-off that doubles
+// with every further failure (up to maxBackoff), whatever it sends then.
+// A success clears it. Other clients are never held up. It is per API
+// process.
 type throttle struct {
 	mu      sync.Mutex
+	free    int // failures in a row before the back-off starts
 	clients map[string]*failures
 }
 
@@ -117,12 +128,9 @@ type failures struct {
 	until time.Time
 }
 
-const (
-	freeFailures = 5
-	maxBackoff   = time.Minute
-)
+const maxBackoff = time.Minute
 
-func newThrottle() *throttle { return &throttle{clients: map[string]*failures{}} }
+func newThrottle(free int) *throttle { return &throttle{free: free, clients: map[string]*failures{}} }
 
 func (t *throttle) blocked(client string) time.Duration {
 	t.mu.Lock()
@@ -139,12 +147,19 @@ func (t *throttle) fail(client string) time.Duration {
 	defer t.mu.Unlock()
 	f := t.clients[client]
 	if f == nil {
+		if len(t.clients) > 10000 { // forget clients whose back-off is over
+			for k, v := range t.clients {
+				if time.Now().After(v.until) {
+					delete(t.clients, k)
+				}
+			}
+		}
 		f = &failures{}
 		t.clients[client] = f
 	}
 	f.n++
-	if f.n >= freeFailures {
-		f.until = time.Now().Add(min(time.Second<<(f.n-freeFailures), maxBackoff))
+	if f.n >= t.free {
+		f.until = time.Now().Add(min(time.Second<<min(f.n-t.free, 10), maxBackoff))
 	}
 	return min(time.Duration(f.n)*100*time.Millisecond, time.Second)
 }
@@ -154,5 +169,3 @@ func (t *throttle) reset(client string) {
 	defer t.mu.Unlock()
 	delete(t.clients, client)
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }

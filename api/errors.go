@@ -3,7 +3,9 @@ package main
 import (
 	"errors"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
 
 	"github.com/labstack/echo/v4"
 
@@ -44,8 +46,14 @@ func errorHandler(err error, c echo.Context) {
 		}
 	case run.ErrorCode(err) != run.ECodeInternal:
 		status, detail = statusOf[run.ErrorCode(err)], run.ErrorMessage(err)
+		var re *run.Error
+		if errors.As(err, &re) && re.RetryAfter > 0 {
+			c.Response().Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(re.RetryAfter.Seconds()))))
+		}
 	default:
 		slog.Error("request failed", "method", c.Request().Method, "path", c.Path(), "err", err)
 	}
-	c.JSON(status, map[string]string{"detail": detail})
+	if err := c.JSON(status, map[string]string{"detail": detail}); err != nil {
+		slog.Debug("error answer not sent", "err", err)
+	}
 }

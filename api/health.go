@@ -29,6 +29,11 @@ func (s *server) health(c echo.Context) error {
 	if ws, err := s.store.Workers(ctx, liveness.Stale); err == nil {
 		body["workers"] = ws
 	}
-	body["queues"] = s.queue.Sizes(queue.QueueResearch, queue.QueueScripts)
+	sizes := s.queue.Sizes(queue.QueueResearch, queue.QueueScripts)
+	for q, sz := range sizes {
+		sz.MaxQueued = s.cfg.MaxQueued
+		sizes[q] = sz
+	}
+	body["queues"] = sizes
 	return c.JSON(http.StatusOK, body)
 }

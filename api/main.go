@@ -55,7 +55,9 @@ type server struct {
 	scripts   *scripts.Folder
 	verifier  *auth.Verifier // nil without SCRIPT_JWT_SECRET
 	minter    *auth.Minter
-	throttle  *throttle
+	throttle  *throttle // admin secret exchange failures, per client
+	// tokenThrottle is bad bearer tokens (static or JWT), per client.
+	tokenThrottle *throttle
 }
 
 func start() error {
@@ -70,15 +72,16 @@ func start() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	st, err := store.Open(ctx, cfg.RedisURL, cfg.KeyPrefix, cfg.ResultTTL)
+	rds, err := store.ParseRedisURL(cfg.RedisURL) // parsed once: the store and asynq share it
+	if err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	st, err := store.Open(ctx, rds, cfg.KeyPrefix, cfg.ResultTTL)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	q, err := queue.NewClient(cfg.RedisURL)
-	if err != nil {
-		return err
-	}
+	q := queue.NewClient(rds)
 	defer q.Close()
 	bg, cancelBg := context.WithCancel(context.Background())
 	defer cancelBg()
@@ -101,7 +104,7 @@ func start() error {
 		slog.Info("scripts scanned", "root", folder.Root(), "count", len(list))
 	}
 
-	s := &server{cfg: cfg, store: st, queue: q, waiter: waiter, logWaiter: logWaiter, scripts: folder, throttle: newThrottle()}
+	s := &server{cfg: cfg, store: st, queue: q, waiter: waiter, logWaiter: logWaiter, scripts: folder, throttle: newThrottle(5), tokenThrottle: newThrottle(10)}
 	s.verifier, s.minter = jwtFromConfig(cfg)
 	e := s.routes()
 	httpSrv := &http.Server{Addr: cfg.Listen, Handler: e, ReadHeaderTimeout: 10 * time.Second}
@@ -168,7 +171,8 @@ func jwtFromConfig(cfg *config.Config) (*auth.Verifier, *auth.Minter) {
 		return nil, nil
 	}
 	secret := []byte(cfg.JWTSecret)
-	return &auth.Verifier{Secret: secret, Issuer: cfg.JWTIss, Audience: cfg.JWTAud, Leeway: time.Duration(cfg.JWTLeewaySeconds) * time.Second},
+	return &auth.Verifier{Secret: secret, Issuer: cfg.JWTIss, Audience: cfg.JWTAud, Leeway: time.Duration(cfg.JWTLeewaySeconds) * time.Second,
+			AllowNoExp: !cfg.JWTRequireExp},
 		&auth.Minter{Secret: secret, Issuer: cfg.JWTIss, Audience: cfg.JWTAud}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"strconv"
 	"time"
@@ -52,17 +51,15 @@ func (s *server) researchRun(c echo.Context) error {
 	req.Wait = nil
 	stored, _ := json.Marshal(research.Stored{Request: req, Warnings: warnings})
 	r := &run.Run{ID: uuid.NewString(), Kind: run.KindResearch, Status: run.StatusQueued, CreatedAt: now, Request: string(stored), Owner: owner(c)}
-	ctx := c.Request().Context()
-	if err := s.store.CreateRun(ctx, r); err != nil {
-		return run.Errorf(run.ECodeUnavailable, "cannot record the run: redis unavailable")
-	}
-	timeout := time.Duration(req.TimeoutSec)*time.Second + time.Minute
-	if err := s.queue.EnqueueResearch(ctx, r.ID, timeout); err != nil {
-		s.store.DeleteRun(context.WithoutCancel(ctx), r.ID)
-		return run.Errorf(run.ECodeUnavailable, "cannot queue the run: redis unavailable")
-	}
-	if err := s.store.Wake(ctx, queue.QueueResearch, r.ID); err != nil {
-		slog.Warn("could not wake workers; the run waits for asynq's next poll", "run_id", r.ID, "err", err)
+	err = s.submit(c.Request().Context(), r, queue.QueueResearch, time.Duration(req.TimeoutSec)*time.Second+time.Minute,
+		func(ctx context.Context) error {
+			if err := s.store.CreateRun(ctx, r); err != nil {
+				return run.Errorf(run.ECodeUnavailable, "cannot record the run: redis unavailable")
+			}
+			return nil
+		})
+	if err != nil {
+		return err
 	}
 	if !wait {
 		return c.JSON(http.StatusAccepted, map[string]string{"id": r.ID, "status": string(r.Status), "poll": pollURL(r.ID)})

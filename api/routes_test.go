@@ -37,7 +37,7 @@ func testRoutesMatchSpec(t *testing.T, prefix string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{cfg: cfg, throttle: newThrottle()}
+	s := &server{cfg: cfg, throttle: newThrottle(5), tokenThrottle: newThrottle(10)}
 	param := regexp.MustCompile(`:([a-z_]+)`)
 	served := map[string]bool{}
 	for _, r := range s.routes().Routes() {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"strconv"
 	"time"
@@ -136,15 +135,10 @@ func (s *server) newScriptRun(ctx context.Context, req scripts.RunRequest, owner
 	}
 	r := &run.Run{ID: uuid.NewString(), Kind: run.KindScript, Status: run.StatusQueued, CreatedAt: time.Now(),
 		Script: rel, Argv: append([]string{py, "-u", abs}, req.Args...), Request: string(b), Owner: owner}
-	if err := s.store.CreateScriptRun(ctx, r, req.Duplicate); err != nil {
+	err = s.submit(ctx, r, queue.QueueScripts, time.Duration(req.TimeoutSec)*time.Second,
+		func(ctx context.Context) error { return s.store.CreateScriptRun(ctx, r, req.Duplicate) })
+	if err != nil {
 		return nil, err
-	}
-	if err := s.queue.EnqueueScript(ctx, r.ID, time.Duration(req.TimeoutSec)*time.Second); err != nil {
-		s.store.DeleteRun(context.WithoutCancel(ctx), r.ID)
-		return nil, run.Errorf(run.ECodeUnavailable, "cannot queue the run: redis unavailable")
-	}
-	if err := s.store.Wake(ctx, queue.QueueScripts, r.ID); err != nil {
-		slog.Warn("could not wake workers", "run_id", r.ID, "err", err)
 	}
 	return r, nil
 }

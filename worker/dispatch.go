@@ -2,27 +2,35 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/ztrade/pyrunner/pkg/run"
+	"github.com/ztrade/pyrunner/pkg/scriptrun"
 	"github.com/ztrade/pyrunner/pkg/store"
 )
 
 // dispatcher starts runs from two sources, asynq's handler and the wake
 // list (see store.Wake), within one concurrency limit per queue, and keeps
 // the cancel function of every run it executes so that a stop request
-// published by any API reaches the run.
+// published by any API reaches the run. Both sources go through start,
+// the one way a run begins on this worker.
 type dispatcher struct {
 	store  *store.Store
 	worker string
 	queue  string
 	slots  chan struct{}
-	exec   func(ctx context.Context, id string) error
+	exec   func(ctx context.Context, r *run.Run) error
+	// claimed is told of a run the wake list brought and this worker
+	// claimed, so that its asynq task is dropped instead of delivered
+	// again for nothing.
+	claimed func(queue, id string)
 
 	mu      sync.Mutex
-	running map[string]context.CancelFunc
+	running map[string]context.CancelCauseFunc
 	wg      sync.WaitGroup
 
 	// halted is cancelled at shutdown: every run's context ends with it.
@@ -30,10 +38,10 @@ type dispatcher struct {
 	halt   context.CancelFunc
 }
 
-func newDispatcher(st *store.Store, worker, queue string, concurrency int, exec func(context.Context, string) error) *dispatcher {
+func newDispatcher(st *store.Store, worker, queue string, concurrency int, exec func(context.Context, *run.Run) error) *dispatcher {
 	halted, halt := context.WithCancel(context.Background())
 	return &dispatcher{store: st, worker: worker, queue: queue, slots: make(chan struct{}, concurrency),
-		exec: exec, running: map[string]context.CancelFunc{}, halted: halted, halt: halt}
+		exec: exec, running: map[string]context.CancelCauseFunc{}, halted: halted, halt: halt}
 }
 
 // fromQueue is the asynq handler: runs the task unless the wake path got
@@ -49,11 +57,12 @@ func (d *dispatcher) fromQueue(ctx context.Context, id string) error {
 		return nil
 	}
 	defer func() { <-d.slots }()
-	return d.run(ctx, id)
+	return d.start(ctx, id, false)
 }
 
 // wakeLoop takes run ids from the wake list whenever a slot is free, until
-// ctx ends.
+// ctx ends. The runs it starts live as asynq's do (start, halt at
+// shutdown, drain), only sooner.
 func (d *dispatcher) wakeLoop(ctx context.Context) {
 	for {
 		select {
@@ -76,19 +85,43 @@ func (d *dispatcher) wakeLoop(ctx context.Context) {
 		go func() {
 			defer d.wg.Done()
 			defer func() { <-d.slots }()
-			if err := d.run(context.Background(), id); err != nil {
+			if err := d.start(context.Background(), id, true); err != nil {
 				slog.Error("run failed in the worker", "run_id", id, "err", err)
 			}
 		}()
 	}
 }
 
-// run executes one run with a context that a stop request or the halt at
-// shutdown cancels.
-func (d *dispatcher) run(parent context.Context, id string) error {
-	ctx, cancel := context.WithCancel(parent)
-	defer cancel()
-	defer context.AfterFunc(d.halted, cancel)()
+// start is the one way a run begins here, whichever path brought its id:
+// hold it (so that the reaper finds it should this worker die), claim it
+// (only one caller, on any worker, wins), and only then register its
+// cancel and execute it. A caller that loses the claim touches nothing:
+// registering before the claim let a losing path's clean-up remove the
+// winner's cancel, and its stop was lost.
+func (d *dispatcher) start(parent context.Context, id string, woken bool) error {
+	bg := context.WithoutCancel(parent)
+	if err := d.store.HoldRun(parent, d.worker, id); err != nil {
+		return err
+	}
+	defer func() {
+		if err := d.store.ReleaseRun(bg, d.worker, id); err != nil {
+			slog.Warn("could not release a run", "run_id", id, "err", err)
+		}
+	}()
+	ok, err := d.store.Claim(parent, id, d.worker, time.Now())
+	if err != nil || !ok {
+		return err // another worker has it, or it was stopped in queue
+	}
+	if woken && d.claimed != nil {
+		d.claimed(d.queue, id)
+	}
+	r, err := d.store.GetRun(parent, id)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	defer context.AfterFunc(d.halted, func() { cancel(errHalted) })()
 	d.mu.Lock()
 	d.running[id] = cancel
 	d.mu.Unlock()
@@ -97,7 +130,31 @@ func (d *dispatcher) run(parent context.Context, id string) error {
 		delete(d.running, id)
 		d.mu.Unlock()
 	}()
-	return d.exec(ctx, id)
+	return d.exec(ctx, r)
+}
+
+var errHalted = errors.New("worker shutting down")
+
+// ids lists the runs this worker executes now.
+func (d *dispatcher) ids() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ids := make([]string, 0, len(d.running))
+	for id := range d.running {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// kill ends run id at once (SIGKILL, no grace), with why as the cause.
+func (d *dispatcher) kill(id string, why error) {
+	d.mu.Lock()
+	c := d.running[id]
+	d.mu.Unlock()
+	if c != nil {
+		slog.Warn("killing run at once", "run_id", id, "worker", d.worker, "reason", why)
+		c(why)
+	}
 }
 
 // cancel stops run id if this worker runs it.
@@ -107,23 +164,34 @@ func (d *dispatcher) cancel(id string) {
 	d.mu.Unlock()
 	if c != nil {
 		slog.Info("stop requested", "run_id", id, "worker", d.worker)
-		c()
+		c(nil)
 	}
 }
 
-// resync cancels the runs this worker holds whose records say a stop was
-// requested: a stop published while the subscription was down.
-func (d *dispatcher) resync() {
-	d.mu.Lock()
-	ids := make([]string, 0, len(d.running))
-	for id := range d.running {
-		ids = append(ids, id)
-	}
-	d.mu.Unlock()
-	for _, id := range ids {
-		if r, err := d.store.GetRun(context.Background(), id); err == nil && r.StopRequested {
+// resync looks at the records of the runs this worker executes: a stop
+// requested but not received (pub/sub lost it, or the subscription was
+// down) is carried out now; a run whose record was ended under it (the
+// reaper took this worker for lost: it was frozen, or cut off from Redis)
+// is killed at once, so that record and process agree. The worker calls
+// it at every heartbeat and after a subscription gap.
+func (d *dispatcher) resync(ctx context.Context) {
+	for _, id := range d.ids() {
+		r, err := d.store.GetRun(ctx, id)
+		switch {
+		case err != nil:
+		case r.Status.Terminal():
+			d.kill(id, fmt.Errorf("%w: its record says %s (%s)", scriptrun.ErrKill, r.Status, r.Error))
+		case r.StopRequested:
 			d.cancel(id)
 		}
+	}
+}
+
+// fence kills every run of this worker at once: it has not renewed its
+// heartbeat for long enough that the reaper will soon end them.
+func (d *dispatcher) fence(why error) {
+	for _, id := range d.ids() {
+		d.kill(id, why)
 	}
 }
 

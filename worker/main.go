@@ -21,6 +21,7 @@ import (
 	"github.com/ztrade/pyrunner/pkg/liveness"
 	"github.com/ztrade/pyrunner/pkg/queue"
 	"github.com/ztrade/pyrunner/pkg/run"
+	"github.com/ztrade/pyrunner/pkg/scriptrun"
 	"github.com/ztrade/pyrunner/pkg/scripts"
 	"github.com/ztrade/pyrunner/pkg/store"
 )
@@ -63,7 +64,11 @@ func start() error {
 	}
 	defer exe.Close()
 	sandbox, sandboxNote := exe.Sandbox()
-	st, err := store.Open(ctx, cfg.RedisURL, cfg.KeyPrefix, cfg.ResultTTL)
+	rds, err := store.ParseRedisURL(cfg.RedisURL) // parsed once: the store and asynq share it
+	if err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	st, err := store.Open(ctx, rds, cfg.KeyPrefix, cfg.ResultTTL)
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
@@ -84,13 +89,29 @@ func start() error {
 	}
 	bg, cancelBg := context.WithCancel(context.Background())
 	defer cancelBg()
-	go liveness.Beat(bg, st, func() store.WorkerInfo { return info })
-	go liveness.Reap(bg, st)
+	qc := queue.NewClient(rds)
+	defer qc.Close()
 
 	research := newDispatcher(st, w.id, queue.QueueResearch, cfg.ResearchConcurrency, w.handleResearch)
 	scriptsD := newDispatcher(st, w.id, queue.QueueScripts, cfg.ScriptConcurrency, w.handleScript)
+	research.claimed, scriptsD.claimed = qc.Drop, qc.Drop
+	resync := func() { research.resync(bg); scriptsD.resync(bg) }
+	go liveness.Beat(bg, st, func() store.WorkerInfo { return info }, func(sinceOK time.Duration) {
+		switch {
+		case sinceOK == 0:
+			// Every heartbeat: stops whose message was lost, and runs
+			// ended under this worker while it was away, are seen here.
+			resync()
+		case sinceOK >= liveness.Fence:
+			why := fmt.Errorf("%w: no heartbeat for %s, the reaper will end its runs at %s", scriptrun.ErrKill,
+				sinceOK.Round(time.Second), liveness.Stale)
+			research.fence(why)
+			scriptsD.fence(why)
+		}
+	})
+	go liveness.Reap(bg, st)
 	onCancel := func(id string) { research.cancel(id); scriptsD.cancel(id) }
-	if err := st.OnCancel(bg, onCancel, func() { research.resync(); scriptsD.resync() }); err != nil {
+	if err := st.OnCancel(bg, onCancel, resync); err != nil {
 		return err
 	}
 	wakeCtx, stopWake := context.WithCancel(bg)
@@ -99,7 +120,7 @@ func start() error {
 	go scriptsD.wakeLoop(wakeCtx)
 	grace := time.Duration(cfg.TerminateTimeoutSeconds) * time.Second
 	srv, err := queue.Start(queue.ServerConfig{
-		RedisURL:        cfg.RedisURL,
+		Redis:           rds,
 		Concurrency:     map[string]int{queue.QueueResearch: cfg.ResearchConcurrency, queue.QueueScripts: cfg.ScriptConcurrency},
 		CheckInterval:   cfg.TaskCheckInterval,
 		ShutdownTimeout: researchGrace + grace + 5*time.Second,
@@ -128,7 +149,9 @@ func start() error {
 	scriptsD.drain(grace + 5*time.Second)
 	research.drain(researchGrace + 5*time.Second)
 	cancelBg()
-	st.RemoveWorker(context.Background(), w.id)
+	if err := st.RemoveWorker(context.Background(), w.id); err != nil {
+		slog.Warn("could not remove this worker from Redis; its entry expires on its own", "worker", w.id, "err", err)
+	}
 	slog.Info("worker stopped", "worker", w.id)
 	return nil
 }

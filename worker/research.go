@@ -29,32 +29,21 @@ type worker struct {
 	python  string
 }
 
-// handleResearch runs one research run from its record to its result.
-func (w *worker) handleResearch(ctx context.Context, id string) error {
+// handleResearch runs one research run, claimed by this worker (see
+// dispatcher.start), from its record to its result.
+func (w *worker) handleResearch(ctx context.Context, r *run.Run) error {
 	// Writes after the run must land even when ctx was cancelled.
 	bg := context.WithoutCancel(ctx)
-	r, err := w.store.GetRun(ctx, id)
-	if run.ErrorCode(err) == run.ECodeNotFound {
-		slog.Warn("research task without a run record", "run_id", id)
-		return nil
-	} else if err != nil {
-		return err
+	id := r.ID
+	started := r.StartedAt
+	if started.IsZero() {
+		started = time.Now()
 	}
 	var stored research.Stored
 	if err := json.Unmarshal([]byte(r.Request), &stored); err != nil {
 		return w.finishResearch(bg, r, research.Failure("bad request in run record: "+err.Error(), nil), run.StatusFailed)
 	}
 	req := stored.Request
-	// Hold first: a worker that dies right after claiming still has its
-	// run found by the reaper.
-	if err := w.store.HoldRun(ctx, w.id, id); err != nil {
-		return err
-	}
-	defer w.store.ReleaseRun(bg, w.id, id)
-	started := time.Now()
-	if ok, err := w.store.Claim(ctx, id, w.id, started); err != nil || !ok {
-		return err // another worker has it, or it was stopped in queue
-	}
 	meta := &research.Meta{
 		Exchange: req.Exchange, Symbol: req.Symbol, BinSize: req.BinSize, Start: req.Start, End: req.End,
 		DBType: w.db.Type(), DBReadonly: true, RunID: id, Worker: w.id, Warnings: append([]string{}, stored.Warnings...),
@@ -80,7 +69,9 @@ func (w *worker) handleResearch(ctx context.Context, id string) error {
 		return finish(research.Failure(msg, meta), run.StatusFailed)
 	}
 	meta.Rows, meta.Source = f.Len(), source
-	w.store.Update(ctx, id, &run.Run{Status: run.StatusRunning}) // a stopping run stays stopping
+	if _, err := w.store.Update(ctx, id, &run.Run{Status: run.StatusRunning}); err != nil { // a stopping run stays stopping
+		slog.Warn("could not record a research run as running", "run_id", id, "err", err)
+	}
 
 	execStart := time.Now()
 	out, err := w.exec.Run(ctx, executor.Job{

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -19,21 +20,12 @@ import (
 	"github.com/ztrade/pyrunner/pkg/scripts"
 )
 
-// handleScript runs one script run from its record to its end. Output is
-// streamed into Redis as it comes and written in full under SCRIPT_LOGS_DIR.
-func (w *worker) handleScript(ctx context.Context, id string) error {
+// handleScript runs one script run, claimed by this worker (see
+// dispatcher.start), from its record to its end. Output is streamed into
+// Redis as it comes and written in full under SCRIPT_LOGS_DIR.
+func (w *worker) handleScript(ctx context.Context, r *run.Run) error {
 	bg := context.WithoutCancel(ctx)
-	r, err := w.store.GetRun(ctx, id)
-	if err != nil {
-		return nil // expired or unknown: nothing to run
-	}
-	if err := w.store.HoldRun(ctx, w.id, id); err != nil {
-		return err
-	}
-	defer w.store.ReleaseRun(bg, w.id, id)
-	if ok, err := w.store.Claim(ctx, id, w.id, time.Now()); err != nil || !ok {
-		return err
-	}
+	id := r.ID
 	end := func(st run.Status, code *int, msg string) error {
 		_, err := w.store.Update(bg, id, &run.Run{Status: st, FinishedAt: time.Now(), ReturnCode: code, Error: msg})
 		slog.Info("script run finished", "run_id", id, "script", r.Script, "status", st, "error", msg)
@@ -68,8 +60,10 @@ func (w *worker) handleScript(ctx context.Context, id string) error {
 		},
 	}
 	spec.OnStart = func(pid int) {
-		w.store.Update(bg, id, &run.Run{Status: run.StatusRunning, PID: pid, Argv: spec.Argv(),
-			StdoutPath: spec.StdoutPath, StderrPath: spec.StderrPath})
+		if _, err := w.store.Update(bg, id, &run.Run{Status: run.StatusRunning, PID: pid, Argv: spec.Argv(),
+			StdoutPath: spec.StdoutPath, StderrPath: spec.StderrPath}); err != nil {
+			slog.Warn("could not record a script as running", "run_id", id, "err", err)
+		}
 	}
 	res, err := scriptrun.Run(ctx, spec)
 	if err != nil {
@@ -77,6 +71,8 @@ func (w *worker) handleScript(ctx context.Context, id string) error {
 	}
 	code := res.ExitCode
 	switch {
+	case res.Stopped && errors.Is(context.Cause(ctx), scriptrun.ErrKill):
+		return end(run.StatusTerminated, &code, fmt.Sprintf("terminated: worker %s killed it: %v", w.id, context.Cause(ctx)))
 	case res.Stopped:
 		how := "stopped by request"
 		if res.Killed {

@@ -47,6 +47,9 @@ type Verifier struct {
 	Issuer   string // required iss when set
 	Audience string // required in aud when set
 	Leeway   time.Duration
+	// AllowNoExp accepts tokens without exp (SCRIPT_JWT_REQUIRE_EXP=false);
+	// by default a token that never expires is refused.
+	AllowNoExp bool
 }
 
 // Error says which check a token failed; its text is meant for the client.
@@ -57,6 +60,9 @@ func (e *Error) Error() string { return e.Reason }
 // Verify parses and checks a token and returns its principal.
 func (v *Verifier) Verify(token string) (Principal, error) {
 	opts := []jwt.ParserOption{jwt.WithValidMethods([]string{"HS256"}), jwt.WithLeeway(v.Leeway), jwt.WithIssuedAt()}
+	if !v.AllowNoExp {
+		opts = append(opts, jwt.WithExpirationRequired())
+	}
 	if v.Issuer != "" {
 		opts = append(opts, jwt.WithIssuer(v.Issuer))
 	}
@@ -83,6 +89,8 @@ func reason(err error) string {
 			return "Invalid token: signing algorithm not allowed (HS256 only)"
 		}
 		return "Invalid token: signature verification failed"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing) && strings.Contains(err.Error(), "exp"):
+		return "Invalid token: no exp claim (tokens must expire; SCRIPT_JWT_REQUIRE_EXP=false allows them)"
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return "Token expired"
 	case errors.Is(err, jwt.ErrTokenNotValidYet):

@@ -88,6 +88,7 @@ type Config struct {
 	MaxFileMB           int
 	MaxProcs            int
 	DiskMB              int
+	MaxQueued           int
 	MaxResultBytes      int
 	Preload             string
 	WorkDir             string
@@ -106,6 +107,7 @@ type Config struct {
 	JWTIss           string
 	JWTAud           string
 	JWTLeewaySeconds int
+	JWTRequireExp    bool
 	JWTExpireSeconds int
 	JWTAdminSecret   string
 	ZtradeConfig     string
@@ -168,6 +170,7 @@ func (c *Config) settings() []setting {
 		{"PYRUNNER_MEMORY_LIMIT_MB", worker, "2048", "address-space limit per run in MiB (0: none)", num(&c.MemoryLimitMB)},
 		{"PYRUNNER_MAX_FILE_MB", worker, "256", "largest file a run may write, in MiB", num(&c.MaxFileMB)},
 		{"PYRUNNER_MAX_PROCS", worker, "256", "processes and threads user code may have (when the worker runs as root)", num(&c.MaxProcs)},
+		{"PYRUNNER_MAX_QUEUED", api, "10000", "runs that may wait in one queue; past it submissions are 429 with Retry-After (0: no cap)", num(&c.MaxQueued)},
 		{"PYRUNNER_DISK_MB", worker, "512", "all a research run may write (files, /tmp, /dev/shm together), in MiB", num(&c.DiskMB)},
 		{"PYRUNNER_MAX_RESULT_BYTES", worker, "16777216", "largest research result (its JSON); a larger one is ok:false", num(&c.MaxResultBytes)},
 		{"PYRUNNER_WORK_DIR", worker, os.TempDir() + "/pyrunner", "where per-run working directories are made", str(&c.WorkDir)},
@@ -183,6 +186,7 @@ func (c *Config) settings() []setting {
 		{"SCRIPT_JWT_SECRET", api, "", "HS256 secret", str(&c.JWTSecret)},
 		{"SCRIPT_JWT_ISS", api, "", "required iss claim", str(&c.JWTIss)},
 		{"SCRIPT_JWT_AUD", api, "", "required aud claim", str(&c.JWTAud)},
+		{"SCRIPT_JWT_REQUIRE_EXP", api, "true", "refuse JWTs without exp (false: accept tokens that never expire)", boolean(&c.JWTRequireExp)},
 		{"SCRIPT_JWT_LEEWAY_SECONDS", api, "30", "clock leeway for exp and nbf", num(&c.JWTLeewaySeconds)},
 		{"SCRIPT_JWT_EXPIRE_SECONDS", api, "3600", "lifetime of minted tokens", num(&c.JWTExpireSeconds)},
 		{"SCRIPT_JWT_ADMIN_SECRET", api, "", "secret exchanged for an admin token", str(&c.JWTAdminSecret)},

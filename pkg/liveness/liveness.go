@@ -18,18 +18,39 @@ import (
 const (
 	// Interval is how often workers beat and reapers look.
 	Interval = 2 * time.Second
-	// Stale is how old a heartbeat may get before its worker counts as lost.
+	// Stale is how old a heartbeat may get before its worker counts as
+	// lost and any reaper ends its runs as terminated (within Stale +
+	// Interval of the last beat).
 	Stale = 8 * time.Second
+	// Fence is how long a worker goes without a heartbeat that landed
+	// before it kills its own runs. It is shorter than Stale, so a run is
+	// dead before a reaper can say it was terminated and a second copy of
+	// a script can start.
+	Fence = 5 * time.Second
 )
 
-// Beat writes the worker's heartbeat every Interval until ctx ends.
-// info is called each time for the current description.
-func Beat(ctx context.Context, s *store.Store, info func() store.WorkerInfo) {
+// Beat writes the worker's heartbeat every Interval until ctx ends. info
+// is called each time for the current description. After each try, tick
+// is called with how long it has been since a beat last landed: 0 when
+// this one did. A beat that hangs (Redis cut off) is given up after a
+// second, so ticks keep coming.
+func Beat(ctx context.Context, s *store.Store, info func() store.WorkerInfo, tick func(sinceOK time.Duration)) {
 	t := time.NewTicker(Interval)
 	defer t.Stop()
+	lastOK := time.Now()
 	for {
-		if err := s.Heartbeat(ctx, info(), 3*Stale); err != nil && ctx.Err() == nil {
-			slog.Warn("heartbeat failed", "err", err)
+		bctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := s.Heartbeat(bctx, info(), 3*Stale)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			slog.Warn("heartbeat failed", "err", err, "since_last_beat", time.Since(lastOK).Round(time.Millisecond))
+			tick(time.Since(lastOK))
+		default:
+			lastOK = time.Now()
+			tick(0)
 		}
 		select {
 		case <-ctx.Done():

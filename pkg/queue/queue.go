@@ -34,13 +34,10 @@ type Client struct {
 	inspector *asynq.Inspector
 }
 
-// NewClient connects to the Redis at redisURL.
-func NewClient(redisURL string) (*Client, error) {
-	opt, err := asynq.ParseRedisURI(redisURL)
-	if err != nil {
-		return nil, fmt.Errorf("queue: parse redis url: %w", err)
-	}
-	return &Client{client: asynq.NewClient(opt), inspector: asynq.NewInspector(opt)}, nil
+// NewClient connects to redis (a store.Redis, parsed once for the store and
+// asynq alike).
+func NewClient(redis asynq.RedisConnOpt) *Client {
+	return &Client{client: asynq.NewClient(redis), inspector: asynq.NewInspector(redis)}
 }
 
 // Close releases the connections.
@@ -49,15 +46,15 @@ func (c *Client) Close() error {
 	return c.client.Close()
 }
 
-// EnqueueResearch queues a research run. timeout bounds the handler; the
-// run's own time limit is enforced by the executor well inside it.
-func (c *Client) EnqueueResearch(ctx context.Context, runID string, timeout time.Duration) error {
-	return c.enqueue(ctx, TypeResearch, QueueResearch, runID, timeout)
-}
-
-// EnqueueScript queues a script run. timeout 0 means no limit.
-func (c *Client) EnqueueScript(ctx context.Context, runID string, timeout time.Duration) error {
-	return c.enqueue(ctx, TypeScript, QueueScripts, runID, timeout)
+// Enqueue queues run runID on queue (QueueResearch or QueueScripts) with
+// the run id as asynq's task id (enqueuing twice is refused), no retries,
+// and timeout as the task's deadline (none when 0).
+func (c *Client) Enqueue(ctx context.Context, queue, runID string, timeout time.Duration) error {
+	typ := map[string]string{QueueResearch: TypeResearch, QueueScripts: TypeScript}[queue]
+	if typ == "" {
+		return fmt.Errorf("queue: unknown queue %q", queue)
+	}
+	return c.enqueue(ctx, typ, queue, runID, timeout)
 }
 
 func (c *Client) enqueue(ctx context.Context, typ, queue, runID string, timeout time.Duration) error {
@@ -90,6 +87,8 @@ type Sizes struct {
 	Scheduled int `json:"scheduled"`
 	Retry     int `json:"retry"`
 	Archived  int `json:"archived"`
+	// MaxQueued is the admission cap pending is held to (0: none).
+	MaxQueued int `json:"max_queued"`
 }
 
 // Sizes reports the task counts of each named queue (zeros for a queue
@@ -113,7 +112,7 @@ type Handler func(ctx context.Context, runID string) error
 
 // ServerConfig configures a worker's asynq server.
 type ServerConfig struct {
-	RedisURL string
+	Redis asynq.RedisConnOpt
 	// Concurrency per queue name; the server runs their sum at once and
 	// picks queues in proportion to these numbers.
 	Concurrency map[string]int
@@ -129,10 +128,7 @@ type Server struct{ srv *asynq.Server }
 
 // Start starts processing tasks; Stop ends it.
 func Start(cfg ServerConfig) (*Server, error) {
-	opt, err := asynq.ParseRedisURI(cfg.RedisURL)
-	if err != nil {
-		return nil, fmt.Errorf("queue: parse redis url: %w", err)
-	}
+	opt := cfg.Redis
 	total := 0
 	for _, n := range cfg.Concurrency {
 		total += n

@@ -3,6 +3,7 @@ package run
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Code classifies an Error; the API maps each code to one HTTP status in
@@ -26,6 +27,14 @@ const (
 type Error struct {
 	Code    Code
 	Message string
+	// RetryAfter, when set, tells the client when to try again (the
+	// API's Retry-After header, whole seconds rounded up).
+	RetryAfter time.Duration
+}
+
+// TooMany is a 429 that says when to retry.
+func TooMany(after time.Duration, format string, args ...any) *Error {
+	return &Error{Code: ECodeTooMany, Message: fmt.Sprintf(format, args...), RetryAfter: after}
 }
 
 func (e *Error) Error() string { return e.Message }

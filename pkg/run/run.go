@@ -181,7 +181,9 @@ func FromFields(f map[string]string) *Run {
 	r.Script, r.StdoutPath, r.StderrPath = f["script"], f["stdout_path"], f["stderr_path"]
 	r.PID, _ = strconv.Atoi(f["pid"])
 	if v := f["argv"]; v != "" {
-		json.Unmarshal([]byte(v), &r.Argv)
+		if err := json.Unmarshal([]byte(v), &r.Argv); err != nil {
+			r.Argv = []string{v} // written by this package as JSON; kept whole if not
+		}
 	}
 	if v, ok := f["return_code"]; ok {
 		if n, err := strconv.Atoi(v); err == nil {

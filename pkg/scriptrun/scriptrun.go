@@ -7,6 +7,7 @@ package scriptrun
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,6 +19,11 @@ import (
 
 	"github.com/ztrade/pyrunner/pkg/proc"
 )
+
+// ErrKill, as the cause of the run's context (context.WithCancelCause),
+// ends the script with SIGKILL at once, without the SIGTERM grace: for a
+// worker fencing itself, when another copy may be about to start.
+var ErrKill = errors.New("killed at once")
 
 // Spec describes one script run.
 type Spec struct {
@@ -116,7 +122,13 @@ func Run(ctx context.Context, s Spec) (Result, error) {
 	case <-done:
 	case <-ctx.Done():
 		res.Stopped = true
-		stop()
+		if errors.Is(context.Cause(ctx), ErrKill) {
+			res.Killed = true
+			syscall.Kill(-pid, syscall.SIGKILL)
+			<-done
+		} else {
+			stop()
+		}
 	case <-timeout:
 		res.TimedOut = true
 		stop()

@@ -50,3 +50,8 @@ func (s *Store) LogTotalKey(id, stream string) string {
 // LogChannel is the pub/sub channel on which a run's id is published when
 // it has written more output.
 func (s *Store) LogChannel() string { return s.prefix + "events:log" }
+
+// AsynqPendingKey is asynq's own list of a queue's tasks waiting for a
+// worker (asynq's base.PendingKey: "asynq:{<queue>}:pending"); its length
+// is the queue depth admission control compares with PYRUNNER_MAX_QUEUED.
+func AsynqPendingKey(queue string) string { return "asynq:{" + queue + "}:pending" }

@@ -25,49 +25,73 @@ type Store struct {
 	ttl    time.Duration
 }
 
-// Open connects to the Redis at rawURL (redis://, rediss:// or
-// redis-sentinel://host:port[,host:port]?master=name[&db=N]) and checks it
-// answers. prefix starts every key; ttl is how long run records live.
-func Open(ctx context.Context, rawURL, prefix string, ttl time.Duration) (*Store, error) {
-	rdb, err := Client(rawURL)
-	if err != nil {
-		return nil, err
+// Redis is a parsed PYRUNNER_REDIS_URL: the one description of the Redis
+// that the store and asynq both connect with (asynq takes it as its
+// RedisConnOpt), so a database number, password or sentinel set means the
+// same to both.
+type Redis struct {
+	opt *redis.UniversalOptions
+}
+
+// ParseRedisURL reads redis://[user:pass@]host:port[/db],
+// rediss://… (TLS), or
+// redis-sentinel://[:pass@]host:port[,host:port]?master=name[&db=N].
+func ParseRedisURL(rawURL string) (Redis, error) {
+	if strings.HasPrefix(rawURL, "redis-sentinel://") {
+		u, err := url.Parse(rawURL)
+		if err != nil {
+			return Redis{}, fmt.Errorf("store: parse redis url: %w", err)
+		}
+		o := &redis.UniversalOptions{MasterName: u.Query().Get("master"), Addrs: strings.Split(u.Host, ",")}
+		if u.User != nil {
+			o.Username = u.User.Username()
+			o.Password, _ = u.User.Password()
+		}
+		if db := u.Query().Get("db"); db != "" {
+			n, err := strconv.Atoi(db)
+			if err != nil {
+				return Redis{}, fmt.Errorf("store: redis-sentinel url: db=%q is not a number", db)
+			}
+			o.DB = n
+		}
+		if o.MasterName == "" {
+			return Redis{}, errors.New("store: redis-sentinel url needs ?master=<name>")
+		}
+		return Redis{opt: o}, nil
 	}
+	o, err := redis.ParseURL(rawURL)
+	if err != nil {
+		return Redis{}, fmt.Errorf("store: parse redis url: %w", err)
+	}
+	return Redis{opt: &redis.UniversalOptions{Addrs: []string{o.Addr}, Username: o.Username, Password: o.Password,
+		DB: o.DB, TLSConfig: o.TLSConfig}}, nil
+}
+
+// DB is the database number records and tasks live in.
+func (r Redis) DB() int { return r.opt.DB }
+
+// MakeRedisClient makes a new client (a failover client for sentinels),
+// as asynq's RedisConnOpt asks.
+func (r Redis) MakeRedisClient() interface{} { return r.client() }
+
+func (r Redis) client() redis.UniversalClient {
+	o := *r.opt
+	if o.MasterName != "" {
+		return redis.NewFailoverClient(o.Failover())
+	}
+	return redis.NewClient(o.Simple())
+}
+
+// Open connects to r and checks it answers. prefix starts every key; ttl
+// is how long run records live.
+func Open(ctx context.Context, r Redis, prefix string, ttl time.Duration) (*Store, error) {
+	rdb := r.client()
 	s := &Store{rdb: rdb, prefix: prefix, ttl: ttl}
 	if err := s.Ping(ctx); err != nil {
 		rdb.Close()
 		return nil, err
 	}
 	return s, nil
-}
-
-// Client makes a go-redis client from a Redis URL.
-func Client(rawURL string) (redis.UniversalClient, error) {
-	if strings.HasPrefix(rawURL, "redis-sentinel://") {
-		u, err := url.Parse(rawURL)
-		if err != nil {
-			return nil, fmt.Errorf("store: parse redis url: %w", err)
-		}
-		o := &redis.FailoverOptions{
-			MasterName:    u.Query().Get("master"),
-			SentinelAddrs: strings.Split(u.Host, ","),
-		}
-		if p, ok := u.User.Password(); ok {
-			o.Password = p
-		}
-		if db := u.Query().Get("db"); db != "" {
-			o.DB, _ = strconv.Atoi(db)
-		}
-		if o.MasterName == "" {
-			return nil, errors.New("store: redis-sentinel url needs ?master=<name>")
-		}
-		return redis.NewFailoverClient(o), nil
-	}
-	o, err := redis.ParseURL(rawURL)
-	if err != nil {
-		return nil, fmt.Errorf("store: parse redis url: %w", err)
-	}
-	return redis.NewClient(o), nil
 }
 
 // Ping checks Redis answers.

@@ -100,3 +100,12 @@ func (s *Store) LostWorkers(ctx context.Context, stale time.Duration) ([]string,
 func (s *Store) HeldRuns(ctx context.Context, worker string) ([]string, error) {
 	return s.rdb.SMembers(ctx, s.WorkerRunsKey(worker)).Result()
 }
+
+// QueueDepth is how many runs of queue wait for a worker in asynq.
+func (s *Store) QueueDepth(ctx context.Context, queue string) (int64, error) {
+	n, err := s.rdb.LLen(ctx, AsynqPendingKey(queue)).Result()
+	if err != nil {
+		return 0, fmt.Errorf("store: depth of queue %s: %w", queue, err)
+	}
+	return n, nil
+}

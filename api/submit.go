@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/ztrade/pyrunner/pkg/run"
+)
+
+// submit is the one way a run enters pyrunner, research and scripts alike:
+// admission (PYRUNNER_MAX_QUEUED), record (create: a script's duplicate
+// check happens there, atomically), enqueue on asynq, wake an idle
+// worker. A step that fails leaves nothing behind: a refused run is
+// neither recorded nor queued.
+func (s *server) submit(ctx context.Context, r *run.Run, queueName string, timeout time.Duration, create func(context.Context) error) error {
+	if err := s.admit(ctx, queueName); err != nil {
+		return err
+	}
+	if err := create(ctx); err != nil {
+		return err
+	}
+	if err := s.queue.Enqueue(ctx, queueName, r.ID, timeout); err != nil {
+		if err := s.store.DeleteRun(context.WithoutCancel(ctx), r.ID); err != nil {
+			slog.Error("could not remove a run that was not queued", "run_id", r.ID, "err", err)
+		}
+		return run.Errorf(run.ECodeUnavailable, "cannot queue the run: redis unavailable")
+	}
+	if err := s.store.Wake(ctx, queueName, r.ID); err != nil {
+		slog.Warn("could not wake workers; the run waits for asynq's next poll", "run_id", r.ID, "err", err)
+	}
+	return nil
+}
+
+// admitRetry is the Retry-After of a queue that is full.
+const admitRetry = 5 * time.Second
+
+// admit refuses a new run while its queue already holds
+// PYRUNNER_MAX_QUEUED runs waiting for a worker. The cap is per queue and
+// soft across API replicas (two submissions at the same instant may both
+// pass it by one).
+func (s *server) admit(ctx context.Context, queueName string) error {
+	if s.cfg.MaxQueued <= 0 {
+		return nil
+	}
+	n, err := s.store.QueueDepth(ctx, queueName)
+	if err != nil {
+		return run.Errorf(run.ECodeUnavailable, "cannot check the queue: redis unavailable")
+	}
+	if n >= int64(s.cfg.MaxQueued) {
+		return run.TooMany(admitRetry, "the %s queue is full: %d runs wait for a worker (PYRUNNER_MAX_QUEUED=%d); retry later", queueName, n, s.cfg.MaxQueued)
+	}
+	return nil
+}
