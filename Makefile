@@ -1,6 +1,6 @@
 # pyrunner — see README.md. `make run` starts the stack, `make test` tests it.
 GO      ?= go
-BINS    := bin/pyrunner-api bin/pyrunner-worker bin/pyrunner-demodata
+BINS    := bin/pyrunner-api bin/pyrunner-worker bin/pyrunner-demodata bin/pyrunner
 export CGO_ENABLED := 1
 
 .PHONY: all build deps run stop test test-go test-python bench clean
@@ -11,6 +11,7 @@ build:
 	$(GO) build -o bin/pyrunner-api ./api
 	$(GO) build -o bin/pyrunner-worker ./worker
 	$(GO) build -o bin/pyrunner-demodata ./cmd/pyrunner-demodata
+	$(GO) build -o bin/pyrunner ./cmd/pyrunner
 
 deps:
 	@tools/deps.sh

@@ -24,7 +24,9 @@ import (
 	"github.com/ztrade/pyrunner/pkg/auth"
 	"github.com/ztrade/pyrunner/pkg/config"
 	"github.com/ztrade/pyrunner/pkg/liveness"
+	"github.com/ztrade/pyrunner/pkg/metrics"
 	"github.com/ztrade/pyrunner/pkg/queue"
+	"github.com/ztrade/pyrunner/pkg/run"
 	"github.com/ztrade/pyrunner/pkg/scripts"
 	"github.com/ztrade/pyrunner/pkg/store"
 )
@@ -55,7 +57,9 @@ type server struct {
 	scripts   *scripts.Folder
 	verifier  *auth.Verifier // nil without SCRIPT_JWT_SECRET
 	minter    *auth.Minter
-	throttle  *throttle // admin secret exchange failures, per client
+	metrics   *metrics.API
+	monitor   http.Handler // asynqmon under /monitor/
+	throttle  *throttle    // admin secret exchange failures, per client
 	// tokenThrottle is bad bearer tokens (static or JWT), per client.
 	tokenThrottle *throttle
 }
@@ -106,6 +110,9 @@ func start() error {
 
 	s := &server{cfg: cfg, store: st, queue: q, waiter: waiter, logWaiter: logWaiter, scripts: folder, throttle: newThrottle(5), tokenThrottle: newThrottle(10)}
 	s.verifier, s.minter = jwtFromConfig(cfg)
+	s.metrics = metrics.NewAPI(q.Collector(), metrics.QueueDepth([]string{queue.QueueResearch, queue.QueueScripts}, cfg.MaxQueued,
+		func(name string) (int64, error) { return st.QueueDepth(context.Background(), name) }))
+	s.monitor = queue.Monitor(rds, "/monitor")
 	e := s.routes()
 	httpSrv := &http.Server{Addr: cfg.Listen, Handler: e, ReadHeaderTimeout: 10 * time.Second}
 	ln, err := net.Listen("tcp", cfg.Listen) // bound before "ready" is said; a taken port is an error
@@ -127,6 +134,24 @@ func start() error {
 	return httpSrv.Shutdown(shutCtx)
 }
 
+// serveMetrics is GET /metrics: the API's Prometheus metrics.
+func (s *server) serveMetrics(c echo.Context) error {
+	if s.metrics == nil {
+		return run.Errorf(run.ECodeNotFound, "no metrics")
+	}
+	metrics.Handler(s.metrics.Registry).ServeHTTP(c.Response(), c.Request())
+	return nil
+}
+
+// serveMonitor hands /monitor/… to asynqmon.
+func (s *server) serveMonitor(c echo.Context) error {
+	if s.monitor == nil {
+		return run.Errorf(run.ECodeNotFound, "no monitor")
+	}
+	s.monitor.ServeHTTP(c.Response(), c.Request())
+	return nil
+}
+
 // routes builds the Echo router with every endpoint.
 func (s *server) routes() *echo.Echo {
 	e := echo.New()
@@ -143,6 +168,12 @@ func (s *server) routes() *echo.Echo {
 	e.GET("/docs/", s.docs)
 	e.GET("/docs/:file", s.docsAsset)
 	e.POST(s.cfg.APIPrefix+"/auth/admin/token", s.adminToken)
+	e.GET("/metrics", s.serveMetrics)
+
+	// asynqmon, the queue UI: everything, so scope * when auth is on.
+	monitor := s.require(auth.ScopeAll)
+	e.Any("/monitor", s.serveMonitor, monitor)
+	e.Any("/monitor/*", s.serveMonitor, monitor)
 
 	research := s.require(auth.ScopeResearchRun)
 	e.POST("/v1/research/run", s.researchRun, research)

@@ -29,6 +29,9 @@ func (s *server) submit(ctx context.Context, r *run.Run, queueName string, timeo
 	if err := s.store.Wake(ctx, queueName, r.ID); err != nil {
 		slog.Warn("could not wake workers; the run waits for asynq's next poll", "run_id", r.ID, "err", err)
 	}
+	if s.metrics != nil {
+		s.metrics.Submitted.WithLabelValues(string(r.Kind)).Inc()
+	}
 	return nil
 }
 
@@ -48,6 +51,9 @@ func (s *server) admit(ctx context.Context, queueName string) error {
 		return run.Errorf(run.ECodeUnavailable, "cannot check the queue: redis unavailable")
 	}
 	if n >= int64(s.cfg.MaxQueued) {
+		if s.metrics != nil {
+			s.metrics.Refused.WithLabelValues(queueName).Inc()
+		}
 		return run.TooMany(admitRetry, "the %s queue is full: %d runs wait for a worker (PYRUNNER_MAX_QUEUED=%d); retry later", queueName, n, s.cfg.MaxQueued)
 	}
 	return nil

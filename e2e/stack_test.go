@@ -33,8 +33,8 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binDir = dir
-	for _, p := range []string{"api", "worker"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "pyrunner-"+p), "./"+p)
+	for bin, pkg := range map[string]string{"pyrunner-api": "./api", "pyrunner-worker": "./worker", "pyrunner": "./cmd/pyrunner"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, bin), pkg)
 		cmd.Dir = ".."
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {

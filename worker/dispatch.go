@@ -28,6 +28,8 @@ type dispatcher struct {
 	// claimed, so that its asynq task is dropped instead of delivered
 	// again for nothing.
 	claimed func(queue, id string)
+	// started is told of every run this worker starts (metrics).
+	started func(r *run.Run)
 
 	mu      sync.Mutex
 	running map[string]context.CancelCauseFunc
@@ -119,6 +121,9 @@ func (d *dispatcher) start(parent context.Context, id string, woken bool) error 
 	if err != nil {
 		return err
 	}
+	if d.started != nil {
+		d.started(r)
+	}
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
 	defer context.AfterFunc(d.halted, func() { cancel(errHalted) })()
@@ -134,6 +139,9 @@ func (d *dispatcher) start(parent context.Context, id string, woken bool) error 
 }
 
 var errHalted = errors.New("worker shutting down")
+
+// busy is how many runs of the queue this worker executes now.
+func (d *dispatcher) busy() int { return len(d.ids()) }
 
 // ids lists the runs this worker executes now.
 func (d *dispatcher) ids() []string {

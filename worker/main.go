@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -19,6 +21,7 @@ import (
 	"github.com/ztrade/pyrunner/pkg/executor"
 	"github.com/ztrade/pyrunner/pkg/kline"
 	"github.com/ztrade/pyrunner/pkg/liveness"
+	"github.com/ztrade/pyrunner/pkg/metrics"
 	"github.com/ztrade/pyrunner/pkg/queue"
 	"github.com/ztrade/pyrunner/pkg/run"
 	"github.com/ztrade/pyrunner/pkg/scriptrun"
@@ -95,6 +98,33 @@ func start() error {
 	research := newDispatcher(st, w.id, queue.QueueResearch, cfg.ResearchConcurrency, w.handleResearch)
 	scriptsD := newDispatcher(st, w.id, queue.QueueScripts, cfg.ScriptConcurrency, w.handleScript)
 	research.claimed, scriptsD.claimed = qc.Drop, qc.Drop
+	dispatchers := map[string]*dispatcher{queue.QueueResearch: research, queue.QueueScripts: scriptsD}
+	restarts := func() int64 { return 0 }
+	if z, ok := exe.(interface{ ZygoteRestarts() int64 }); ok {
+		restarts = z.ZygoteRestarts
+	}
+	w.metrics = metrics.NewWorker(metrics.WorkerGauges{
+		Queues: []string{queue.QueueResearch, queue.QueueScripts},
+		Slots:  func(q string) int { return cap(dispatchers[q].slots) }, Busy: func(q string) int { return dispatchers[q].busy() },
+		ZygoteRestarts: restarts, Sandbox: sandbox, Executor: exe.Mode(),
+	})
+	observeStart := func(r *run.Run) {
+		w.metrics.Started.WithLabelValues(string(r.Kind)).Inc()
+		if !r.StartedAt.IsZero() && !r.CreatedAt.IsZero() {
+			w.metrics.QueueWait.WithLabelValues(string(r.Kind)).Observe(r.StartedAt.Sub(r.CreatedAt).Seconds())
+		}
+	}
+	research.started, scriptsD.started = observeStart, observeStart
+	if cfg.MetricsListen != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("refusing to start: PYRUNNER_METRICS_LISTEN: %w", err)
+		}
+		msrv := &http.Server{Handler: metrics.Handler(w.metrics.Registry), ReadHeaderTimeout: 10 * time.Second}
+		go msrv.Serve(ln)
+		defer msrv.Close()
+		slog.Info("worker metrics", "listen", ln.Addr().String())
+	}
 	resync := func() { research.resync(bg); scriptsD.resync(bg) }
 	go liveness.Beat(bg, st, func() store.WorkerInfo { return info }, func(sinceOK time.Duration) {
 		switch {

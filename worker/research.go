@@ -12,6 +12,7 @@ import (
 	"github.com/ztrade/pyrunner/pkg/executor"
 	"github.com/ztrade/pyrunner/pkg/frame"
 	"github.com/ztrade/pyrunner/pkg/kline"
+	"github.com/ztrade/pyrunner/pkg/metrics"
 	"github.com/ztrade/pyrunner/pkg/research"
 	"github.com/ztrade/pyrunner/pkg/run"
 	"github.com/ztrade/pyrunner/pkg/scripts"
@@ -25,6 +26,7 @@ type worker struct {
 	db      *kline.DB
 	exec    executor.Executor
 	store   *store.Store
+	metrics *metrics.Worker
 	scripts *scripts.Folder
 	python  string
 }
@@ -159,6 +161,13 @@ func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *research.R
 		return fmt.Errorf("end run %s: %w", r.ID, err)
 	}
 	slog.Info("research run finished", "run_id", r.ID, "status", st, "rows", metaRows(res.Meta))
+	if w.metrics != nil {
+		w.metrics.Finished.WithLabelValues(string(run.KindResearch), string(st)).Inc()
+		if m := res.Meta; m != nil {
+			w.metrics.Load.Observe(float64(m.LoadMs) / 1000)
+			w.metrics.Exec.WithLabelValues(string(run.KindResearch)).Observe(float64(m.ExecMs) / 1000)
+		}
+	}
 	return nil
 }
 

@@ -29,6 +29,12 @@ func (w *worker) handleScript(ctx context.Context, r *run.Run) error {
 	end := func(st run.Status, code *int, msg string) error {
 		_, err := w.store.Update(bg, id, &run.Run{Status: st, FinishedAt: time.Now(), ReturnCode: code, Error: msg})
 		slog.Info("script run finished", "run_id", id, "script", r.Script, "status", st, "error", msg)
+		if w.metrics != nil {
+			w.metrics.Finished.WithLabelValues(string(run.KindScript), string(st)).Inc()
+			if !r.StartedAt.IsZero() {
+				w.metrics.Exec.WithLabelValues(string(run.KindScript)).Observe(time.Since(r.StartedAt).Seconds())
+			}
+		}
 		return err
 	}
 	var req scripts.RunRequest

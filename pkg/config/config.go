@@ -113,6 +113,8 @@ type Config struct {
 	ZtradeConfig     string
 	Readonly         ReadonlyDB
 	LogLevel         string
+	LogFormat        string
+	MetricsListen    string
 }
 
 // setting binds one environment name to a field, for the binaries in who.
@@ -198,6 +200,8 @@ func (c *Config) settings() []setting {
 		{"PYRUNNER_READONLY_DATABASE", worker, "", "read-only MySQL database", str(&c.Readonly.Database)},
 		{"PYRUNNER_READONLY_USER", worker, "", "read-only MySQL user", str(&c.Readonly.User)},
 		{"PYRUNNER_READONLY_PASSWORD", worker, "", "read-only MySQL password", str(&c.Readonly.Password)},
+		{"PYRUNNER_LOG_FORMAT", both, "text", "text or json (one JSON object a line)", str(&c.LogFormat)},
+		{"PYRUNNER_METRICS_LISTEN", worker, "", "address the worker serves Prometheus metrics on, e.g. :9101 (off when empty)", str(&c.MetricsListen)},
 		{"PYRUNNER_LOG_LEVEL", both, "info", "debug, info, warn or error", str(&c.LogLevel)},
 	}
 }
@@ -361,6 +365,9 @@ func Load(name string, args []string, getenv func(string) string, usageOut io.Wr
 	default:
 		return nil, fmt.Errorf("config: PYRUNNER_EXECUTOR must be warm or cold, not %q", c.Executor)
 	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return nil, fmt.Errorf("config: PYRUNNER_LOG_FORMAT must be text or json, not %q", c.LogFormat)
+	}
 	switch c.Sandbox {
 	case "auto", "bwrap", "none":
 	default:
@@ -427,13 +434,17 @@ func (c *Config) readZtrade(path string) error {
 	return nil
 }
 
-// SetupLogging makes slog write text lines to stderr at the configured level.
+// SetupLogging makes slog write to stderr at the configured level: text
+// lines, or one JSON object a line with PYRUNNER_LOG_FORMAT=json.
 func (c *Config) SetupLogging(program string) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		lvl = slog.LevelInfo
 	}
-	h := slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})
+	if c.LogFormat == "json" {
+		h = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})
+	}
 	slog.SetDefault(slog.New(h).With("program", program))
 }
 

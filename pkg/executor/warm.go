@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -29,7 +30,12 @@ type Warm struct {
 
 	mu sync.Mutex // guards z and serializes fork requests
 	z  *zygote
+
+	restarts atomic.Int64 // zygotes that died and were replaced
 }
+
+// ZygoteRestarts is how many times the zygote died and was replaced.
+func (w *Warm) ZygoteRestarts() int64 { return w.restarts.Load() }
 
 // NewWarm writes the Python side and starts the zygote.
 func NewWarm(opt Options) (*Warm, error) {
@@ -117,6 +123,7 @@ func (w *Warm) zygoteLocked() (*zygote, error) {
 		case <-w.z.dead:
 			slog.Warn("python zygote died; starting a new one", "pid", w.z.cmd.Process.Pid)
 			w.z = nil
+			w.restarts.Add(1)
 		default:
 			return w.z, nil
 		}
@@ -141,7 +148,8 @@ func (w *Warm) zygoteLocked() (*zygote, error) {
 	}
 	cmd.Env = append(childEnv(w.opt.WorkDir, w.mplDir, w.opt.Passthrough), "PYRUNNER_PRELOAD="+w.opt.Preload,
 		"PYRUNNER_ISOLATE="+isolate, fmt.Sprintf("PYRUNNER_PREFORK=%d", prefork))
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.Stdout, cmd.Stderr = logLines("zygote"), logLines("zygote")
+	cmd.WaitDelay = time.Second // children holding the output open do not hold up noticing its death
 	cmd.ExtraFiles = []*os.File{child}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -318,4 +326,17 @@ func (w *Warm) Run(ctx context.Context, job Job) (*Output, error) {
 		out.TimedOut = false
 	}
 	return out, err
+}
+
+// logLines is a writer that logs each line written to it (the zygote's own
+// output: a preload's warning, a traceback) through slog.
+func logLines(source string) io.Writer {
+	r, w := io.Pipe()
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			slog.Warn(sc.Text(), "component", source)
+		}
+	}()
+	return w
 }

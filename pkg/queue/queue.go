@@ -11,9 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/hibiken/asynq"
+	asynqmetrics "github.com/hibiken/asynq/x/metrics"
+	"github.com/hibiken/asynqmon"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Queue and task type names.
@@ -41,6 +45,17 @@ func NewClient(redis asynq.RedisConnOpt) *Client {
 }
 
 // Close releases the connections.
+// Collector is asynq's own Prometheus collector of this Redis's queues
+// (asynq_tasks_enqueued_total, asynq_queue_size, asynq_queue_latency_seconds, …).
+func (c *Client) Collector() prometheus.Collector {
+	return asynqmetrics.NewQueueMetricsCollector(c.inspector)
+}
+
+// Monitor is asynqmon, the web UI of asynq's queues, rooted at path.
+func Monitor(redis asynq.RedisConnOpt, path string) http.Handler {
+	return asynqmon.New(asynqmon.Options{RootPath: path, RedisConnOpt: redis})
+}
+
 func (c *Client) Close() error {
 	c.inspector.Close()
 	return c.client.Close()

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strconv"
 	"strings"
@@ -17,6 +18,16 @@ import (
 
 	"github.com/ztrade/pyrunner/pkg/run"
 )
+
+// redisLogger sends go-redis's own messages (reconnects, pool errors)
+// through slog, so that every line a binary writes has one format.
+type redisLogger struct{}
+
+func (redisLogger) Printf(_ context.Context, format string, v ...interface{}) {
+	slog.Warn(fmt.Sprintf(format, v...), "component", "go-redis")
+}
+
+func init() { redis.SetLogger(redisLogger{}) }
 
 // Store is a handle on the shared Redis.
 type Store struct {
