@@ -169,6 +169,8 @@ func (s *server) routes() *echo.Echo {
 	e.GET("/docs/:file", s.docsAsset)
 	e.POST(s.cfg.APIPrefix+"/auth/admin/token", s.adminToken)
 	e.GET("/metrics", s.serveMetrics)
+	e.GET("/ui", func(c echo.Context) error { return c.Redirect(http.StatusMovedPermanently, "ui/") })
+	e.GET("/ui/*", s.ui)
 
 	// asynqmon, the queue UI: everything, so scope * when auth is on.
 	monitor := s.require(auth.ScopeAll)
@@ -179,6 +181,7 @@ func (s *server) routes() *echo.Echo {
 	e.POST("/v1/research/run", s.researchRun, research)
 	e.GET("/v1/research/runs/:id", s.researchGet, research)
 	e.POST("/v1/research/runs/:id/cancel", s.researchCancel, research)
+	e.GET("/v1/research/markets", s.markets, research)
 
 	p := s.cfg.APIPrefix
 	read, runs, logs := s.require(auth.ScopeScriptsRead), s.require(auth.ScopeScriptsRun), s.require(auth.ScopeLogsRead)

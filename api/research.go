@@ -64,7 +64,7 @@ func (s *server) researchRun(c echo.Context) error {
 	if !wait {
 		return c.JSON(http.StatusAccepted, map[string]string{"id": r.ID, "status": string(r.Status), "poll": pollURL(r.ID)})
 	}
-	return s.answerResearch(c, r.ID, s.waitCap(time.Duration(req.TimeoutSec)*time.Second+queueAllowance))
+	return s.answerResearch(c, r.ID, s.waitCap(time.Duration(req.TimeoutSec)*time.Second+queueAllowance), false)
 }
 
 // researchGet is GET /v1/research/runs/{id}[?wait=N].
@@ -80,7 +80,7 @@ func (s *server) researchGet(c echo.Context) error {
 	if _, err := s.researchRecord(c); err != nil {
 		return err
 	}
-	return s.answerResearch(c, c.Param("id"), d)
+	return s.answerResearch(c, c.Param("id"), d, true)
 }
 
 // researchCancel is POST /v1/research/runs/{id}/cancel: a queued run is
@@ -97,7 +97,7 @@ func (s *server) researchCancel(c echo.Context) error {
 	if outcome == store.StopQueued {
 		s.queue.Drop(queue.QueueResearch, r.ID)
 	}
-	return s.answerResearch(c, r.ID, 10*time.Second)
+	return s.answerResearch(c, r.ID, 10*time.Second, false)
 }
 
 // researchRecord reads the research run named in the path.
@@ -123,13 +123,22 @@ func (s *server) waitCap(d time.Duration) time.Duration {
 
 // answerResearch waits up to d for the run to end, then answers 200 with
 // the finished body, or 202 with the run so far.
-func (s *server) answerResearch(c echo.Context, id string, d time.Duration) error {
+func (s *server) answerResearch(c echo.Context, id string, d time.Duration, withRequest bool) error {
 	r, err := s.waitFor(c.Request().Context(), id, d)
 	if err != nil {
 		return err
 	}
+	var req *research.Request
+	if withRequest { // GET shows what was asked (the dashboard shows the code)
+		var st research.Stored
+		if json.Unmarshal([]byte(r.Request), &st) == nil {
+			req = &st.Request
+		}
+	}
 	if !r.Status.Terminal() {
-		return c.JSON(http.StatusAccepted, research.NewResponse(r, nil, pollURL(id)))
+		resp := research.NewResponse(r, nil, pollURL(id))
+		resp.Request = req
+		return c.JSON(http.StatusAccepted, resp)
 	}
 	res := &research.Result{}
 	b, err := s.store.GetResult(c.Request().Context(), id)
@@ -139,7 +148,9 @@ func (s *server) answerResearch(c echo.Context, id string, d time.Duration) erro
 	if b == nil || json.Unmarshal(b, res) != nil {
 		res = research.Failure(r.Error, nil) // ended by a reaper: no result was written
 	}
-	return c.JSON(http.StatusOK, research.NewResponse(r, res, ""))
+	resp := research.NewResponse(r, res, "")
+	resp.Request = req
+	return c.JSON(http.StatusOK, resp)
 }
 
 // waitFor returns the run once it has ended or d has passed, whichever is

@@ -41,8 +41,8 @@ func testRoutesMatchSpec(t *testing.T, prefix string) {
 	param := regexp.MustCompile(`:([a-z_]+)`)
 	served := map[string]bool{}
 	for _, r := range s.routes().Routes() {
-		if strings.HasPrefix(r.Name, "github.com/labstack/echo") || r.Method == "echo_route_not_found" || strings.HasPrefix(r.Path, "/monitor") {
-			continue // asynqmon's own UI and API live under /monitor
+		if strings.HasPrefix(r.Name, "github.com/labstack/echo") || r.Method == "echo_route_not_found" || strings.HasPrefix(r.Path, "/monitor") || strings.HasPrefix(r.Path, "/ui") {
+			continue // asynqmon's own UI and API live under /monitor, the dashboard's pages under /ui
 		}
 		served[r.Method+" "+param.ReplaceAllString(r.Path, "{$1}")] = true
 	}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pyrunner needs on a fresh Debian machine, from Debian's
 # packages: a Python with numpy/pandas/matplotlib (for /usr/bin/python3),
-# pytest, bubblewrap, redis-server, and PyJWT (for the auth tests). It does
+# pytest, bubblewrap, redis-server, PyJWT (for the auth tests) and
+# chromium (headless, for the dashboard's tests). It does
 # nothing when everything is already there.
 set -euo pipefail
 need=()
@@ -11,6 +12,7 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
+command -v chromium >/dev/null || need+=(chromium)   # the dashboard's browser tests
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -140,6 +141,7 @@ func start() error {
 		}
 	})
 	go liveness.Reap(bg, st)
+	go reportMarkets(bg, db, st)
 	onCancel := func(id string) { research.cancel(id); scriptsD.cancel(id) }
 	if err := st.OnCancel(bg, onCancel, resync); err != nil {
 		return err
@@ -228,5 +230,27 @@ func hideEnviron() {
 	const prSetDumpable = 4
 	if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, prSetDumpable, 0, 0); errno != 0 {
 		slog.Warn("could not make the worker non-dumpable", "err", errno)
+	}
+}
+
+// reportMarkets records the database's markets in Redis at start and
+// every minute, for the research API's market list (the API never reads
+// the K-line database itself).
+func reportMarkets(ctx context.Context, db *kline.DB, st *store.Store) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		if ms, err := db.Tables(ctx, 1000); err != nil {
+			slog.Warn("could not list markets", "err", err)
+		} else if b, err := json.Marshal(ms); err == nil {
+			if err := st.SetMarkets(ctx, b); err != nil && ctx.Err() == nil {
+				slog.Warn("could not record markets", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }

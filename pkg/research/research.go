@@ -238,6 +238,8 @@ type Response struct {
 	StartedAt  *string `json:"startedAt"`
 	FinishedAt *string `json:"finishedAt"`
 	Poll       string  `json:"poll,omitempty"`
+	// Request is what the run was asked to do (GET of a run only).
+	Request *Request `json:"request,omitempty"`
 }
 
 // NewResponse combines a run record and its result (nil while pending).

@@ -55,3 +55,6 @@ func (s *Store) LogChannel() string { return s.prefix + "events:log" }
 // worker (asynq's base.PendingKey: "asynq:{<queue>}:pending"); its length
 // is the queue depth admission control compares with PYRUNNER_MAX_QUEUED.
 func AsynqPendingKey(queue string) string { return "asynq:{" + queue + "}:pending" }
+
+// MarketsKey holds the K-line markets the workers' database has.
+func (s *Store) MarketsKey() string { return s.prefix + "markets" }

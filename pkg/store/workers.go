@@ -109,3 +109,24 @@ func (s *Store) QueueDepth(ctx context.Context, queue string) (int64, error) {
 	}
 	return n, nil
 }
+
+// SetMarkets records the K-line markets a worker's database has (JSON, as
+// the research API lists them) for an hour.
+func (s *Store) SetMarkets(ctx context.Context, markets []byte) error {
+	if err := s.rdb.Set(ctx, s.MarketsKey(), markets, time.Hour).Err(); err != nil {
+		return fmt.Errorf("store: set markets: %w", err)
+	}
+	return nil
+}
+
+// Markets is what a worker last recorded with SetMarkets (nil if none).
+func (s *Store) Markets(ctx context.Context) ([]byte, error) {
+	b, err := s.rdb.Get(ctx, s.MarketsKey()).Bytes()
+	if err == redis.Nil {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: get markets: %w", err)
+	}
+	return b, nil
+}
