@@ -91,7 +91,7 @@ func start(dir, db string, workers int, env ...string) (*stack, error) {
 		fmt.Sprintf("PYRUNNER_REDIS_URL=redis://127.0.0.1:%d/0", rport),
 		fmt.Sprintf("PYRUNNER_LISTEN=127.0.0.1:%d", aport),
 		"PYRUNNER_READONLY_TYPE=sqlite", "PYRUNNER_READONLY_URI="+db,
-		"PYRUNNER_WORK_DIR="+work, "PYRUNNER_MAX_ROWS=2000000", "PYRUNNER_LOG_LEVEL="+envOr("BENCH_LOG_LEVEL", "warn"),
+		"PYRUNNER_WORK_DIR="+work, "SCRIPT_STATE_DIR="+filepath.Join(dir, fmt.Sprintf("state-%d", aport)), "PYRUNNER_MAX_ROWS=2000000", "PYRUNNER_LOG_LEVEL="+envOr("BENCH_LOG_LEVEL", "warn"),
 		"PYRUNNER_ZTRADE_CONFIG=/nonexistent")
 	common = append(common, env...)
 	logf, _ := os.Create(filepath.Join(dir, fmt.Sprintf("stack-%d.log", aport)))
@@ -125,7 +125,11 @@ func start(dir, db string, workers int, env ...string) (*stack, error) {
 		}
 		if time.Now().After(deadline) {
 			s.stop()
-			return nil, fmt.Errorf("stack did not come up; see %s", logf.Name())
+			b, _ := os.ReadFile(logf.Name())
+			if len(b) > 3000 {
+				b = b[len(b)-3000:]
+			}
+			return nil, fmt.Errorf("stack did not come up; the end of its log:\n%s", b)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -304,7 +308,9 @@ func throughput(s *stack, clients int, d time.Duration) (perSec float64, peakRSS
 	return float64(n.Load()) / time.Since(start).Seconds(), peak, nil
 }
 
-// rss sums VmRSS (bytes) of the workers and all their descendants.
+// rss sums the proportional set size (Pss, bytes) of the workers and all
+// their descendants: pages the zygote's children share with it are counted
+// once, not once a process (as VmRSS would).
 func (s *stack) rss() int64 {
 	children := map[int][]int{}
 	entries, _ := os.ReadDir("/proc")
@@ -324,9 +330,9 @@ func (s *stack) rss() int64 {
 	var total int64
 	var walk func(int)
 	walk = func(pid int) {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 		for _, line := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(line, "VmRSS:") {
+			if strings.HasPrefix(line, "Pss:") {
 				kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
 				total += kb << 10
 			}
@@ -473,7 +479,7 @@ func run() error {
 			return err
 		}
 		add(fmt.Sprintf("(b) sustained trivial runs/s, %d worker(s), 8 clients", workers), fmt.Sprintf("%.0f runs/s", perSec))
-		add(fmt.Sprintf("(d) RSS of %d worker(s) incl. zygote and children: at rest / peak under load", workers), mib(rest)+" / "+mib(peak))
+		add(fmt.Sprintf("(d) memory (PSS) of %d worker(s) incl. zygote and children: at rest / peak under load", workers), mib(rest)+" / "+mib(peak))
 	}
 
 	// (c) 1M-row frame to user code vs pandas.read_sql

@@ -283,6 +283,30 @@ func TestAPIDetails(t *testing.T) {
 			t.Errorf("%s --help: %v\n%s", bin, err, out)
 		}
 	}
+	// --ztrade-config PATH (the space form) is read: a worker whose only
+	// DB settings are in that file joins the stack.
+	yml := filepath.Join(t.TempDir(), "ztrade.yaml")
+	dbPath := ""
+	for _, kv := range s.env {
+		if v, ok := strings.CutPrefix(kv, "PYRUNNER_READONLY_URI="); ok {
+			dbPath = v
+		}
+	}
+	os.WriteFile(yml, []byte("db:\n  readonly:\n    type: sqlite\n    uri: "+dbPath+"\n"), 0o644)
+	var env []string
+	for _, kv := range s.env {
+		if !strings.HasPrefix(kv, "PYRUNNER_READONLY_") && !strings.HasPrefix(kv, "PYRUNNER_ZTRADE_CONFIG=") {
+			env = append(env, kv)
+		}
+	}
+	saved := s.env
+	s.env = env
+	s.start("worker-from-yaml", filepath.Join(binDir, "pyrunner-worker"), "--ztrade-config", yml)
+	s.env = saved
+	waitUntil(t, 30*time.Second, "the worker configured by --ztrade-config PATH to join", func() bool {
+		var h struct{ Workers []any }
+		return s.getJSON("/health", &h) == 200 && len(h.Workers) == 2
+	})
 	// A taken port: the API exits with an error and never says ready.
 	cmd := exec.Command(filepath.Join(binDir, "pyrunner-api"))
 	cmd.Env = append(s.env, "PYRUNNER_LISTEN="+strings.TrimPrefix(s.base, "http://"))

@@ -1,8 +1,11 @@
 """Per-run isolation of research code (DESIGN §5), the same in warm and cold
 mode; the worker asks for it (job["isolate"]) when the sandbox is on. In
 cold mode the harness calls enter() as root, after it has read its job and
-before any user code runs; in warm mode the zygote's pre-forked children
-have done split() ahead of time, and do make_home() when their run comes.
+before any user code runs. In warm mode the zygote forks each pre-forked
+child straight into a PID namespace of its own (pidns_for_next_child), so
+the child is the run's PID 1 with no process between it and the zygote;
+it sets up its namespaces ahead of time (become_init) and does
+make_home() when its run comes.
 
 enter() turns the calling process C into a run of its own:
 
@@ -103,6 +106,35 @@ def split():
         return
     os.close(alive_r)
     _wait_and_mirror(pid)
+
+
+def pidns_for_next_child(own_pidns):
+    """In the warm zygote, before a fork: make the next child PID 1 of a
+    new PID namespace of its own (setns back to the zygote's own namespace
+    first, since unshare(CLONE_NEWPID) works once per namespace). The child
+    then needs no waiting parent of its own: it is the run's init, reaped by
+    the zygote, and one fork per run is all it costs."""
+    _check(_libc.setns(own_pidns, CLONE_NEWPID), "setns")
+    _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+
+
+def reset_pidns(own_pidns):
+    """In the zygote, after the fork: its later children are its own again."""
+    _check(_libc.setns(own_pidns, CLONE_NEWPID), "setns")
+
+
+def become_init(alive_fd):
+    """In a warm child that is PID 1 of its own PID namespace: its own
+    mount and IPC namespaces and /proc. alive_fd is the read end of a pipe
+    the zygote holds open (the parent-death check; getppid() is 0 here)."""
+    global _alive_fd
+    _alive_fd = alive_fd
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if _parent_gone():
+        os._exit(1)
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def make_home(run_dir, uid, gid, disk):

@@ -76,23 +76,25 @@ PREFORK = max(1, int(os.environ.pop("PYRUNNER_PREFORK", "2") or 2))
 ISOLATE = os.environ.pop("PYRUNNER_ISOLATE", "") == "1"
 
 
-def standby(sock, zygote_pid, keep):
-    """In a pre-forked child: get ready (own process group, isolated
-    namespaces when ISOLATE), wait on sock for a run, become it, serve it.
-    Never returns."""
+def standby(sock, zygote_pid, keep, alive_r):
+    """In a pre-forked child: get ready (own process group, and when
+    ISOLATE its own namespaces: it was forked as PID 1 of a new PID
+    namespace), wait on sock for a run, become it, serve it. Never
+    returns."""
     code = 0
     try:
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != zygote_pid:  # the zygote died between fork and prctl
-            os._exit(1)
+        if ISOLATE:
+            isolation.become_init(alive_r)
+        else:
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != zygote_pid:  # the zygote died between fork and prctl
+                os._exit(1)
         os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
         for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
             signal.signal(s, signal.SIG_DFL)
         for fd in keep:
             os.close(fd)
-        if ISOLATE:
-            isolation.split()  # from here on: G, PID 1 of the run's namespaces
         data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)
         if not data or len(fds) != 3:  # the zygote retired this child
             os._exit(0)
@@ -108,6 +110,8 @@ def standby(sock, zygote_pid, keep):
         iso = msg.get("isolate")
         if ISOLATE and iso:
             isolation.make_home(msg["dir"], int(iso["uid"]), int(iso["gid"]), int(iso["diskBytes"]))
+        elif ISOLATE:
+            raise RuntimeError("an isolating zygote got a run without isolation settings")
         else:
             os.chdir(msg["dir"])
         random.seed()
@@ -134,16 +138,29 @@ class Zygote:
 
     def __init__(self, ctl, keep):
         self.ctl = ctl
-        self.keep = keep  # descriptors a child must not keep
         self.me = os.getpid()
         self.ready = []
+        # Held open by the zygote alone: its children see the pipe hang up
+        # when it dies (their parent-death check inside a PID namespace).
+        self.alive_r, self.alive_w = os.pipe()
+        self.keep = keep + [self.alive_w]  # descriptors a child must not keep
+        self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY) if ISOLATE else None
+        if self.own_pidns is not None:
+            self.keep.append(self.own_pidns)
 
     def prefork(self):
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
+        if self.own_pidns is not None:
+            isolation.pidns_for_next_child(self.own_pidns)
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if self.own_pidns is not None and pid != 0:
+                isolation.reset_pidns(self.own_pidns)
         if pid == 0:
             a.close()
-            standby(b, self.me, self.keep + [s.fileno() for _, s in self.ready])
+            standby(b, self.me, self.keep + [s.fileno() for _, s in self.ready], self.alive_r)
         b.close()
         try:
             os.setpgid(pid, pid)

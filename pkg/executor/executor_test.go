@@ -217,3 +217,18 @@ func TestDiedText(t *testing.T) {
 		}
 	}
 }
+
+// TestSandboxHidesRelativePaths: a hidden path given relative to the
+// worker (SCRIPT_STATE_DIR's default, .quant-script-api) is masked at its
+// absolute place, not looked for under the sandbox's read-only root.
+func TestSandboxHidesRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	wd, _ := os.Getwd()
+	t.Cleanup(func() { os.Chdir(wd) })
+	os.Chdir(dir)
+	os.Mkdir("state", 0o755)
+	args := strings.Join(sandboxArgs(Options{Sandbox: "bwrap", Hide: []string{"state"}}, nil, nil, []string{"true"}), " ")
+	if !strings.Contains(args, "--tmpfs "+filepath.Join(dir, "state")+" ") {
+		t.Errorf("bwrap args %q do not mask %s", args, filepath.Join(dir, "state"))
+	}
+}

@@ -188,6 +188,10 @@ func sandboxArgs(opt Options, readable, writable []string, argv []string) []stri
 		a = append(a, "--bind", w, w)
 	}
 	for _, h := range opt.Hide {
+		h, err := filepath.Abs(h) // a relative path (SCRIPT_STATE_DIR's default) is the worker's, not the sandbox root's
+		if err != nil {
+			continue
+		}
 		fi, err := os.Stat(h)
 		switch {
 		case err != nil:
