@@ -142,9 +142,10 @@ type result struct {
 	Error  *string         `json:"error"`
 	Result json.RawMessage `json:"result"`
 	Meta   struct {
-		Rows   int   `json:"rows"`
-		LoadMs int64 `json:"loadMs"`
-		ExecMs int64 `json:"execMs"`
+		Rows   int    `json:"rows"`
+		LoadMs int64  `json:"loadMs"`
+		Cache  string `json:"klineCache"`
+		ExecMs int64  `json:"execMs"`
 	} `json:"meta"`
 }
 
@@ -488,6 +489,13 @@ func run() error {
 		return err
 	}
 	body := fmt.Sprintf(`{"exchange":"bench","symbol":"BIG","binSize":"1m","start":0,"end":%d,"limit":%d,"code":"result = [len(df), float(df.close.sum())]"}`, t0+bigRows*60, bigRows)
+	// The first call reads the database; the repeats find the closed
+	// history in the worker's K-line cache.
+	firstR, firstD, err := s.research(body)
+	if err != nil {
+		s.stop()
+		return err
+	}
 	var best time.Duration
 	var bestR *result
 	for i := 0; i < 3; i++ {
@@ -519,9 +527,11 @@ print(best)`, db, t0+bigRows*60, bigRows, bigRows)).Output()
 		return fmt.Errorf("pandas.read_sql: %w", err)
 	}
 	readSQL, _ := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
-	delivered := time.Duration(bestR.Meta.LoadMs+bestR.Meta.ExecMs) * time.Millisecond
-	add("(c) 1M-row frame to user code (load + hand-off + df, meta loadMs+execMs)", ms(delivered)+
-		fmt.Sprintf(" (load %d ms, hand-off+df+code %d ms; whole call %s)", bestR.Meta.LoadMs, bestR.Meta.ExecMs, ms(best)))
+	delivered := time.Duration(firstR.Meta.LoadMs+firstR.Meta.ExecMs) * time.Millisecond
+	add("(c) 1M-row frame to user code, first call (load + hand-off + df, meta loadMs+execMs)", ms(delivered)+
+		fmt.Sprintf(" (load %d ms, hand-off+df+code %d ms; whole call %s)", firstR.Meta.LoadMs, firstR.Meta.ExecMs, ms(firstD)))
+	add("(c) the same call repeated (closed history from the K-line cache): whole call, best of 3", ms(best)+
+		fmt.Sprintf(" (load %d ms, cache %s; %.1f× faster than the first)", bestR.Meta.LoadMs, bestR.Meta.Cache, float64(firstD)/float64(best)))
 	add("(c) pandas.read_sql of the same rows, same SQLite, same Python", ms(time.Duration(readSQL*float64(time.Second))))
 	add("(c) read_sql / pyrunner", fmt.Sprintf("%.1f×", readSQL*1000/float64(delivered.Milliseconds())))
 

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ztrade/pyrunner/pkg/frame"
+	"github.com/ztrade/pyrunner/pkg/kline"
 )
 
 // rowsIn counts the candles of f with start in [a, b].
@@ -505,5 +507,49 @@ func TestSecretsStayOut(t *testing.T) {
 				t.Errorf("%s log contains %q", p.name, secret)
 			}
 		}
+	}
+}
+
+// TestKlineCache: a repeated range is a cache hit, and a candle written to
+// the database after it was cached is in the next run's frame.
+func TestKlineCache(t *testing.T) {
+	dir := reachableTempDir(t)
+	db, _ := demoSQLite(t, dir)
+	s := startStack(t, stackOpts{workers: 1, dbEnv: map[string]string{"PYRUNNER_READONLY_TYPE": "sqlite", "PYRUNNER_READONLY_URI": db}})
+	code := "result = {'rows': len(df), 'last': int(df.start.iloc[-1]), 'close': float(df.close.iloc[-1]), 'prev': float(df.close.iloc[-2])}"
+	extra := map[string]any{"start": seedStart, "end": seedStart + 10*86400}
+	run := func() (map[string]any, string) {
+		st, r := s.research(code, extra)
+		var got map[string]any
+		if st != 200 || !r.ok() || json.Unmarshal(r.Result, &got) != nil {
+			t.Fatalf("research: %d %q", st, r.errText())
+		}
+		return got, fmt.Sprint(r.Meta["klineCache"])
+	}
+	first, c1 := run()
+	second, c2 := run()
+	if c1 != "miss" || c2 != "hit" || fmt.Sprint(first) != fmt.Sprint(second) {
+		t.Fatalf("repeat: %s %v then %s %v", c1, first, c2, second)
+	}
+	w, err := kline.OpenWriter("sqlite", db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	last := int64(first["last"].(float64))
+	if err := w.Exec(context.Background(), "UPDATE `binance_BTCUSDT_1m` SET close = 12345 WHERE start = ?", last); err != nil {
+		t.Fatal(err)
+	}
+	nf := &frame.Frame{}
+	nf.Append(last+60, 1, 2, 0.5, 54321, 1, 10, 1)
+	if err := w.Insert(context.Background(), "binance_BTCUSDT_1m", nf, true); err != nil {
+		t.Fatal(err)
+	}
+	third, c3 := run()
+	// The appended candle is there, and so is the update of the one that
+	// was newest when the range was cached.
+	if c3 != "hit" || third["rows"] != first["rows"].(float64)+1 || int64(third["last"].(float64)) != last+60 ||
+		third["close"] != 54321.0 || third["prev"] != 12345.0 {
+		t.Errorf("after new candles: %s %v (first %v)", c3, third, first)
 	}
 }

@@ -58,6 +58,9 @@ func start() error {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
 	defer db.Close()
+	if cfg.KlineCacheMB > 0 {
+		db.UseCache(kline.NewCache(int64(cfg.KlineCacheMB) << 20))
+	}
 	py, err := executor.FindPython(cfg.Python)
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)

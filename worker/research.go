@@ -56,8 +56,12 @@ func (w *worker) handleResearch(ctx context.Context, r *run.Run) error {
 		return w.finishResearch(bg, r, res, st)
 	}
 
-	f, source, err := w.db.Load(ctx, kline.Query{Exchange: req.Exchange, Symbol: req.Symbol, BinSize: req.BinSize,
+	f, source, hit, err := w.db.LoadCached(ctx, kline.Query{Exchange: req.Exchange, Symbol: req.Symbol, BinSize: req.BinSize,
 		Start: req.Start, End: req.End, Limit: req.Limit})
+	meta.KlineCache = cacheResult(w.cfg.KlineCacheMB > 0, hit)
+	if w.metrics != nil && w.cfg.KlineCacheMB > 0 {
+		w.metrics.KlineCache.WithLabelValues(meta.KlineCache).Inc()
+	}
 	meta.LoadMs = time.Since(started).Milliseconds()
 	if ctx.Err() != nil {
 		res, st := w.interrupted(bg, id, meta, nil)
@@ -189,6 +193,17 @@ func retry(ctx context.Context, tries int, f func() error) error {
 		}
 		delay = min(2*delay, 8*time.Second)
 	}
+}
+
+// cacheResult is meta.klineCache: hit, miss, or off.
+func cacheResult(on, hit bool) string {
+	switch {
+	case !on:
+		return "off"
+	case hit:
+		return "hit"
+	}
+	return "miss"
 }
 
 func metaRows(m *research.Meta) int {

@@ -89,6 +89,7 @@ type Config struct {
 	MaxProcs            int
 	DiskMB              int
 	MaxQueued           int
+	KlineCacheMB        int
 	MaxResultBytes      int
 	Preload             string
 	WorkDir             string
@@ -173,6 +174,7 @@ func (c *Config) settings() []setting {
 		{"PYRUNNER_MAX_FILE_MB", worker, "256", "largest file a run may write, in MiB", num(&c.MaxFileMB)},
 		{"PYRUNNER_MAX_PROCS", worker, "256", "processes and threads user code may have (when the worker runs as root)", num(&c.MaxProcs)},
 		{"PYRUNNER_MAX_QUEUED", api, "10000", "runs that may wait in one queue; past it submissions are 429 with Retry-After (0: no cap)", num(&c.MaxQueued)},
+		{"PYRUNNER_KLINE_CACHE_MB", worker, "256", "memory for the worker's cache of K-lines already read (0: off)", num(&c.KlineCacheMB)},
 		{"PYRUNNER_DISK_MB", worker, "512", "all a research run may write (files, /tmp, /dev/shm together), in MiB", num(&c.DiskMB)},
 		{"PYRUNNER_MAX_RESULT_BYTES", worker, "16777216", "largest research result (its JSON); a larger one is ok:false", num(&c.MaxResultBytes)},
 		{"PYRUNNER_WORK_DIR", worker, os.TempDir() + "/pyrunner", "where per-run working directories are made", str(&c.WorkDir)},

@@ -149,3 +149,10 @@ func (f *Frame) AppendFrame(g *Frame) {
 	f.Turnover = append(f.Turnover, g.Turnover...)
 	f.Trades = append(f.Trades, g.Trades...)
 }
+
+// Slice returns rows [i, j) sharing f's memory, with no room to grow into
+// it: appending to the result copies instead of writing over f.
+func (f *Frame) Slice(i, j int) *Frame {
+	return &Frame{Start: f.Start[i:j:j], Open: f.Open[i:j:j], High: f.High[i:j:j], Low: f.Low[i:j:j],
+		Close: f.Close[i:j:j], Volume: f.Volume[i:j:j], Turnover: f.Turnover[i:j:j], Trades: f.Trades[i:j:j]}
+}

@@ -45,7 +45,11 @@ type DB struct {
 	// tables caches markets that exist, with whether they have turnover.
 	mu     sync.Mutex
 	tables map[string]tableInfo
+	cache  *Cache // nil: every load reads the database
 }
+
+// UseCache serves loads through c (see Cache).
+func (d *DB) UseCache(c *Cache) { d.cache = c }
 
 type tableInfo struct {
 	hasTurnover bool
@@ -175,30 +179,37 @@ func TableName(exchange, symbol, bin string) string {
 // table and the resampling. An unknown market is a *run.Error naming the
 // table looked for.
 func (d *DB) Load(ctx context.Context, q Query) (f *frame.Frame, source string, err error) {
+	f, source, _, err = d.LoadCached(ctx, q)
+	return f, source, err
+}
+
+// LoadCached is Load, and says whether the closed history came from the
+// cache.
+func (d *DB) LoadCached(ctx context.Context, q Query) (f *frame.Frame, source string, hit bool, err error) {
 	size, err := binsize.Parse(q.BinSize)
 	if err != nil {
-		return nil, "", run.Errorf(run.ECodeInvalid, "%v", err)
+		return nil, "", false, run.Errorf(run.ECodeInvalid, "%v", err)
 	}
 	if q.Limit <= 0 || (d.maxRows > 0 && q.Limit > d.maxRows) {
 		q.Limit = d.maxRows
 	}
 	table := TableName(q.Exchange, q.Symbol, q.BinSize)
 	if info, ok, err := d.table(ctx, table); err != nil {
-		return nil, "", err
+		return nil, "", false, err
 	} else if ok {
-		f, err := d.read(ctx, table, info, q.Start, q.End, q.Limit, size)
-		return f, table, err
+		f, hit, err := d.cachedRead(ctx, table, info, q.Start, q.End, q.Limit, size)
+		return f, table, hit, err
 	}
 	fine, fineSize, err := d.finerTable(ctx, q.Exchange, q.Symbol, size)
 	if err != nil {
-		return nil, "", err
+		return nil, "", false, err
 	}
 	if fine == "" {
-		return nil, "", run.Errorf(run.ECodeNotFound, "no K-line table `%s` (and no finer table of %s %s to resample)", table, q.Exchange, q.Symbol)
+		return nil, "", false, run.Errorf(run.ECodeNotFound, "no K-line table `%s` (and no finer table of %s %s to resample)", table, q.Exchange, q.Symbol)
 	}
 	info, _, err := d.table(ctx, fine)
 	if err != nil {
-		return nil, "", err
+		return nil, "", false, err
 	}
 	// As ztrade's query_kline: the finer candles of [start, end] (those
 	// before the first aligned one are skipped by the merge anyway), at
@@ -208,15 +219,15 @@ func (d *DB) Load(ctx context.Context, q Query) (f *frame.Frame, source string, 
 	if q.Limit > 0 {
 		fineLimit = (q.Limit + 1) * ratio
 	}
-	raw, err := d.read(ctx, fine, info, ceilDiv(q.Start, size)*size, q.End, fineLimit, fineSize)
+	raw, hit, err := d.cachedRead(ctx, fine, info, ceilDiv(q.Start, size)*size, q.End, fineLimit, fineSize)
 	if err != nil {
-		return nil, "", err
+		return nil, "", false, err
 	}
 	out := Resample(raw, fineSize, size)
 	if q.Limit > 0 && int64(out.Len()) > q.Limit {
 		out = out.Head(int(q.Limit))
 	}
-	return out, fmt.Sprintf("%s resampled to %s", fine, q.BinSize), nil
+	return out, fmt.Sprintf("%s resampled to %s", fine, q.BinSize), hit, nil
 }
 
 func floorDiv(a, b int64) int64 {

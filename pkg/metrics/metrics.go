@@ -83,6 +83,8 @@ type Worker struct {
 	QueueWait *prometheus.HistogramVec // kind
 	Load      prometheus.Histogram
 	Exec      *prometheus.HistogramVec // kind
+	// KlineCache counts research loads by the cache's answer (hit, miss).
+	KlineCache *prometheus.CounterVec
 }
 
 // WorkerGauges are read at every scrape.
@@ -111,8 +113,10 @@ func NewWorker(g WorkerGauges) *Worker {
 			Help: "Time to load a research run's K-lines.", Buckets: buckets}),
 		Exec: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "pyrunner_exec_seconds",
 			Help: "Time the user's code ran (research) or the script lived.", Buckets: buckets}, []string{"kind"}),
+		KlineCache: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pyrunner_kline_cache_total",
+			Help: "Research K-line loads by the K-line cache's answer (hit: closed history from memory)."}, []string{"result"}),
 	}
-	m.Registry.MustRegister(m.Started, m.Finished, m.QueueWait, m.Load, m.Exec,
+	m.Registry.MustRegister(m.Started, m.Finished, m.QueueWait, m.Load, m.Exec, m.KlineCache,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, q := range g.Queues {
 		q := q

@@ -197,21 +197,24 @@ type Image struct {
 
 // Meta describes the data a run saw and how long each part took.
 type Meta struct {
-	Exchange   string   `json:"exchange"`
-	Symbol     string   `json:"symbol"`
-	BinSize    string   `json:"binSize"`
-	Start      int64    `json:"start"`
-	End        int64    `json:"end"`
-	Rows       int      `json:"rows"`
-	DBType     string   `json:"dbType"`
-	DBReadonly bool     `json:"dbReadonly"`
-	RunID      string   `json:"runId"`
-	Worker     string   `json:"worker"`
-	Source     string   `json:"source"`
-	QueueMs    int64    `json:"queueMs"`
-	LoadMs     int64    `json:"loadMs"`
-	ExecMs     int64    `json:"execMs"`
-	TotalMs    int64    `json:"totalMs"`
+	Exchange   string `json:"exchange"`
+	Symbol     string `json:"symbol"`
+	BinSize    string `json:"binSize"`
+	Start      int64  `json:"start"`
+	End        int64  `json:"end"`
+	Rows       int    `json:"rows"`
+	DBType     string `json:"dbType"`
+	DBReadonly bool   `json:"dbReadonly"`
+	RunID      string `json:"runId"`
+	Worker     string `json:"worker"`
+	Source     string `json:"source"`
+	QueueMs    int64  `json:"queueMs"`
+	LoadMs     int64  `json:"loadMs"`
+	ExecMs     int64  `json:"execMs"`
+	TotalMs    int64  `json:"totalMs"`
+	// KlineCache says whether df's closed history came from the worker's
+	// K-line cache: "hit", "miss" or "off".
+	KlineCache string   `json:"klineCache,omitempty"`
 	Warnings   []string `json:"warnings"`
 }
 
