@@ -18,17 +18,7 @@ type testBundle struct {
 
 func setup(t *testing.T) *testBundle {
 	t.Helper()
-	srv := redistest.Start(t)
-	rds, err := store.ParseRedisURL(srv.URL(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(context.Background(), rds, "pyrunner:", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return &testBundle{store: st}
+	return &testBundle{store: redistest.Start(t).Store(t)}
 }
 
 // TestLosingPathKeepsTheWinnersStop: asynq's handler and the wake list may

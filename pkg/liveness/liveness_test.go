@@ -18,12 +18,7 @@ func TestBeatTellsHowLongSinceALandedBeat(t *testing.T) {
 		t.Fatalf("Fence (%s) must be shorter than Stale (%s)", liveness.Fence, liveness.Stale)
 	}
 	srv := redistest.Start(t)
-	rds, _ := store.ParseRedisURL(srv.URL(0))
-	st, err := store.Open(context.Background(), rds, "pyrunner:", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := srv.Store(t)
 	ticks := make(chan time.Duration, 100)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

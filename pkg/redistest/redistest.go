@@ -4,12 +4,15 @@
 package redistest
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os/exec"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/ztrade/pyrunner/pkg/store"
 )
 
 // Server is a running redis-server.
@@ -20,6 +23,22 @@ type Server struct {
 
 // URL is the server's redis:// URL for database db.
 func (s *Server) URL(db int) string { return fmt.Sprintf("redis://127.0.0.1:%d/%d", s.Port, db) }
+
+// Store opens a store on database 0 of the server, with pyrunner's key
+// prefix, closed when the test ends.
+func (s *Server) Store(t testing.TB) *store.Store {
+	t.Helper()
+	rds, err := store.ParseRedisURL(s.URL(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(context.Background(), rds, "pyrunner:", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
 
 // CLI runs redis-cli against the server and returns its output.
 func (s *Server) CLI(t testing.TB, args ...string) string {

@@ -26,16 +26,7 @@ type testBundle struct {
 func setup(t *testing.T) *testBundle {
 	t.Helper()
 	srv := redistest.Start(t)
-	rds, err := store.ParseRedisURL(srv.URL(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(context.Background(), rds, "pyrunner:", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return &testBundle{srv: srv, store: st, ctx: context.Background()}
+	return &testBundle{srv: srv, store: srv.Store(t), ctx: context.Background()}
 }
 
 var ids = func() []string {
