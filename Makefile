@@ -3,7 +3,7 @@ GO      ?= go
 BINS    := bin/pyrunner-api bin/pyrunner-worker bin/pyrunner-demodata bin/pyrunner
 export CGO_ENABLED := 1
 
-.PHONY: all build deps run stop test test-go test-python bench clean
+.PHONY: all build deps run stop test test-go test-python test-compose bench clean
 
 all: build
 
@@ -31,7 +31,13 @@ test-go:
 test-python:
 	cd python && /usr/bin/python3 -m pytest -q tests
 
+# The real compose.yaml with 4 workers on a real Docker engine (installs
+# Docker and debootstrap, starts an engine if none runs; see the script).
+test-compose:
+	@tools/compose-test.sh
+
 bench: deps build
+	@tools/deps.sh bench
 	$(GO) run ./bench
 
 clean:

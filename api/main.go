@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/ztrade/pyrunner/pkg/backoff"
 	"log/slog"
 	"net"
 	"net/http"
@@ -80,9 +81,13 @@ func start() error {
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
-	st, err := store.Open(ctx, rds, cfg.KeyPrefix, cfg.ResultTTL)
-	if err != nil {
+	var st *store.Store
+	err = backoff.Retry(ctx, backoff.Startup("connect to redis"), func() (err error) {
+		st, err = store.Open(ctx, rds, cfg.KeyPrefix, cfg.ResultTTL)
 		return err
+	})
+	if err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
 	}
 	defer st.Close()
 	q := queue.NewClient(rds)

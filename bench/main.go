@@ -10,7 +10,13 @@
 //	    then the SSE follow), next to a plain python3 -u subprocess from Go
 //	(e) the cost of isolation: warm trivial p50 with the full sandbox next
 //	    to PYRUNNER_SANDBOX=none, two stacks called in turn
+//	(g) the warm trivial call next to the fork floor of a warm interpreter,
+//	    a warm Jupyter kernel and the original python-runner's per-request
+//	    interpreter (bench/baselines.go)
+//	(h) 1M rows from MariaDB, next to pandas.read_sql through pymysql
+//	(i) a backlog of 5 000 queued runs drained, next to the sustained rate
 //
+// BENCH_ONLY=gh (letters) runs only those parts and leaves RESULTS.md.
 // Run it with `make bench`.
 package main
 
@@ -164,6 +170,9 @@ func (s *stack) research(body string) (*result, time.Duration, error) {
 	}
 	return &r, d, nil
 }
+
+// bigBody asks for the 1M-row table.
+var bigBody = fmt.Sprintf(`{"exchange":"bench","symbol":"BIG","binSize":"1m","start":0,"end":%d,"limit":%d,"code":"result = [len(df), float(df.close.sum())]"}`, t0+bigRows*60, bigRows)
 
 // trivial is a 1 000-row frame and result = len(df).
 var trivial = fmt.Sprintf(`{"exchange":"binance","symbol":"BTCUSDT","binSize":"1m","start":%d,"end":%d,"code":"result = len(df)"}`, t0, t0+999*60)
@@ -384,6 +393,7 @@ func run() error {
 	}
 
 	only := os.Getenv("BENCH_ONLY") // e.g. "c" while working on one part
+	py := pythonPath()
 	// (a) latency, warm and cold
 	lat := map[string][2]time.Duration{}
 	for _, mode := range []string{"warm", "cold"} {
@@ -420,7 +430,6 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		py := pythonPath()
 		var viaAPI, bare []time.Duration
 		for i := -3; i < 40; i++ { // 3 to warm up
 			d, err := s.scriptFirstOutput("hello.py")
@@ -488,7 +497,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	body := fmt.Sprintf(`{"exchange":"bench","symbol":"BIG","binSize":"1m","start":0,"end":%d,"limit":%d,"code":"result = [len(df), float(df.close.sum())]"}`, t0+bigRows*60, bigRows)
+	body := bigBody
 	// The first call reads the database; the repeats find the closed
 	// history in the worker's K-line cache.
 	firstR, firstD, err := s.research(body)
@@ -508,7 +517,6 @@ func run() error {
 			best, bestR = d, r
 		}
 	}
-	py := pythonPath()
 	s.stop()
 	out, err := exec.Command(py, "-c", fmt.Sprintf(`
 import sqlite3, time, pandas as pd
@@ -534,6 +542,110 @@ print(best)`, db, t0+bigRows*60, bigRows, bigRows)).Output()
 		fmt.Sprintf(" (load %d ms, cache %s; %.1f× faster than the first)", bestR.Meta.LoadMs, bestR.Meta.Cache, float64(firstD)/float64(best)))
 	add("(c) pandas.read_sql of the same rows, same SQLite, same Python", ms(time.Duration(readSQL*float64(time.Second))))
 	add("(c) read_sql / pyrunner", fmt.Sprintf("%.1f×", readSQL*1000/float64(delivered.Milliseconds())))
+
+	// (g) the floor and the alternatives: a warm interpreter's fork, a warm
+	// Jupyter kernel and python-runner's fresh interpreter, called in turn
+	// with pyrunner's warm trivial call (1 000 rows) so all see one machine.
+	if only == "" || strings.Contains(only, "g") {
+		s, err := start(dir, db, 1, "PYRUNNER_EXECUTOR=warm")
+		if err != nil {
+			return err
+		}
+		k, err := startKernel(py, db)
+		if err != nil {
+			s.stop()
+			return err
+		}
+		var ours, jup, orig []time.Duration
+		for i := -10; i < 200; i++ {
+			_, d, err := s.research(trivial)
+			if err == nil {
+				var j time.Duration
+				if j, err = k.call(); err == nil && i >= 0 {
+					ours, jup = append(ours, d), append(jup, j)
+				}
+			}
+			if err == nil && i >= 0 && i%10 == 0 {
+				var o time.Duration
+				if o, err = originalStyle(py, db); err == nil {
+					orig = append(orig, o)
+				}
+			}
+			if err != nil {
+				k.close()
+				s.stop()
+				return err
+			}
+		}
+		k.close()
+		s.stop()
+		floor, err := forkFloor(py, 200)
+		if err != nil {
+			return err
+		}
+		p50, j50, o50 := percentile(ours, 0.5), percentile(jup, 0.5), percentile(orig, 0.5)
+		add("(g) warm trivial call (1 000 rows, result = len(df)), over HTTP: p50 (n=200)", ms(p50))
+		add("(g) fork floor: fork of the warm interpreter + a 1 000-row DataFrame in the child, same Python: p50 (n=200)",
+			fmt.Sprintf("%s (pyrunner's call / fork floor: %.2f)", ms(floor), float64(p50)/float64(floor)))
+		add("(g) warm Jupyter kernel (jupyter_client → ipykernel) reloading the 1 000 rows from SQLite and running the snippet, interleaved: p50",
+			fmt.Sprintf("%s (pyrunner / Jupyter: %.2f)", ms(j50), float64(p50)/float64(j50)))
+		add("(g) original-style request (fresh /usr/bin/python3, import pandas, pandas.read_sql of the 1 000 rows), interleaved: p50 (n=20)",
+			fmt.Sprintf("%s (%.0f× pyrunner's warm call)", ms(o50), float64(o50)/float64(p50)))
+	}
+
+	// (h) the MySQL path: 1M rows through the read-only connection, next to
+	// pandas.read_sql (pymysql) on the same MariaDB.
+	if only == "" || strings.Contains(only, "h") {
+		dsn, pyArgs, cleanup, err := mysqlBig(ctx)
+		if err != nil {
+			return fmt.Errorf("mysql 1M rows (set PYRUNNER_BENCH_MYSQL to a root DSN): %w", err)
+		}
+		s, err := start(dir, db, 1, "PYRUNNER_EXECUTOR=warm", "PYRUNNER_READONLY_TYPE=mysql", "PYRUNNER_READONLY_URI="+dsn)
+		if err != nil {
+			cleanup()
+			return err
+		}
+		first, firstD, err := s.research(bigBody)
+		var best time.Duration
+		for i := 0; i < 3 && err == nil; i++ {
+			var d time.Duration
+			if _, d, err = s.research(bigBody); best == 0 || d < best {
+				best = d
+			}
+		}
+		s.stop()
+		var readSQL time.Duration
+		if err == nil {
+			readSQL, err = readSQLMySQL(py, pyArgs)
+		}
+		cleanup()
+		if err != nil {
+			return err
+		}
+		delivered := time.Duration(first.Meta.LoadMs+first.Meta.ExecMs) * time.Millisecond
+		add("(h) MySQL (MariaDB): 1M-row frame to user code, first call (meta loadMs+execMs)", ms(delivered)+
+			fmt.Sprintf(" (load %d ms, hand-off+df+code %d ms; whole call %s)", first.Meta.LoadMs, first.Meta.ExecMs, ms(firstD)))
+		add("(h) MySQL: the same call repeated (K-line cache), best of 3", ms(best)+fmt.Sprintf(" (%.1f× faster than the first)", float64(firstD)/float64(best)))
+		add("(h) MySQL: pandas.read_sql (pymysql) of the same rows, best of 3", fmt.Sprintf("%s (read_sql / pyrunner first call: %.1f×)", ms(readSQL), float64(readSQL)/float64(delivered)))
+	}
+
+	// (i) a backlog drains from the queue as fast as clients that wait
+	if only == "" || strings.Contains(only, "i") {
+		s, err := start(dir, db, 1, "PYRUNNER_EXECUTOR=warm")
+		if err != nil {
+			return err
+		}
+		syncRate, _, err := throughput(s, 8, 10*time.Second)
+		var drained float64
+		if err == nil {
+			drained, err = drain(s, 5000)
+		}
+		s.stop()
+		if err != nil {
+			return err
+		}
+		add("(i) 5 000 trivial runs queued at once (wait=false), drained by 1 worker", fmt.Sprintf("%.0f runs/s (%.0f%% of the sustained synchronous %.0f runs/s, same stack)", drained, 100*drained/syncRate, syncRate))
+	}
 
 	var md strings.Builder
 	host, _ := os.Hostname()

@@ -226,16 +226,7 @@ finally:
 	if mb == 0 || mb >= 600 {
 		t.Errorf("the run wrote %d MB before it was stopped (stdout %q), want under 600", mb, r.Stdout)
 	}
-	work := filepath.Join(s.dir, "work")
-	waitUntil(t, 5*time.Second, "the work dir to hold no run dirs", func() bool {
-		entries, _ := os.ReadDir(work)
-		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), "run-") {
-				return false
-			}
-		}
-		return true
-	})
+	waitUntil(t, 5*time.Second, "the work dir to hold no run dirs", func() bool { return len(s.runDirs("")) == 0 })
 }
 
 func testNoUserNS(t *testing.T, s *stack) {
@@ -285,19 +276,27 @@ func testResultSize(t *testing.T, s *stack) {
 }
 
 func testOtherRunsDir(t *testing.T, s *stack) {
-	a := s.submit("import os, time\nopen('secret', 'w').write('mine')\ntime.sleep(4)\nresult = {'files': sorted(os.listdir('.')), 'secret': open('secret').read()}", 30)
+	// The victim sleeps long enough for a probe to land on its worker,
+	// which takes a few tries when there are many.
+	sleep := "4"
+	if s.containers != nil {
+		sleep = "12"
+	}
+	a := s.submit("import os, time\nopen('secret', 'w').write('mine')\ntime.sleep("+sleep+")\nresult = {'files': sorted(os.listdir('.')), 'secret': open('secret').read()}", 60)
 	s.waitRunning(a)
-	var dir string
+	var dir runDir
 	waitUntil(t, 10*time.Second, "the run's directory", func() bool {
-		m, _ := filepath.Glob(filepath.Join(s.dir, "work", "run-"+a+"-*"))
+		m := s.runDirs(a)
 		if len(m) == 1 {
 			dir = m[0]
 		}
-		return dir != ""
+		return dir.path != ""
 	})
-	var got map[string]string
-	s.mustOK(`import os
-d = `+strconv.Quote(dir)+`
+	probed := false
+	for try := 0; try < 40 && !probed; try++ {
+		var got map[string]string
+		r := s.mustOK(`import os
+d = `+strconv.Quote(dir.path)+`
 def attempt(f):
     try:
         f()
@@ -306,10 +305,18 @@ def attempt(f):
         return type(e).__name__
 result = {"list": attempt(lambda: os.listdir(d)), "read": attempt(lambda: open(d + "/secret").read()),
           "write": attempt(lambda: open(d + "/planted", "w").write("x"))}`, &got)
-	for k, v := range got {
-		if v == "allowed" {
-			t.Errorf("another run could %s the directory of run %s: %v", k, a, got)
+		if w, _ := r.Meta["worker"].(string); dir.worker != "" && !strings.HasPrefix(w, dir.worker+":") {
+			continue // another worker: the directory is not even there
 		}
+		probed = true
+		for k, v := range got {
+			if v == "allowed" {
+				t.Errorf("another run could %s the directory of run %s: %v", k, a, got)
+			}
+		}
+	}
+	if !probed {
+		t.Errorf("no probe ran on the worker of run %s (%s)", a, dir.worker)
 	}
 	r := s.finished(a)
 	if !r.ok() || string(r.Result) != `{"files":["secret"],"secret":"mine"}` {
@@ -318,16 +325,14 @@ result = {"list": attempt(lambda: os.listdir(d)), "read": attempt(lambda: open(d
 }
 
 func testStackSurvives(t *testing.T, s *stack) {
-	for _, w := range s.workers {
-		if w.cmd.ProcessState != nil {
-			t.Errorf("%s exited: %v", w.name, w.cmd.ProcessState)
-		}
+	if err := s.workersAlive(); err != nil {
+		t.Error(err)
 	}
 	var h struct {
 		Workers []any `json:"workers"`
 	}
-	if s.getJSON("/health", &h); len(h.Workers) != 2 {
-		t.Errorf("health lists %d workers, want 2", len(h.Workers))
+	if s.getJSON("/health", &h); len(h.Workers) != s.wantWorkers {
+		t.Errorf("health lists %d workers, want %d", len(h.Workers), s.wantWorkers)
 	}
 	var got map[string]float64
 	s.mustOK("result = {'rows': len(df)}", &got)

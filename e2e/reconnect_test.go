@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,5 +68,32 @@ func TestWaitSurvivesPubSubReconnect(t *testing.T) {
 	killer.Wait()
 	if b, _ := readFile(s.api.log); !strings.Contains(b, "re-subscribed") {
 		t.Logf("the API never noticed a re-subscription (kills may have missed): test proved less")
+	}
+}
+
+// TestWorkerWaitsForItsDependencies: a worker started before its K-line
+// database and its Redis exist waits for them with back-off, saying what
+// it waits for, and comes up when they do (compose starts everything at
+// once; a worker must not exit and crash-loop).
+func TestWorkerWaitsForItsDependencies(t *testing.T) {
+	s := startStack(t, stackOpts{workers: -1})
+	port := strconv.Itoa(freePort(t))
+	dbDir := reachableTempDir(t)
+	s.env = append(s.env, "PYRUNNER_REDIS_URL=redis://127.0.0.1:"+port+"/0",
+		"PYRUNNER_READONLY_TYPE=sqlite", "PYRUNNER_READONLY_URI="+filepath.Join(dbDir, "exchange.db"))
+	w := s.start("worker-early", filepath.Join(binDir, "pyrunner-worker"))
+	logSays := func(what string) func() bool {
+		return func() bool { b, _ := readFile(w.log); return strings.Contains(b, what) }
+	}
+	waitUntil(t, 30*time.Second, "the worker to wait for its database", logSays("connect to the K-line database failed; retrying"))
+	demoSQLite(t, dbDir)
+	waitUntil(t, 30*time.Second, "the worker to wait for redis", logSays("connect to redis failed; retrying"))
+	s.start("redis-late", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	waitUntil(t, 60*time.Second, "the worker to register in the late redis", func() bool {
+		out, _ := exec.Command("redis-cli", "-p", port, "--scan", "--pattern", "pyrunner:worker:*").Output()
+		return len(strings.TrimSpace(string(out))) > 0
+	})
+	if w.cmd.ProcessState != nil {
+		t.Errorf("the worker exited: %v", w.cmd.ProcessState)
 	}
 }

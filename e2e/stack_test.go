@@ -80,6 +80,59 @@ type stack struct {
 	mode      string // executor mode
 	authz     string // Authorization header do() sends, if any
 	cwd       string // working directory of started processes
+	// wantWorkers is how many workers /health should list.
+	wantWorkers int
+	// containers, for a stack in compose (compose_test.go), lists the
+	// worker containers; nil for a stack of local processes.
+	containers func() []container
+}
+
+// runDir is a run's directory: its path as runs name it, and the host
+// name of its worker's container (compose; "" for local workers).
+type runDir struct{ path, worker string }
+
+// runDirs lists the directories of run id ("" for every run) on all
+// workers.
+func (s *stack) runDirs(id string) []runDir {
+	pattern := "run-*"
+	if id != "" {
+		pattern = "run-" + id + "-*"
+	}
+	if s.containers == nil {
+		m, _ := filepath.Glob(filepath.Join(s.dir, "work", pattern))
+		var out []runDir
+		for _, p := range m {
+			out = append(out, runDir{path: p})
+		}
+		return out
+	}
+	var out []runDir
+	for _, c := range s.containers() {
+		root := fmt.Sprintf("/proc/%d/root", c.pid)
+		m, _ := filepath.Glob(filepath.Join(root, c.workDir, pattern))
+		for _, p := range m {
+			out = append(out, runDir{path: strings.TrimPrefix(p, root), worker: c.hostname})
+		}
+	}
+	return out
+}
+
+// workersAlive says which workers died (for compose: exited or restarted).
+func (s *stack) workersAlive() error {
+	if s.containers != nil {
+		for _, c := range s.containers() {
+			if !c.running || c.restarts > 0 {
+				return fmt.Errorf("worker container %s: running %v, restarted %d times", c.name, c.running, c.restarts)
+			}
+		}
+		return nil
+	}
+	for _, w := range s.workers {
+		if w.cmd.ProcessState != nil {
+			return fmt.Errorf("%s exited: %v", w.name, w.cmd.ProcessState)
+		}
+	}
+	return nil
 }
 
 type stackOpts struct {
@@ -127,7 +180,7 @@ func startStack(t *testing.T, o stackOpts) *stack {
 		o.scripts = filepath.Join(dir, "scripts")
 		os.MkdirAll(o.scripts, 0o755)
 	}
-	s := &stack{t: t, dir: dir, redisPort: freePort(t), cwd: o.dir}
+	s := &stack{t: t, dir: dir, redisPort: freePort(t), cwd: o.dir, wantWorkers: o.workers}
 	s.redisURL = fmt.Sprintf("redis://127.0.0.1:%d/0", s.redisPort)
 	s.start("redis", "redis-server", "--port", strconv.Itoa(s.redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 	waitUntil(t, 10*time.Second, "redis to answer", func() bool {

@@ -13,6 +13,10 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v chromium >/dev/null || need+=(chromium)   # the dashboard's browser tests
+if [ "${1:-}" = bench ]; then # make bench's baselines: a Jupyter kernel, pandas.read_sql on MariaDB
+  /usr/bin/python3 -c 'import ipykernel, jupyter_client' 2>/dev/null || need+=(python3-ipykernel python3-jupyter-client)
+  /usr/bin/python3 -c 'import pymysql' 2>/dev/null || need+=(python3-pymysql)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

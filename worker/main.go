@@ -9,12 +9,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ztrade/pyrunner/pkg/backoff"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -53,7 +55,15 @@ func start() error {
 	if m := kc.Missing(); m != "" {
 		return fmt.Errorf("refusing to start: %s", m)
 	}
-	db, err := kline.Open(kc, cfg.MaxRows)
+	// Redis and the database may still be coming up (compose starts
+	// everything at once): wait for them rather than exit and crash-loop.
+	var db *kline.DB
+	err = backoff.Retry(ctx, backoff.Startup("connect to the K-line database"), func() (err error) {
+		if db, err = kline.Open(kc, cfg.MaxRows); err != nil && !kline.IsConnect(err) {
+			return backoff.Permanent(err)
+		}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
@@ -75,7 +85,11 @@ func start() error {
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
-	st, err := store.Open(ctx, rds, cfg.KeyPrefix, cfg.ResultTTL)
+	var st *store.Store
+	err = backoff.Retry(ctx, backoff.Startup("connect to redis"), func() (err error) {
+		st, err = store.Open(ctx, rds, cfg.KeyPrefix, cfg.ResultTTL)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
@@ -93,6 +107,11 @@ func start() error {
 		ID: w.id, Host: host, PID: os.Getpid(), StartedAt: run.FormatTime(time.Now()),
 		Executor: exe.Mode(), Sandbox: sandbox, SandboxNote: sandboxNote, Python: py, DBType: db.Type(),
 		ResearchConcurrency: cfg.ResearchConcurrency, ScriptConcurrency: cfg.ScriptConcurrency,
+	}
+	if n, err := liveness.Restarted(ctx, st, w.id); err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	} else if n > 0 {
+		slog.Warn("ended the runs of this worker's previous process (same host and pid)", "worker", w.id, "runs", n)
 	}
 	bg, cancelBg := context.WithCancel(context.Background())
 	defer cancelBg()
@@ -119,12 +138,24 @@ func start() error {
 		}
 	}
 	research.started, scriptsD.started = observeStart, observeStart
+	var lastBeat atomic.Int64 // unix ns of the last heartbeat Redis took
+	lastBeat.Store(time.Now().UnixNano())
 	if cfg.MetricsListen != "" {
 		ln, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
 			return fmt.Errorf("refusing to start: PYRUNNER_METRICS_LISTEN: %w", err)
 		}
-		msrv := &http.Server{Handler: metrics.Handler(w.metrics.Registry), ReadHeaderTimeout: 10 * time.Second}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", metrics.Handler(w.metrics.Registry))
+		mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) {
+			// Healthy while heartbeats reach Redis (the container's healthcheck).
+			if since := time.Since(time.Unix(0, lastBeat.Load())); since >= liveness.Fence {
+				http.Error(rw, fmt.Sprintf("no heartbeat has reached redis for %s", since.Round(time.Second)), http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(rw, "ok")
+		})
+		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go msrv.Serve(ln)
 		defer msrv.Close()
 		slog.Info("worker metrics", "listen", ln.Addr().String())
@@ -133,6 +164,7 @@ func start() error {
 	go liveness.Beat(bg, st, func() store.WorkerInfo { return info }, func(sinceOK time.Duration) {
 		switch {
 		case sinceOK == 0:
+			lastBeat.Store(time.Now().UnixNano())
 			// Every heartbeat: stops whose message was lost, and runs
 			// ended under this worker while it was away, are seen here.
 			resync()

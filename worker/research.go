@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ztrade/pyrunner/pkg/backoff"
 	"log/slog"
 	"time"
 
@@ -146,14 +147,14 @@ func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *research.R
 	}
 	b, err := json.Marshal(res)
 	if err == nil {
-		err = retry(ctx, 3, func() error { return w.store.SetResult(ctx, r.ID, b) })
+		err = backoff.Retry(ctx, redisWrite(3), func() error { return w.store.SetResult(ctx, r.ID, b) })
 	}
 	if err != nil {
 		slog.Error("could not store a run's result; storing a failure record instead", "run_id", r.ID, "bytes", len(b), "err", err)
 		res = research.Failure(fmt.Sprintf("the run's outcome (%d bytes) could not be stored: %v", len(b), err), res.Meta)
 		st = run.StatusFailed
 		small, _ := json.Marshal(res)
-		if err := retry(ctx, 9, func() error { return w.store.SetResult(ctx, r.ID, small) }); err != nil {
+		if err := backoff.Retry(ctx, redisWrite(9), func() error { return w.store.SetResult(ctx, r.ID, small) }); err != nil {
 			slog.Error("could not store a run's failure record", "run_id", r.ID, "err", err)
 		}
 	}
@@ -161,7 +162,7 @@ func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *research.R
 	if !res.OK && res.Error != nil {
 		change.Error = *res.Error
 	}
-	if err := retry(ctx, 9, func() error { _, err := w.store.Update(ctx, r.ID, change); return err }); err != nil {
+	if err := backoff.Retry(ctx, redisWrite(9), func() error { _, err := w.store.Update(ctx, r.ID, change); return err }); err != nil {
 		return fmt.Errorf("end run %s: %w", r.ID, err)
 	}
 	slog.Info("research run finished", "run_id", r.ID, "status", st, "rows", metaRows(res.Meta))
@@ -175,24 +176,10 @@ func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *research.R
 	return nil
 }
 
-// retry calls f up to tries times until it succeeds, with back-off from
-// 100 ms (9 tries span about 20 s: Redis restarting, a failover), or until
-// ctx ends.
-func retry(ctx context.Context, tries int, f func() error) error {
-	delay := 100 * time.Millisecond
-	for i := 1; ; i++ {
-		err := f()
-		if err == nil || i >= tries || ctx.Err() != nil {
-			return err
-		}
-		slog.Warn("redis write failed; retrying", "err", err, "retry_in", delay)
-		select {
-		case <-time.After(delay):
-		case <-ctx.Done():
-			return err
-		}
-		delay = min(2*delay, 8*time.Second)
-	}
+// redisWrite is how a run's outcome is written: retried with back-off
+// from 100 ms (9 tries span about 20 s: Redis restarting, a failover).
+func redisWrite(tries int) backoff.Policy {
+	return backoff.Policy{First: 100 * time.Millisecond, Max: 8 * time.Second, Tries: tries, What: "redis write"}
 }
 
 // cacheResult is meta.klineCache: hit, miss, or off.

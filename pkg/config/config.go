@@ -203,7 +203,7 @@ func (c *Config) settings() []setting {
 		{"PYRUNNER_READONLY_USER", worker, "", "read-only MySQL user", str(&c.Readonly.User)},
 		{"PYRUNNER_READONLY_PASSWORD", worker, "", "read-only MySQL password", str(&c.Readonly.Password)},
 		{"PYRUNNER_LOG_FORMAT", both, "text", "text or json (one JSON object a line)", str(&c.LogFormat)},
-		{"PYRUNNER_METRICS_LISTEN", worker, "", "address the worker serves Prometheus metrics on, e.g. :9101 (off when empty)", str(&c.MetricsListen)},
+		{"PYRUNNER_METRICS_LISTEN", worker, "", "address the worker serves /metrics (Prometheus) and /healthz on, e.g. :9101 (off when empty)", str(&c.MetricsListen)},
 		{"PYRUNNER_LOG_LEVEL", both, "info", "debug, info, warn or error", str(&c.LogLevel)},
 	}
 }
@@ -290,6 +290,8 @@ func Version() string {
 // pyrunner-worker) with one precedence: flags (--name value or
 // --name=value), the environment, a .env file in the working directory
 // (as quant-script-api reads one), ztrade.yaml's db.readonly, defaults.
+// Any variable X may instead be given as X_FILE, the path of a file that
+// holds the value (a Docker secret): PYRUNNER_REDIS_URL_FILE.
 // --help lists the program's own flags with their defaults; it and
 // --version print to usageOut and return ErrHelp. Unknown flags and bad
 // values are errors that name the setting.
@@ -331,12 +333,21 @@ func Load(name string, args []string, getenv func(string) string, usageOut io.Wr
 	if err != nil {
 		return nil, err
 	}
+	var fileErr error
 	get := func(k string) (string, bool) {
 		if f := fs.Lookup(FlagName(k)); f != nil && f.Changed {
 			return f.Value.String(), true
 		}
 		if v := getenv(k); v != "" {
 			return v, true
+		}
+		if f := getenv(k + "_FILE"); f != "" { // a Docker secret
+			b, err := os.ReadFile(f)
+			if err != nil {
+				fileErr = errors.Join(fileErr, fmt.Errorf("config: %s_FILE: %w", k, err))
+				return "", false
+			}
+			return strings.TrimRight(string(b), "\r\n"), true
 		}
 		v, ok := dotenv[k]
 		return v, ok && v != ""
@@ -348,12 +359,22 @@ func Load(name string, args []string, getenv func(string) string, usageOut io.Wr
 	if err := c.readZtrade(path); err != nil {
 		return nil, err
 	}
+	// A URI given above ztrade.yaml names its own type: the yaml's type
+	// (say sqlite for the demo) must not bend a MySQL DSN from .env.
+	if _, uri := get("PYRUNNER_READONLY_URI"); uri {
+		if _, typ := get("PYRUNNER_READONLY_TYPE"); !typ {
+			c.Readonly.Type = ""
+		}
+	}
 	for _, s := range ss {
 		if v, ok := get(s.env); ok {
 			if err := s.set(v); err != nil {
 				return nil, fmt.Errorf("config: %s=%q: %w", s.env, v, err)
 			}
 		}
+	}
+	if fileErr != nil {
+		return nil, fileErr
 	}
 	c.ZtradeConfig = path
 	if c.LogsDir == "" {

@@ -26,7 +26,7 @@ func TestPrecedenceFlagsOverEnvOverYAMLOverDefaults(t *testing.T) {
 	if c.MaxImages != 9 {
 		t.Errorf("env should win over default: MaxImages = %d", c.MaxImages)
 	}
-	if c.Readonly.URI != "/data/env.db" || c.Readonly.Type != "sqlite" || c.Readonly.User != "fromyaml" {
+	if c.Readonly.URI != "/data/env.db" || c.Readonly.DBType() != "sqlite" || c.Readonly.User != "fromyaml" {
 		t.Errorf("readonly = %+v: env over yaml, yaml over default, and never db.uri", c.Readonly)
 	}
 	if c.MaxTimeoutSec != 600 || c.Listen != ":9000" || c.APIPrefix != "/v1" {
@@ -98,5 +98,39 @@ func TestDotenv(t *testing.T) {
 	}
 	if c.MaxRows != 7 || c.MaxImages != 9 || c.Readonly.URI != "/from/dotenv.db" {
 		t.Errorf(".env: rows %d (want 7 from .env), images %d (want 9 from env), uri %q (want .env over yaml)", c.MaxRows, c.MaxImages, c.Readonly.URI)
+	}
+}
+
+// TestFileVariables: X_FILE gives X from a file (a Docker secret), below X
+// itself; a X_FILE that cannot be read is an error naming it.
+func TestFileVariables(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "redis.url")
+	os.WriteFile(f, []byte("redis://:s3cret@redis:6379/0\n"), 0o400)
+	c, err := Load("t", nil, env(map[string]string{"PYRUNNER_ZTRADE_CONFIG": "/nonexistent", "PYRUNNER_REDIS_URL_FILE": f}), io.Discard)
+	if err != nil || c.RedisURL != "redis://:s3cret@redis:6379/0" {
+		t.Fatalf("from the file: %v %q", err, c.RedisURL)
+	}
+	c, err = Load("t", nil, env(map[string]string{"PYRUNNER_ZTRADE_CONFIG": "/nonexistent", "PYRUNNER_REDIS_URL_FILE": f, "PYRUNNER_REDIS_URL": "redis://direct:6379"}), io.Discard)
+	if err != nil || c.RedisURL != "redis://direct:6379" {
+		t.Fatalf("the variable itself wins: %v %q", err, c.RedisURL)
+	}
+	_, err = Load("t", nil, env(map[string]string{"PYRUNNER_ZTRADE_CONFIG": "/nonexistent", "PYRUNNER_REDIS_URL_FILE": "/nonexistent/url"}), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "PYRUNNER_REDIS_URL_FILE") {
+		t.Fatalf("an unreadable file: %v", err)
+	}
+}
+
+// TestURIAboveYAMLNamesItsType: ztrade.yaml says sqlite, the environment
+// gives a MySQL DSN and no type: it is MySQL.
+func TestURIAboveYAMLNamesItsType(t *testing.T) {
+	y := filepath.Join(t.TempDir(), "ztrade.yaml")
+	os.WriteFile(y, []byte("db:\n  readonly:\n    type: sqlite\n    uri: /var/lib/pyrunner/klines/exchange.db\n"), 0o600)
+	c, err := Load("t", nil, env(map[string]string{"PYRUNNER_ZTRADE_CONFIG": y, "PYRUNNER_READONLY_URI": "ro:pw@tcp(mysql:3306)/exchange"}), io.Discard)
+	if err != nil || c.Readonly.DBType() != "mysql" {
+		t.Fatalf("type %q (%v), want mysql", c.Readonly.DBType(), err)
+	}
+	c, _ = Load("t", nil, env(map[string]string{"PYRUNNER_ZTRADE_CONFIG": y, "PYRUNNER_READONLY_URI": "/data/other.db"}), io.Discard)
+	if c.Readonly.DBType() != "sqlite" {
+		t.Errorf("a path from the environment: %q, want sqlite", c.Readonly.DBType())
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"regexp"
 	"strings"
 
 	"gorm.io/driver/mysql"
@@ -53,6 +54,40 @@ func (w *Writer) Close() error {
 // Exec runs a statement (tests use it to set up users and odd tables).
 func (w *Writer) Exec(ctx context.Context, q string, args ...any) error {
 	return w.gorm.WithContext(ctx).Exec(q, args...).Error
+}
+
+// Count is the number of rows in table (an error if there is no table).
+func (w *Writer) Count(ctx context.Context, table string) (int64, error) {
+	var n int64
+	err := w.gorm.WithContext(ctx).Raw("SELECT COUNT(*) FROM `" + table + "`").Scan(&n).Error
+	return n, err
+}
+
+var identifier = regexp.MustCompile(`^[A-Za-z0-9_]{1,64}$`)
+
+// GrantReadOnly (MySQL) creates user, or resets its password, allowed
+// from any host to SELECT from the connection's database and nothing
+// else; it returns that database's name.
+func (w *Writer) GrantReadOnly(ctx context.Context, user, password string) (string, error) {
+	var db string
+	if err := w.gorm.WithContext(ctx).Raw("SELECT DATABASE()").Scan(&db).Error; err != nil {
+		return "", fmt.Errorf("kline: which database: %w", err)
+	}
+	if !identifier.MatchString(user) || !identifier.MatchString(db) {
+		return "", fmt.Errorf("kline: user %q and database %q must be letters, digits and _", user, db)
+	}
+	// IDENTIFIED BY takes no placeholder: the password is a quoted literal.
+	pw := "'" + strings.NewReplacer(`\`, `\\`, "'", "''").Replace(password) + "'"
+	for _, q := range []string{
+		"CREATE USER IF NOT EXISTS '" + user + "'@'%' IDENTIFIED BY " + pw,
+		"ALTER USER '" + user + "'@'%' IDENTIFIED BY " + pw,
+		"GRANT SELECT ON `" + db + "`.* TO '" + user + "'@'%'",
+	} {
+		if err := w.Exec(ctx, q); err != nil {
+			return "", fmt.Errorf("kline: read-only user %s: %w", user, err)
+		}
+	}
+	return db, nil
 }
 
 // CreateTable (re)creates a market table with ztrade's DDL. Older ztrade

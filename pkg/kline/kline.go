@@ -12,6 +12,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -78,19 +79,33 @@ func Open(c Config, maxRows int64) (*DB, error) {
 	}
 	g, err := gorm.Open(dial, &gorm.Config{Logger: logger.Discard, SkipDefaultTransaction: true})
 	if err != nil {
-		return nil, fmt.Errorf("kline: open %s read-only: %w", typ, err)
+		// gorm.Open pings: the file or server is not there (yet).
+		return nil, fmt.Errorf("kline: open %s read-only: %w", typ, connectError{err})
 	}
 	sqlDB, err := g.DB()
 	if err != nil {
 		return nil, fmt.Errorf("kline: %w", err)
 	}
 	if err := sqlDB.Ping(); err != nil {
-		return nil, fmt.Errorf("kline: connect to %s read-only: %w", typ, err)
+		sqlDB.Close()
+		return nil, fmt.Errorf("kline: connect to %s read-only: %w", typ, connectError{err})
 	}
 	sqlDB.SetMaxIdleConns(4)
 	sqlDB.SetConnMaxIdleTime(5 * time.Minute)
 	return &DB{gorm: g, typ: typ, maxRows: maxRows, tables: map[string]tableInfo{}}, nil
 }
+
+// connectError is a failure to reach the database (it is down, not yet
+// up, its user not yet created, its file not yet written), as opposed to
+// a configuration Open can never accept.
+type connectError struct{ err error }
+
+func (e connectError) Error() string { return e.err.Error() }
+func (e connectError) Unwrap() error { return e.err }
+
+// IsConnect reports whether an error of Open is a failure to reach the
+// database, which may go away: a worker waits and tries again.
+func IsConnect(err error) bool { return errors.As(err, new(connectError)) }
 
 // sqliteReadOnlyDSN turns a path or file: URI into a URI the driver opens
 // read-only, with the query_only pragma as a second lock.
@@ -137,7 +152,7 @@ func mysqlReadOnlyDSN(c Config) (string, error) {
 	var v sql.NullString
 	if err := probe.QueryRow("SELECT @@session.transaction_read_only").Scan(&v); err != nil {
 		if err2 := probe.QueryRow("SELECT @@session.tx_read_only").Scan(&v); err2 != nil {
-			return "", fmt.Errorf("kline: connect to mysql read-only: %w", err2)
+			return "", fmt.Errorf("kline: connect to mysql read-only: %w", connectError{err2})
 		}
 		name = "tx_read_only"
 	}

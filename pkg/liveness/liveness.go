@@ -88,26 +88,55 @@ func ReapOnce(ctx context.Context, s *store.Store) (int, error) {
 	}
 	n := 0
 	for _, w := range lost {
-		ids, err := s.HeldRuns(ctx, w)
+		ended, err := endHeld(ctx, s, w, fmt.Sprintf("worker %s was lost (no heartbeat for %s) while running this run", w, Stale))
+		n += ended
 		if err != nil {
-			return n, fmt.Errorf("liveness: runs of %s: %w", w, err)
-		}
-		for _, id := range ids {
-			ended, err := s.Update(ctx, id, &run.Run{
-				Status:     run.StatusTerminated,
-				FinishedAt: time.Now(),
-				Error:      fmt.Sprintf("worker %s was lost (no heartbeat for %s) while running this run", w, Stale),
-			})
-			if err != nil {
-				return n, err
-			}
-			if ended {
-				n++
-				slog.Warn("run terminated: its worker was lost", "run_id", id, "worker", w)
-			}
+			return n, err
 		}
 		if err := s.RemoveWorker(ctx, w); err != nil {
 			return n, err
+		}
+	}
+	return n, nil
+}
+
+// Restarted ends, as terminated, the runs still held under worker's id
+// when a worker process starts with it. An id is host:pid, and a
+// container that restarts gets the same host name and, often, the same
+// pid: those runs belonged to the process that died, whose heartbeat the
+// new one would otherwise keep fresh.
+func Restarted(ctx context.Context, s *store.Store, worker string) (int, error) {
+	ids, err := s.HeldRuns(ctx, worker)
+	if err != nil {
+		return 0, fmt.Errorf("liveness: runs of %s: %w", worker, err)
+	}
+	n, err := endHeld(ctx, s, worker, fmt.Sprintf("worker %s restarted while running this run", worker))
+	if err != nil {
+		return n, err
+	}
+	for _, id := range ids {
+		if err := s.ReleaseRun(ctx, worker, id); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// endHeld ends the runs worker holds with reason.
+func endHeld(ctx context.Context, s *store.Store, worker, reason string) (int, error) {
+	ids, err := s.HeldRuns(ctx, worker)
+	if err != nil {
+		return 0, fmt.Errorf("liveness: runs of %s: %w", worker, err)
+	}
+	n := 0
+	for _, id := range ids {
+		ended, err := s.Update(ctx, id, &run.Run{Status: run.StatusTerminated, FinishedAt: time.Now(), Error: reason})
+		if err != nil {
+			return n, err
+		}
+		if ended {
+			n++
+			slog.Warn("run terminated: "+reason, "run_id", id, "worker", worker)
 		}
 	}
 	return n, nil

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ztrade/pyrunner/pkg/liveness"
 	"github.com/ztrade/pyrunner/pkg/redistest"
+	"github.com/ztrade/pyrunner/pkg/run"
 	"github.com/ztrade/pyrunner/pkg/store"
 )
 
@@ -41,5 +42,32 @@ func TestBeatTellsHowLongSinceALandedBeat(t *testing.T) {
 		case <-deadline:
 			t.Fatal("no tick reported the missing heartbeats")
 		}
+	}
+}
+
+// TestRestartedEndsThePreviousProcessRuns: a worker that starts under the
+// id of a dead one (a restarted container: same host name and pid) ends
+// that one's runs at once, and holds nothing afterwards.
+func TestRestartedEndsThePreviousProcessRuns(t *testing.T) {
+	st := redistest.Start(t).Store(t)
+	ctx := context.Background()
+	const worker = "0c272eaff4b6:7"
+	st.CreateRun(ctx, &run.Run{ID: "r1", Kind: run.KindResearch, Status: run.StatusRunning, Worker: worker, CreatedAt: time.Now(), StartedAt: time.Now()})
+	st.CreateRun(ctx, &run.Run{ID: "r2", Kind: run.KindScript, Status: run.StatusRunning, Worker: "other:7", CreatedAt: time.Now(), StartedAt: time.Now()})
+	st.HoldRun(ctx, worker, "r1")
+	st.HoldRun(ctx, "other:7", "r2")
+	n, err := liveness.Restarted(ctx, st, worker)
+	if err != nil || n != 1 {
+		t.Fatalf("Restarted: %d runs, %v; want 1", n, err)
+	}
+	r1, _ := st.GetRun(ctx, "r1")
+	if r1.Status != run.StatusTerminated || r1.Error != "worker "+worker+" restarted while running this run" {
+		t.Errorf("r1: %s %q", r1.Status, r1.Error)
+	}
+	if r2, _ := st.GetRun(ctx, "r2"); r2.Status != run.StatusRunning {
+		t.Errorf("another worker's run was touched: %s", r2.Status)
+	}
+	if held, _ := st.HeldRuns(ctx, worker); len(held) != 0 {
+		t.Errorf("still held: %v", held)
 	}
 }

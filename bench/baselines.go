@@ -1,0 +1,282 @@
+package main
+
+// What pyrunner is measured against, in the same run on the same machine:
+// the fork floor of a warm interpreter, the original python-runner's way
+// (a fresh interpreter and pandas.read_sql per request), a warm Jupyter
+// kernel, pandas.read_sql on MariaDB, and a backlog drained from the queue.
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ztrade/pyrunner/pkg/kline"
+)
+
+// forkFloor is the p50 of forking a warm interpreter (numpy and pandas
+// imported) and building a 1 000-row DataFrame in the child, until the
+// parent has reaped it: the least a fork-per-request design can cost.
+func forkFloor(py string, n int) (time.Duration, error) {
+	out, err := exec.Command(py, "-c", `
+import os, sys, time, gc
+import numpy as np, pandas as pd
+n = int(sys.argv[1])
+cols = {c: np.random.default_rng(1).random(1000) for c in ("open", "high", "low", "close", "volume", "turnover")}
+cols["start"] = np.arange(1000, dtype=np.int64) * 60
+gc.freeze()
+ds = []
+for i in range(n + 10):
+    t = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        df = pd.DataFrame(cols)
+        df["time"] = pd.to_datetime(df["start"], unit="s", utc=True)
+        os._exit(0 if len(df) == 1000 else 1)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        sys.exit("child failed")
+    if i >= 10:
+        ds.append(time.perf_counter() - t)
+ds.sort()
+print(ds[len(ds) // 2])`, strconv.Itoa(n)).Output()
+	if err != nil {
+		return 0, fmt.Errorf("fork floor: %w", err)
+	}
+	return seconds(out)
+}
+
+func seconds(out []byte) (time.Duration, error) {
+	f, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
+	return time.Duration(f * float64(time.Second)), err
+}
+
+// thousandRows is the SELECT both baselines run: the seed's market, 1 000
+// candles, as python-runner reads them.
+const thousandRows = "SELECT start, open, high, low, close, volume, turnover, trades FROM binance_BTCUSDT_1m WHERE start >= 1735689600 ORDER BY start LIMIT 1000"
+
+// originalStyle is one request the way python-runner serves it: a fresh
+// /usr/bin/python3 that imports pandas, reads the rows with
+// pandas.read_sql and runs the snippet.
+func originalStyle(py, db string) (time.Duration, error) {
+	t := time.Now()
+	out, err := exec.Command(py, "-c", `
+import sqlite3, sys, pandas as pd
+con = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
+df = pd.read_sql(sys.argv[2], con)
+df["time"] = pd.to_datetime(df["start"], unit="s", utc=True)
+result = {"rows": len(df)}
+print(result["rows"])`, db, thousandRows).Output()
+	d := time.Since(t)
+	if err != nil || strings.TrimSpace(string(out)) != "1000" {
+		return 0, fmt.Errorf("original-style request: %v %s", err, out)
+	}
+	return d, nil
+}
+
+// kernel is a warm Jupyter kernel (ipykernel, driven by jupyter_client)
+// that, per call, reloads the 1 000 rows from the SQLite file and runs the
+// snippet, as a researcher's notebook cell would.
+type kernel struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+}
+
+func startKernel(py, db string) (*kernel, error) {
+	cmd := exec.Command(py, "-c", `
+import sys, time
+from jupyter_client.manager import start_new_kernel
+km, kc = start_new_kernel(kernel_name="python3")
+try:
+    kc.execute_interactive("import sqlite3, pandas as pd", timeout=120)
+    cell = ("con = sqlite3.connect('file:%s?mode=ro', uri=True)\n"
+            "df = pd.read_sql(%r, con)\n"
+            "df['time'] = pd.to_datetime(df['start'], unit='s', utc=True)\n"
+            "con.close()\n"
+            "result = {'rows': len(df)}\n") % (sys.argv[1], sys.argv[2])
+    print("ready", flush=True)
+    for line in sys.stdin:
+        t = time.perf_counter()
+        r = kc.execute_interactive(cell, timeout=60, output_hook=lambda m: None)
+        d = time.perf_counter() - t
+        print(d if r["content"]["status"] == "ok" else "error", flush=True)
+finally:
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)`, db, thousandRows)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("jupyter kernel: %w", err)
+	}
+	k := &kernel{cmd: cmd, in: in, out: bufio.NewScanner(out)}
+	if !k.out.Scan() || k.out.Text() != "ready" {
+		k.close()
+		return nil, fmt.Errorf("jupyter kernel did not start (python3-ipykernel and python3-jupyter-client installed?)")
+	}
+	return k, nil
+}
+
+// call runs the cell once and returns how long the kernel took to answer.
+func (k *kernel) call() (time.Duration, error) {
+	if _, err := io.WriteString(k.in, "go\n"); err != nil {
+		return 0, err
+	}
+	if !k.out.Scan() {
+		return 0, fmt.Errorf("jupyter kernel: no answer")
+	}
+	return seconds(k.out.Bytes())
+}
+
+func (k *kernel) close() {
+	k.in.Close()
+	k.cmd.Wait()
+}
+
+// mysqlBig writes the 1M-row table into a fresh MariaDB database with a
+// SELECT-only user and returns that user's DSN, its pymysql arguments and
+// a clean-up. MariaDB is the root of PYRUNNER_BENCH_MYSQL (default the
+// local server, root, no password).
+func mysqlBig(ctx context.Context) (dsn string, pyArgs []string, cleanup func(), err error) {
+	root := envOr("PYRUNNER_BENCH_MYSQL", "root:@tcp(127.0.0.1:3306)/")
+	const db, user = "pyrunner_bench", "pyrunner_bench_ro"
+	w, err := kline.OpenWriter("mysql", root)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	defer w.Close()
+	if err := w.Exec(ctx, "DROP DATABASE IF EXISTS "+db); err != nil {
+		return "", nil, nil, fmt.Errorf("mysql: %w", err)
+	}
+	if err := w.Exec(ctx, "CREATE DATABASE "+db); err != nil {
+		return "", nil, nil, fmt.Errorf("mysql: %w", err)
+	}
+	cleanup = func() {
+		if w, err := kline.OpenWriter("mysql", root); err == nil {
+			w.Exec(context.Background(), "DROP DATABASE IF EXISTS "+db)
+			w.Exec(context.Background(), "DROP USER IF EXISTS '"+user+"'@'%'")
+			w.Close()
+		}
+	}
+	dbw, err := kline.OpenWriter("mysql", strings.TrimSuffix(root, "/")+"/"+db)
+	if err != nil {
+		cleanup()
+		return "", nil, nil, err
+	}
+	defer dbw.Close()
+	if err := dbw.CreateTable(ctx, "bench_BIG_1m", true); err == nil {
+		err = dbw.Insert(ctx, "bench_BIG_1m", kline.Generate(kline.DemoMarkets[0], t0, bigRows, 7), true)
+	}
+	b := make([]byte, 12)
+	rand.Read(b)
+	pw := hex.EncodeToString(b)
+	if err == nil {
+		_, err = dbw.GrantReadOnly(ctx, user, pw)
+	}
+	if err != nil {
+		cleanup()
+		return "", nil, nil, err
+	}
+	dsn = fmt.Sprintf("%s:%s@tcp(127.0.0.1:3306)/%s?charset=utf8mb4&parseTime=True&loc=Local", user, pw, db)
+	return dsn, []string{"127.0.0.1", user, pw, db}, cleanup, nil
+}
+
+// readSQLMySQL is pandas.read_sql of the 1M rows through pymysql, best of 3.
+func readSQLMySQL(py string, pyArgs []string) (time.Duration, error) {
+	out, err := exec.Command(py, append([]string{"-c", fmt.Sprintf(`
+import sys, time, pymysql, pandas as pd
+host, user, pw, db = sys.argv[1:5]
+best = None
+for _ in range(3):
+    t = time.perf_counter()
+    con = pymysql.connect(host=host, user=user, password=pw, database=db)
+    df = pd.read_sql("SELECT start, open, high, low, close, volume, turnover, trades FROM bench_BIG_1m WHERE start >= %%s AND start <= %%s ORDER BY start LIMIT %%s", con, params=(0, %d, %d))
+    df["time"] = pd.to_datetime(df["start"], unit="s", utc=True)
+    d = time.perf_counter() - t
+    con.close()
+    assert len(df) == %d
+    best = d if best is None else min(best, d)
+print(best)`, t0+bigRows*60, bigRows, bigRows)}, pyArgs...)...).Output()
+	if err != nil {
+		return 0, fmt.Errorf("pandas.read_sql on MariaDB: %w", err)
+	}
+	return seconds(out)
+}
+
+// drain queues n trivial runs without waiting (from 8 clients) and returns
+// how many finished per second, from the first submit until none is
+// queued or running.
+func drain(s *stack, n int) (float64, error) {
+	body := `{"exchange":"binance","symbol":"BTCUSDT","binSize":"1m","start":1735689600,"end":1735776000,"wait":false,"code":"result = len(df)"}`
+	t := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for c := 0; c < 8; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			for i := c; i < n; i += 8 {
+				resp, err := client.Post(s.base+"/v1/research/run", "application/json", strings.NewReader(body))
+				if err != nil {
+					errs <- err
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 202 {
+					errs <- fmt.Errorf("submit: status %d", resp.StatusCode)
+					return
+				}
+			}
+		}(c)
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	for {
+		var h struct {
+			Queues map[string]struct {
+				Pending int `json:"pending"`
+				Active  int `json:"active"`
+			} `json:"queues"`
+		}
+		if err := getJSON(s.base+"/health", &h); err != nil {
+			return 0, err
+		}
+		if q := h.Queues["research"]; q.Pending == 0 && q.Active == 0 {
+			break
+		}
+		if time.Since(t) > 5*time.Minute {
+			return 0, fmt.Errorf("backlog of %d not drained in 5 minutes", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return float64(n) / time.Since(t).Seconds(), nil
+}
+
+func getJSON(url string, out any) error {
+	resp, err := client.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(out)
+}

@@ -1,0 +1,26 @@
+#!/bin/sh
+# The compose deployment's one-shot set-up (service "init", before redis,
+# api and workers; it runs at every `up` and changes nothing that is there):
+#  - the Redis password: .env's REDIS_PASSWORD, or one made at random on
+#    first start and kept in the secrets volume, written as redis.conf for
+#    redis and as a redis:// URL for api and workers (mode 0400, root);
+#  - the demo SQLite K-lines, when the klines volume has none yet.
+set -eu
+umask 077
+secrets=/run/pyrunner-secrets
+if [ -n "${REDIS_PASSWORD:-}" ]; then
+  pass=$REDIS_PASSWORD
+elif [ -s "$secrets/redis.pass" ]; then
+  pass=$(cat "$secrets/redis.pass")
+else
+  pass=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+fi
+case $pass in *[!A-Za-z0-9._~-]*)
+  echo "init: REDIS_PASSWORD may hold only letters, digits and . _ ~ - (it goes into a URL)" >&2; exit 1;;
+esac
+printf '%s' "$pass" > "$secrets/redis.pass"
+printf 'requirepass %s\n' "$pass" > "$secrets/redis.conf"
+printf 'redis://:%s@redis:6379/0' "$pass" > "$secrets/redis.url"
+umask 022
+mkdir -p /var/lib/pyrunner/klines
+exec pyrunner-demodata --sqlite /var/lib/pyrunner/klines/exchange.db --if-missing
