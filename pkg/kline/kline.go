@@ -399,8 +399,26 @@ func (d *DB) readRange(ctx context.Context, table string, info tableInfo, start,
 		// cancellable one, mattn/go-sqlite3 starts a goroutine for every
 		// row, which doubles the cost of a large load. Cancellation is
 		// checked here instead, every few thousand rows.
-		rows, err := qc.QueryContext(context.WithoutCancel(ctx), q, named)
-		if err != nil {
+		var rows driver.Rows
+		var err error
+		if pc, ok := dc.(driver.ConnPrepareContext); ok && d.typ == "mysql" {
+			// A prepared statement: MySQL then answers in its binary
+			// protocol (doubles and integers as they are) rather than as
+			// text every cell of which would be parsed.
+			st, err := pc.PrepareContext(context.WithoutCancel(ctx), q)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			sq, ok := st.(driver.StmtQueryContext)
+			if !ok {
+				return fmt.Errorf("driver statement %T cannot query", st)
+			}
+			rows, err = sq.QueryContext(context.WithoutCancel(ctx), named)
+			if err != nil {
+				return err
+			}
+		} else if rows, err = qc.QueryContext(context.WithoutCancel(ctx), q, named); err != nil {
 			return err
 		}
 		defer rows.Close()
@@ -424,7 +442,8 @@ func (d *DB) readRange(ctx context.Context, table string, info tableInfo, start,
 }
 
 // asInt and asFloat convert a driver cell; NULL becomes 0 and NaN. MySQL
-// sends numbers as text ([]byte) over its text protocol.
+// sends numbers as text ([]byte) over its text protocol (in queries other
+// than the range read, which is prepared and so binary).
 func asInt(v driver.Value) int64 {
 	switch x := v.(type) {
 	case int64:
