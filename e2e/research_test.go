@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"math"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -551,5 +553,56 @@ func TestKlineCache(t *testing.T) {
 	if c3 != "hit" || third["rows"] != first["rows"].(float64)+1 || int64(third["last"].(float64)) != last+60 ||
 		third["close"] != 54321.0 || third["prev"] != 12345.0 {
 		t.Errorf("after new candles: %s %v (first %v)", c3, third, first)
+	}
+}
+
+// TestLargeFrameShared: a frame of frame.ShareRows rows or more reaches
+// user code as a memory file mapped copy-on-write: the values are right,
+// user code may write to its DataFrame, and what it writes never reaches
+// the worker's cached copy (the next run sees the table as it is), warm
+// and cold.
+func TestLargeFrameShared(t *testing.T) {
+	dir := reachableTempDir(t)
+	db := filepath.Join(dir, "big.db")
+	w, err := kline.OpenWriter("sqlite", db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rows = 150_000
+	f := kline.Generate(kline.DemoMarkets[0], seedStart, rows, 3)
+	if err := w.CreateTable(context.Background(), "binance_BTCUSDT_1m", true); err == nil {
+		err = w.Insert(context.Background(), "binance_BTCUSDT_1m", f, true)
+	}
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := 0.0
+	for _, c := range f.Close {
+		want += c
+	}
+	for _, mode := range []string{"warm", "cold"} {
+		t.Run(mode, func(t *testing.T) {
+			s := startStack(t, stackOpts{workers: 1, env: map[string]string{"PYRUNNER_EXECUTOR": mode},
+				dbEnv: map[string]string{"PYRUNNER_READONLY_TYPE": "sqlite", "PYRUNNER_READONLY_URI": db}})
+			extra := map[string]any{"start": seedStart, "end": seedStart + rows*60, "limit": rows}
+			for i, c := range []string{"hit", "hit", "hit"} {
+				st, r := s.research(`s = float(df.close.sum())
+df.loc[:, "close"] = 0.0
+df["open"] *= 2
+result = {"rows": len(df), "sum": s, "after": float(df.close.sum()),
+          "other": float(load_kline("binance", "BTCUSDT", "1m", `+fmt.Sprint(seedStart)+`, `+fmt.Sprint(seedStart+rows*60)+`).close.sum())}`, extra)
+				var got map[string]float64
+				if st != 200 || !r.ok() || json.Unmarshal(r.Result, &got) != nil {
+					t.Fatalf("run %d: %d %q", i, st, r.errText())
+				}
+				if got["rows"] != rows || math.Abs(got["sum"]-want) > 1e-6*want || got["after"] != 0 || math.Abs(got["other"]-want) > 1e-6*want {
+					t.Errorf("run %d: %v (want sum %.2f)", i, got, want)
+				}
+				if cache := fmt.Sprint(r.Meta["klineCache"]); i > 0 && cache != c {
+					t.Errorf("run %d: klineCache %s", i, cache)
+				}
+			}
+		})
 	}
 }

@@ -26,6 +26,7 @@ import io
 import json
 import linecache
 import math
+import mmap
 import os
 import resource
 import signal
@@ -61,10 +62,24 @@ def recv_exact(sock, n):
 
 
 def recv_msg(sock):
+    """One message. A frame sent as a sealed memory file (a large one; the
+    header's frame has "shm") has no body: the file follows, passed as a
+    descriptor, and is mapped copy-on-write as the body, so user code may
+    write to its DataFrame without touching the worker's copy."""
     (hlen,) = struct.unpack(">I", recv_exact(sock, 4))
     header = json.loads(bytes(recv_exact(sock, hlen)))
     (blen,) = struct.unpack(">Q", recv_exact(sock, 8))
     body = recv_exact(sock, blen) if blen else bytearray()
+    shm = (header.get("frame") or {}).get("shm")
+    if shm:
+        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+        if len(fds) != 1:
+            raise EOFError("worker sent a shared frame without its file")
+        try:
+            body = mmap.mmap(fds[0], int(shm), flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            for fd in fds:
+                os.close(fd)
     return header, body
 
 
@@ -94,10 +109,13 @@ def frame_to_df(header, body):
     """Build the documented DataFrame from a frame header and its body.
     Columns map the body's bytes (numpy.frombuffer), they are not parsed."""
     n = int(header.get("rows", 0))
+    offsets = header.get("offsets")  # a shared frame: where each column starts
     cols = {}
     off = 0
-    for c in header.get("columns") or [{"name": name, "dtype": "<f8"} for name in COLUMNS]:
+    for i, c in enumerate(header.get("columns") or [{"name": name, "dtype": "<f8"} for name in COLUMNS]):
         dt = np.dtype(c["dtype"])
+        if offsets:
+            off = int(offsets[i])
         if n:
             cols[c["name"]] = np.frombuffer(body, dtype=dt, count=n, offset=off)
         else:

@@ -156,7 +156,7 @@ func conversation(ctx context.Context, rs *runSetup, job Job, lim Limits, isolat
 		"type": "job", "code": job.Code, "timeoutSec": int(job.Timeout / time.Second),
 		"maxImages": lim.MaxImages, "maxImageBytes": lim.MaxImageBytes,
 		"memoryBytes": lim.MemoryBytes, "fileBytes": lim.FileBytes, "openFiles": lim.OpenFiles,
-		"maxResultBytes": lim.MaxResultBytes, "frame": job.Frame.Header(),
+		"maxResultBytes": lim.MaxResultBytes,
 	}
 	if rs.id.ok {
 		// RLIMIT_NPROC counts every process of the uid, so it is only set
@@ -166,7 +166,7 @@ func conversation(ctx context.Context, rs *runSetup, job Job, lim Limits, isolat
 			header["isolate"] = isolateParams(rs, lim)
 		}
 	}
-	if err := writeMsg(w, header, job.Frame.ByteLen(), job.Frame.WriteBody); err != nil {
+	if err := sendFrame(conn, w, header, job.Frame); err != nil {
 		return nil, fmt.Errorf("send job: %w", err)
 	}
 	for {
@@ -196,7 +196,7 @@ func conversation(ctx context.Context, rs *runSetup, job Job, lim Limits, isolat
 			if err != nil {
 				err = writeMsg(w, map[string]any{"type": "error", "error": err.Error()}, 0, nil)
 			} else {
-				err = writeMsg(w, map[string]any{"type": "frame", "frame": f.Header()}, f.ByteLen(), f.WriteBody)
+				err = sendFrame(conn, w, map[string]any{"type": "frame"}, f)
 			}
 			if err != nil {
 				return nil, fmt.Errorf("answer load_kline: %w", err)
@@ -205,6 +205,39 @@ func conversation(ctx context.Context, rs *runSetup, job Job, lim Limits, isolat
 			return nil, fmt.Errorf("unexpected message %q from harness", kind.Type)
 		}
 	}
+}
+
+// sendFrame sends a message that carries f (as header["frame"]): a small
+// frame as its body; one of frame.ShareRows rows or more as a sealed
+// memory file passed beside the stream (SCM_RIGHTS), which the harness
+// maps without a copy. A frame the K-line cache keeps is shared already,
+// so asking for it again copies nothing at all.
+func sendFrame(conn net.Conn, w *bufio.Writer, header map[string]any, f *frame.Frame) error {
+	uc, unixConn := conn.(*net.UnixConn)
+	if _, shared := f.SharedFile(); !shared && unixConn && f.Len() >= frame.ShareRows {
+		if g, err := frame.Share(f); err == nil {
+			f = g
+		} else {
+			slog.Warn("could not share a frame; sending it in the stream", "rows", f.Len(), "err", err)
+		}
+	}
+	header["frame"] = f.Header()
+	if err := writeMsg(w, header, f.BodyLen(), f.WriteWire); err != nil {
+		return err
+	}
+	fd, shared := f.SharedFile()
+	if !shared {
+		return nil
+	}
+	if !unixConn {
+		return fmt.Errorf("a shared frame needs a unix socket, not %T", conn)
+	}
+	_, _, err := uc.WriteMsgUnix([]byte{'F'}, syscall.UnixRights(fd), nil)
+	f.KeepAlive()
+	if err != nil {
+		return fmt.Errorf("pass the frame's memory file: %w", err)
+	}
+	return nil
 }
 
 // isolateParams is what python/isolation.py needs of a run.

@@ -23,6 +23,11 @@ type Frame struct {
 	Volume   []float64
 	Turnover []float64
 	Trades   []int64
+
+	// shm is set when the columns live in a shared memory file (Share),
+	// starting at row row of its block.
+	shm *shared
+	row int
 }
 
 // Len is the number of rows.
@@ -30,6 +35,7 @@ func (f *Frame) Len() int { return len(f.Start) }
 
 // Grow reserves room for n more rows.
 func (f *Frame) Grow(n int) {
+	f.shm = nil // a shared frame has no room: its columns are copied out
 	f.Start = growI(f.Start, n)
 	f.Trades = growI(f.Trades, n)
 	for _, c := range []*[]float64{&f.Open, &f.High, &f.Low, &f.Close, &f.Volume, &f.Turnover} {
@@ -57,6 +63,7 @@ func growF(s []float64, n int) []float64 {
 
 // Append adds one row.
 func (f *Frame) Append(start int64, open, high, low, close, volume, turnover float64, trades int64) {
+	f.shm = nil
 	f.Start = append(f.Start, start)
 	f.Open = append(f.Open, open)
 	f.High = append(f.High, high)
@@ -87,10 +94,42 @@ var Columns = []Column{
 type Header struct {
 	Rows    int      `json:"rows"`
 	Columns []Column `json:"columns"`
+	// A shared frame (see Share) has no body: the harness maps Shm bytes
+	// of the memory file that follows the header, and column i's first
+	// row is at Offsets[i].
+	Shm     int64   `json:"shm,omitempty"`
+	Offsets []int64 `json:"offsets,omitempty"`
 }
 
 // Header returns f's header.
-func (f *Frame) Header() Header { return Header{Rows: f.Len(), Columns: Columns} }
+func (f *Frame) Header() Header {
+	h := Header{Rows: f.Len(), Columns: Columns}
+	if f.shm != nil {
+		h.Shm = int64(len(f.shm.mem))
+		for i := range Columns {
+			h.Offsets = append(h.Offsets, int64(i*f.shm.rows+f.row)*8)
+		}
+	}
+	return h
+}
+
+// BodyLen is the number of bytes that follow the header on the wire:
+// ByteLen, or 0 for a shared frame.
+func (f *Frame) BodyLen() int64 {
+	if f.shm != nil {
+		return 0
+	}
+	return f.ByteLen()
+}
+
+// WriteWire writes what follows the header on the wire: the body, or
+// nothing for a shared frame (its file is passed beside the stream).
+func (f *Frame) WriteWire(w io.Writer) error {
+	if f.shm != nil {
+		return nil
+	}
+	return f.WriteBody(w)
+}
 
 // ByteLen is the size of the encoded body: 8 bytes per cell.
 func (f *Frame) ByteLen() int64 { return int64(f.Len()) * 8 * int64(len(Columns)) }
@@ -134,12 +173,13 @@ func (f *Frame) Head(n int) *Frame {
 	if n >= f.Len() {
 		return f
 	}
-	return &Frame{Start: f.Start[:n], Open: f.Open[:n], High: f.High[:n], Low: f.Low[:n],
-		Close: f.Close[:n], Volume: f.Volume[:n], Turnover: f.Turnover[:n], Trades: f.Trades[:n]}
+	return &Frame{Start: f.Start[:n:n], Open: f.Open[:n:n], High: f.High[:n:n], Low: f.Low[:n:n],
+		Close: f.Close[:n:n], Volume: f.Volume[:n:n], Turnover: f.Turnover[:n:n], Trades: f.Trades[:n:n], shm: f.shm, row: f.row}
 }
 
 // AppendFrame adds all of g's rows.
 func (f *Frame) AppendFrame(g *Frame) {
+	f.shm = nil
 	f.Start = append(f.Start, g.Start...)
 	f.Open = append(f.Open, g.Open...)
 	f.High = append(f.High, g.High...)
@@ -154,5 +194,5 @@ func (f *Frame) AppendFrame(g *Frame) {
 // it: appending to the result copies instead of writing over f.
 func (f *Frame) Slice(i, j int) *Frame {
 	return &Frame{Start: f.Start[i:j:j], Open: f.Open[i:j:j], High: f.High[i:j:j], Low: f.Low[i:j:j],
-		Close: f.Close[i:j:j], Volume: f.Volume[i:j:j], Turnover: f.Turnover[i:j:j], Trades: f.Trades[i:j:j]}
+		Close: f.Close[i:j:j], Volume: f.Volume[i:j:j], Turnover: f.Turnover[i:j:j], Trades: f.Trades[i:j:j], shm: f.shm, row: f.row + i}
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"math"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestWriteBodyIsLittleEndianColumns(t *testing.T) {
@@ -31,5 +33,42 @@ func TestWriteBodyIsLittleEndianColumns(t *testing.T) {
 	}
 	if int64(u(15)) != 9 {
 		t.Errorf("trades[1] = %d", u(15))
+	}
+}
+
+// TestShare: a shared frame holds the same rows in a sealed memory file
+// that can be neither written nor resized, and its slices point into it.
+func TestShare(t *testing.T) {
+	f := &Frame{}
+	for i := 0; i < 1000; i++ {
+		f.Append(int64(i*60), float64(i), float64(i)+1, float64(i)-1, float64(i)+0.5, 10, math.NaN(), int64(i))
+	}
+	g, err := Share(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, ok := g.SharedFile()
+	if !ok || g.Len() != 1000 || g.Close[999] != 999.5 || g.Trades[500] != 500 || !math.IsNaN(g.Turnover[3]) {
+		t.Fatalf("shared frame: ok %v len %d", ok, g.Len())
+	}
+	if _, err := unix.Pwrite(fd, []byte{1}, 0); err == nil {
+		t.Error("the shared file could be written")
+	}
+	if err := unix.Ftruncate(fd, 1); err == nil {
+		t.Error("the shared file could be shrunk")
+	}
+	if _, err := unix.Mmap(fd, 0, 8, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
+		t.Error("the shared file could be mapped writable")
+	}
+	s := g.Slice(10, 20)
+	h := s.Header()
+	if h.Shm != 1000*8*8 || len(h.Offsets) != 8 || h.Offsets[0] != 10*8 || h.Offsets[4] != (4*1000+10)*8 || s.BodyLen() != 0 {
+		t.Errorf("slice header %+v, body %d", h, s.BodyLen())
+	}
+	// Appending copies out of the file: the result is an ordinary frame.
+	c := &Frame{}
+	c.AppendFrame(s)
+	if _, ok := c.SharedFile(); ok || c.BodyLen() != 10*64 || c.Open[0] != 10 {
+		t.Errorf("a frame built from a shared one: shared %v body %d", ok, c.BodyLen())
 	}
 }

@@ -125,6 +125,7 @@ func (d *DB) cachedRead(ctx context.Context, table string, info tableInfo, start
 			return nil, false, err
 		}
 		c.reads.Add(int64(f.Len()))
+		f = share(f)
 		c.put(&cacheEntry{table: table, lo: start, hi: coverEnd(f, end, limit), tail: tail, f: f})
 		return f, false, nil
 	}
@@ -160,16 +161,32 @@ func (d *DB) cachedRead(ctx context.Context, table string, info tableInfo, start
 	out.AppendFrame(rest)
 	// The entry grows to cover what was just read, from its own start
 	// (when the call started there too, its answer is the new entry).
-	grown := out
-	if a > 0 {
-		grown = &frame.Frame{}
-		head := e.f.Slice(0, b)
-		grown.Grow(head.Len() + rest.Len())
-		grown.AppendFrame(head)
-		grown.AppendFrame(rest)
+	if a == 0 {
+		out = share(out)
+		c.put(&cacheEntry{table: table, lo: e.lo, hi: newHi, tail: tail, f: out})
+		return out, true, nil
 	}
-	c.put(&cacheEntry{table: table, lo: e.lo, hi: newHi, tail: tail, f: grown.Slice(0, grown.Len())})
+	grown := &frame.Frame{}
+	head := e.f.Slice(0, b)
+	grown.Grow(head.Len() + rest.Len())
+	grown.AppendFrame(head)
+	grown.AppendFrame(rest)
+	c.put(&cacheEntry{table: table, lo: e.lo, hi: newHi, tail: tail, f: share(grown)})
 	return out, true, nil
+}
+
+// share moves a large frame into a sealed memory file (frame.Share), so
+// that every run that asks for it again maps it without a copy; a small
+// one, or one that cannot be shared, stays as it is.
+func share(f *frame.Frame) *frame.Frame {
+	if f.Len() < frame.ShareRows {
+		return f
+	}
+	g, err := frame.Share(f)
+	if err != nil {
+		return f
+	}
+	return g
 }
 
 // sameRows reports whether g's rows equal f's from row i on.

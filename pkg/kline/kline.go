@@ -387,6 +387,13 @@ func (d *DB) readRange(ctx context.Context, table string, info tableInfo, start,
 	// Rows are read at the driver level: database/sql's Scan converts every
 	// cell through reflection and costs half the time of a 1M-row load.
 	err = conn.Raw(func(dc any) error {
+		if h := sqliteHandle(dc); h != nil && d.typ == "sqlite" {
+			ints := make([]int64, len(args))
+			for i, a := range args {
+				ints[i] = a.(int64)
+			}
+			return readSQLite(ctx, h, q, ints, f)
+		}
 		qc, ok := dc.(driver.QueryerContext)
 		if !ok {
 			return fmt.Errorf("driver %T cannot query", dc)

@@ -163,3 +163,32 @@ func must2(b *testing.B, err error) {
 		b.Fatal(err)
 	}
 }
+
+// TestSQLiteFastPathIsTaken: the range read finds the sqlite3 handle of
+// mattn/go-sqlite3's connection (an unexported field, so a new version of
+// the driver could hide it and silently fall back to the slow path).
+func TestSQLiteFastPathIsTaken(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.db")
+	w, err := OpenWriter("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	db, err := Open(Config{Type: "sqlite", URI: path}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	sqlDB, _ := db.gorm.DB()
+	conn, err := sqlDB.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.Raw(func(dc any) error {
+		if sqliteHandle(dc) == nil {
+			t.Errorf("no sqlite3 handle in %T: the range read takes the slow path", dc)
+		}
+		return nil
+	})
+}
