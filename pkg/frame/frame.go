@@ -137,12 +137,18 @@ func (f *Frame) ByteLen() int64 { return int64(f.Len()) * 8 * int64(len(Columns)
 // WriteBody writes each column's raw bytes in Columns order. On a
 // little-endian machine the slices are written as they sit in memory.
 func (f *Frame) WriteBody(w io.Writer) error {
-	for _, c := range []any{f.Start, f.Open, f.High, f.Low, f.Close, f.Volume, f.Turnover, f.Trades} {
+	for i := range Columns {
+		c := f.column(i)
 		if err := writeColumn(w, c); err != nil {
 			return fmt.Errorf("write frame column: %w", err)
 		}
 	}
 	return nil
+}
+
+// column is column i (in Columns order): a []int64 or a []float64.
+func (f *Frame) column(i int) any {
+	return [...]any{f.Start, f.Open, f.High, f.Low, f.Close, f.Volume, f.Turnover, f.Trades}[i]
 }
 
 var littleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointer(&x)) == 1 }()

@@ -30,10 +30,22 @@ type shared struct {
 // The returned frame's columns are read-only memory: they may be read,
 // sliced and appended to another frame, never written in place.
 func Share(f *Frame) (*Frame, error) {
-	n := f.Len()
-	size := f.ByteLen()
-	if n == 0 {
+	if _, ok := f.SharedFile(); ok {
 		return f, nil
+	}
+	return ShareParts([]*Frame{f})
+}
+
+// ShareParts is Share of the frames' rows one after the other, written
+// into the file straight from the parts (no concatenation first).
+func ShareParts(parts []*Frame) (*Frame, error) {
+	n := 0
+	for _, p := range parts {
+		n += p.Len()
+	}
+	size := int64(n) * 8 * int64(len(Columns))
+	if n == 0 {
+		return &Frame{}, nil
 	}
 	fd, err := unix.MemfdCreate("pyrunner-frame", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
@@ -46,8 +58,13 @@ func Share(f *Frame) (*Frame, error) {
 	if err := unix.Ftruncate(fd, size); err != nil {
 		return fail(err)
 	}
-	if err := f.WriteBody(&fdWriter{fd: fd}); err != nil {
-		return fail(err)
+	w := &fdWriter{fd: fd}
+	for c := range Columns {
+		for _, p := range parts {
+			if err := writeColumn(w, p.column(c)); err != nil {
+				return fail(err)
+			}
+		}
 	}
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_WRITE|unix.F_SEAL_SEAL); err != nil {
 		return fail(err)

@@ -119,6 +119,10 @@ func sqliteReadOnlyDSN(uri string) string {
 	q.Set("mode", "ro")
 	q.Set("_query_only", "1")
 	q.Set("_busy_timeout", "5000")
+	// Each connection is used by one goroutine at a time (database/sql),
+	// so SQLite's per-connection mutex, taken on every column of every row
+	// read, is pure cost.
+	q.Set("_mutex", "no")
 	return "file:" + path + "?" + q.Encode()
 }
 
@@ -316,6 +320,11 @@ func (d *DB) read(ctx context.Context, table string, info tableInfo, start, end,
 	if hint < parallelRows || parts < 2 {
 		return d.readRange(ctx, table, info, start, end, limit, hint)
 	}
+	if d.typ == "sqlite" && (limit == 0 || limit >= hint) {
+		if f, err := d.scanSQLite(ctx, table, info, start, end, parts); err != nil || f != nil {
+			return f, err
+		}
+	}
 	// Slice the range where the data is, so the slices hold similar counts.
 	var lo, hi sql.NullInt64
 	if err := d.gorm.WithContext(ctx).Raw("SELECT MIN(start), MAX(start) FROM `"+table+"` WHERE start >= ? AND start <= ?", start, end).
@@ -342,7 +351,6 @@ func (d *DB) read(ctx context.Context, table string, info tableInfo, start, end,
 		}()
 	}
 	wg.Wait()
-	out := &frame.Frame{}
 	total := 0
 	for i, f := range frames {
 		if errs[i] != nil {
@@ -350,12 +358,85 @@ func (d *DB) read(ctx context.Context, table string, info tableInfo, start, end,
 		}
 		total += f.Len()
 	}
-	out.Grow(total)
-	for _, f := range frames {
-		out.AppendFrame(f)
+	var out *frame.Frame
+	if total >= frame.ShareRows {
+		// Large: straight from the slices into the memory file it will be
+		// handed over (and cached) in, without joining them first.
+		out, _ = frame.ShareParts(frames)
+	}
+	if out == nil {
+		out = &frame.Frame{}
+		out.Grow(total)
+		for _, f := range frames {
+			out.AppendFrame(f)
+		}
 	}
 	if limit > 0 && int64(out.Len()) > limit {
 		out = out.Head(int(limit))
+	}
+	return out, nil
+}
+
+// scanSQLite reads a range that covers most of a SQLite table in table
+// order (rowid slices read in parallel, the start index not used): a
+// third cheaper than walking the index, which costs a second b-tree
+// lookup per candle. ztrade appends candles in time order, so table order
+// is start order; where it is not, or the range is a small part of the
+// table, it returns nil and the indexed read is used.
+func (d *DB) scanSQLite(ctx context.Context, table string, info tableInfo, start, end, parts int64) (*frame.Frame, error) {
+	var r0, r1, s0, s1 sql.NullInt64
+	if err := d.gorm.WithContext(ctx).Raw("SELECT MIN(rowid), MAX(rowid), MIN(start), MAX(start) FROM `"+table+"`").
+		Row().Scan(&r0, &r1, &s0, &s1); err != nil {
+		return nil, fmt.Errorf("kline: extent of %s: %w", table, err)
+	}
+	if !r0.Valid || !s0.Valid || s1.Int64 <= s0.Int64 {
+		return nil, nil
+	}
+	covered := min(end, s1.Int64) - max(start, s0.Int64)
+	if covered*10 < (s1.Int64-s0.Int64)*8 {
+		return nil, nil // under 80% of the table: the index wins
+	}
+	turnover := "turnover"
+	if !info.hasTurnover {
+		turnover = "NULL AS turnover"
+	}
+	q := "SELECT start, open, high, low, close, volume, " + turnover + ", trades FROM `" + table +
+		"` NOT INDEXED WHERE rowid >= ? AND rowid <= ? AND start >= ? AND start <= ?"
+	span := (r1.Int64 - r0.Int64 + parts) / parts
+	frames := make([]*frame.Frame, parts)
+	errs := make([]error, parts)
+	var wg sync.WaitGroup
+	for i := int64(0); i < parts; i++ {
+		a, b := r0.Int64+i*span, min(r0.Int64+(i+1)*span-1, r1.Int64)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			frames[i], errs[i] = d.readQuery(ctx, q, []any{a, b, start, end}, span)
+		}()
+	}
+	wg.Wait()
+	total, last := 0, int64(-1<<63)
+	for i, f := range frames {
+		if errs[i] != nil {
+			return nil, fmt.Errorf("kline: read %s: %w", table, errs[i])
+		}
+		for _, t := range f.Start {
+			if t <= last {
+				return nil, nil // not in start order: read through the index
+			}
+			last = t
+		}
+		total += f.Len()
+	}
+	if total >= frame.ShareRows {
+		if out, err := frame.ShareParts(frames); err == nil {
+			return out, nil
+		}
+	}
+	out := &frame.Frame{}
+	out.Grow(total)
+	for _, f := range frames {
+		out.AppendFrame(f)
 	}
 	return out, nil
 }
@@ -373,6 +454,16 @@ func (d *DB) readRange(ctx context.Context, table string, info tableInfo, start,
 		q += " LIMIT ?"
 		args = append(args, limit)
 	}
+	f, err := d.readQuery(ctx, q, args, hint)
+	if err != nil {
+		return nil, fmt.Errorf("kline: read %s: %w", table, err)
+	}
+	return f, nil
+}
+
+// readQuery runs q, which selects the eight K-line columns in order, into
+// a frame sized for hint rows.
+func (d *DB) readQuery(ctx context.Context, q string, args []any, hint int64) (*frame.Frame, error) {
 	sqlDB, err := d.gorm.DB()
 	if err != nil {
 		return nil, fmt.Errorf("kline: %w", err)
@@ -443,7 +534,7 @@ func (d *DB) readRange(ctx context.Context, table string, info tableInfo, start,
 		}
 	})
 	if err != nil {
-		return nil, fmt.Errorf("kline: read %s: %w", table, err)
+		return nil, err
 	}
 	return f, nil
 }
