@@ -9,7 +9,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/ztrade/pyrunner/pkg/backoff"
 	"log/slog"
 	"net"
 	"net/http"
@@ -23,6 +22,7 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 
 	"github.com/ztrade/pyrunner/pkg/auth"
+	"github.com/ztrade/pyrunner/pkg/backoff"
 	"github.com/ztrade/pyrunner/pkg/config"
 	"github.com/ztrade/pyrunner/pkg/liveness"
 	"github.com/ztrade/pyrunner/pkg/metrics"

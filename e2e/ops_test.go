@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -74,6 +75,26 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("the worker's metrics lack %q", line)
 		}
 	}
+	// /healthz beside the metrics (the worker container's healthcheck):
+	// 200 while heartbeats reach Redis, 503 once they stop.
+	healthz := func() (int, string) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", mport))
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if st, body := healthz(); st != 200 || body != "ok\n" {
+		t.Errorf("worker /healthz: %d %q", st, body)
+	}
+	exec.Command("redis-cli", "-p", strconv.Itoa(s.redisPort), "client", "pause", "9000").Run()
+	defer exec.Command("redis-cli", "-p", strconv.Itoa(s.redisPort), "client", "unpause").Run()
+	waitUntil(t, 15*time.Second, "/healthz to say the heartbeats stopped", func() bool {
+		st, body := healthz()
+		return st == 503 && strings.Contains(body, "no heartbeat has reached redis")
+	})
 }
 
 // TestMonitor: asynqmon is served at /monitor/, its API lists pyrunner's

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/ztrade/pyrunner/pkg/backoff"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ztrade/pyrunner/pkg/backoff"
 	"github.com/ztrade/pyrunner/pkg/config"
 	"github.com/ztrade/pyrunner/pkg/executor"
 	"github.com/ztrade/pyrunner/pkg/kline"

@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/ztrade/pyrunner/pkg/backoff"
 	"log/slog"
 	"time"
 
+	"github.com/ztrade/pyrunner/pkg/backoff"
 	"github.com/ztrade/pyrunner/pkg/config"
 	"github.com/ztrade/pyrunner/pkg/executor"
 	"github.com/ztrade/pyrunner/pkg/frame"
