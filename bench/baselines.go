@@ -197,24 +197,26 @@ func mysqlBig(ctx context.Context) (dsn string, pyArgs []string, cleanup func(),
 	return dsn, []string{"127.0.0.1", user, pw, db}, cleanup, nil
 }
 
-// readSQLMySQL is pandas.read_sql of the 1M rows through pymysql, best of 3.
-func readSQLMySQL(py string, pyArgs []string) (time.Duration, error) {
+// readSQL is pandas.read_sql of the 1M-row table, best of 3, on a
+// connection that the Python statement connect makes (from sys.argv) for
+// each try, with the driver's placeholder ph.
+func readSQL(py, connect, ph string, args ...string) (time.Duration, error) {
+	q := strings.ReplaceAll("SELECT start, open, high, low, close, volume, turnover, trades FROM bench_BIG_1m WHERE start >= ? AND start <= ? ORDER BY start LIMIT ?", "?", ph)
 	out, err := exec.Command(py, append([]string{"-c", fmt.Sprintf(`
-import sys, time, pymysql, pandas as pd
-host, user, pw, db = sys.argv[1:5]
+import sys, time, pandas as pd
 best = None
 for _ in range(3):
     t = time.perf_counter()
-    con = pymysql.connect(host=host, user=user, password=pw, database=db)
-    df = pd.read_sql("SELECT start, open, high, low, close, volume, turnover, trades FROM bench_BIG_1m WHERE start >= %%s AND start <= %%s ORDER BY start LIMIT %%s", con, params=(0, %d, %d))
+    %s
+    df = pd.read_sql(%q, con, params=(0, %d, %d))
     df["time"] = pd.to_datetime(df["start"], unit="s", utc=True)
     d = time.perf_counter() - t
     con.close()
     assert len(df) == %d
     best = d if best is None else min(best, d)
-print(best)`, t0+bigRows*60, bigRows, bigRows)}, pyArgs...)...).Output()
+print(best)`, connect, q, t0+bigRows*60, bigRows, bigRows)}, args...)...).Output()
 	if err != nil {
-		return 0, fmt.Errorf("pandas.read_sql on MariaDB: %w", err)
+		return 0, fmt.Errorf("pandas.read_sql: %w", err)
 	}
 	return seconds(out)
 }

@@ -25,17 +25,32 @@ func TestIsolation(t *testing.T) {
 	}
 	for _, mode := range []string{"warm", "cold"} {
 		t.Run(mode, func(t *testing.T) {
-			s := startStack(t, stackOpts{env: map[string]string{"PYRUNNER_EXECUTOR": mode, "PYRUNNER_SANDBOX": "bwrap"}})
-			t.Run("KillAllSparesOthers", func(t *testing.T) { testKillAll(t, s) })
-			t.Run("NothingOutlivesTheRun", func(t *testing.T) { testNothingOutlives(t, s) })
-			t.Run("PrivateTmp", func(t *testing.T) { testPrivateTmp(t, s) })
-			t.Run("DiskCap", func(t *testing.T) { testDiskCap(t, s) })
-			t.Run("NoUserNamespaces", func(t *testing.T) { testNoUserNS(t, s) })
-			t.Run("ResultSize", func(t *testing.T) { testResultSize(t, s) })
-			t.Run("OtherRunsDirectory", func(t *testing.T) { testOtherRunsDir(t, s) })
-			t.Run("StackSurvives", func(t *testing.T) { testStackSurvives(t, s) })
+			runIsolation(t, startStack(t, stackOpts{env: map[string]string{"PYRUNNER_EXECUTOR": mode, "PYRUNNER_SANDBOX": "bwrap"}}))
 		})
 	}
+}
+
+// check is a named subtest.
+type check struct {
+	name string
+	run  func(t *testing.T)
+}
+
+// runIsolation runs every attack of TestIsolation against s (a local stack
+// or the compose one), then the extra checks, then checks that the stack
+// survived.
+func runIsolation(t *testing.T, s *stack, extra ...check) {
+	t.Run("KillAllSparesOthers", func(t *testing.T) { testKillAll(t, s) })
+	t.Run("NothingOutlivesTheRun", func(t *testing.T) { testNothingOutlives(t, s) })
+	t.Run("PrivateTmp", func(t *testing.T) { testPrivateTmp(t, s) })
+	t.Run("DiskCap", func(t *testing.T) { testDiskCap(t, s) })
+	t.Run("NoUserNamespaces", func(t *testing.T) { testNoUserNS(t, s) })
+	t.Run("ResultSize", func(t *testing.T) { testResultSize(t, s) })
+	t.Run("OtherRunsDirectory", func(t *testing.T) { testOtherRunsDir(t, s) })
+	for _, c := range extra {
+		t.Run(c.name, c.run)
+	}
+	t.Run("StackSurvives", func(t *testing.T) { testStackSurvives(t, s) })
 }
 
 // submit starts a research run without waiting and returns its id.

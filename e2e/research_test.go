@@ -586,11 +586,12 @@ func TestLargeFrameShared(t *testing.T) {
 			s := startStack(t, stackOpts{workers: 1, env: map[string]string{"PYRUNNER_EXECUTOR": mode},
 				dbEnv: map[string]string{"PYRUNNER_READONLY_TYPE": "sqlite", "PYRUNNER_READONLY_URI": db}})
 			extra := map[string]any{"start": seedStart, "end": seedStart + rows*60, "limit": rows}
-			for i, c := range []string{"hit", "hit", "hit"} {
+			for i := 0; i < 3; i++ {
 				st, r := s.research(`s = float(df.close.sum())
+mapped = any("memfd:pyrunner-frame" in line for line in open("/proc/self/maps"))
 df.loc[:, "close"] = 0.0
 df["open"] *= 2
-result = {"rows": len(df), "sum": s, "after": float(df.close.sum()),
+result = {"rows": len(df), "sum": s, "after": float(df.close.sum()), "mapped": float(mapped),
           "other": float(load_kline("binance", "BTCUSDT", "1m", `+fmt.Sprint(seedStart)+`, `+fmt.Sprint(seedStart+rows*60)+`).close.sum())}`, extra)
 				var got map[string]float64
 				if st != 200 || !r.ok() || json.Unmarshal(r.Result, &got) != nil {
@@ -599,7 +600,10 @@ result = {"rows": len(df), "sum": s, "after": float(df.close.sum()),
 				if got["rows"] != rows || math.Abs(got["sum"]-want) > 1e-6*want || got["after"] != 0 || math.Abs(got["other"]-want) > 1e-6*want {
 					t.Errorf("run %d: %v (want sum %.2f)", i, got, want)
 				}
-				if cache := fmt.Sprint(r.Meta["klineCache"]); i > 0 && cache != c {
+				if got["mapped"] != 1 {
+					t.Errorf("run %d: the frame is not a mapped memory file in the run", i)
+				}
+				if cache := fmt.Sprint(r.Meta["klineCache"]); i > 0 && cache != "hit" {
 					t.Errorf("run %d: klineCache %s", i, cache)
 				}
 			}

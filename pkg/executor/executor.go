@@ -214,10 +214,9 @@ func conversation(ctx context.Context, rs *runSetup, job Job, lim Limits, isolat
 // so asking for it again copies nothing at all.
 func sendFrame(conn net.Conn, w *bufio.Writer, header map[string]any, f *frame.Frame) error {
 	uc, unixConn := conn.(*net.UnixConn)
-	if _, shared := f.SharedFile(); !shared && unixConn && f.Len() >= frame.ShareRows {
-		if g, err := frame.Share(f); err == nil {
-			f = g
-		} else {
+	if unixConn {
+		var err error
+		if f, err = frame.ShareLarge(f); err != nil {
 			slog.Warn("could not share a frame; sending it in the stream", "rows", f.Len(), "err", err)
 		}
 	}

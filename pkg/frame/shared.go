@@ -112,3 +112,38 @@ func (f *Frame) SharedFile() (fd int, ok bool) {
 // KeepAlive keeps f's memory file open until this call (after it was
 // passed on).
 func (f *Frame) KeepAlive() { runtime.KeepAlive(f.shm) }
+
+// ShareLarge is Share for a frame of ShareRows rows or more that is not
+// shared yet; any other frame comes back as it is. When sharing fails, f
+// comes back with the error (it can still be sent in the stream).
+func ShareLarge(f *Frame) (*Frame, error) {
+	if _, ok := f.SharedFile(); ok || f.Len() < ShareRows {
+		return f, nil
+	}
+	g, err := Share(f)
+	if err != nil {
+		return f, err
+	}
+	return g, nil
+}
+
+// Join returns the parts' rows one after the other: a large result
+// straight in a memory file (ShareParts, without joining them first), a
+// small one, or one that cannot be shared, as an ordinary frame.
+func Join(parts []*Frame) *Frame {
+	total := 0
+	for _, p := range parts {
+		total += p.Len()
+	}
+	if total >= ShareRows {
+		if f, err := ShareParts(parts); err == nil {
+			return f
+		}
+	}
+	out := &Frame{}
+	out.Grow(total)
+	for _, p := range parts {
+		out.AppendFrame(p)
+	}
+	return out
+}

@@ -175,17 +175,11 @@ func (d *DB) cachedRead(ctx context.Context, table string, info tableInfo, start
 	return out, true, nil
 }
 
-// share moves a large frame into a sealed memory file (frame.Share), so
-// that every run that asks for it again maps it without a copy; a small
-// one, or one that cannot be shared, stays as it is.
+// share moves a large frame into a sealed memory file, so that every run
+// that asks for it again maps it without a copy; one that cannot be
+// shared is kept as it is.
 func share(f *frame.Frame) *frame.Frame {
-	if f.Len() < frame.ShareRows {
-		return f
-	}
-	g, err := frame.Share(f)
-	if err != nil {
-		return f
-	}
+	g, _ := frame.ShareLarge(f)
 	return g
 }
 

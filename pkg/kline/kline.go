@@ -339,38 +339,13 @@ func (d *DB) read(ctx context.Context, table string, info tableInfo, start, end,
 	}
 	start, end = lo.Int64, min(end, hi.Int64)
 	span := (end - start + 1 + parts - 1) / parts
-	frames := make([]*frame.Frame, parts)
-	errs := make([]error, parts)
-	var wg sync.WaitGroup
-	for i := int64(0); i < parts; i++ {
-		a, b := start+i*span, min(start+(i+1)*span-1, end)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			frames[i], errs[i] = d.readRange(ctx, table, info, a, b, limit, hint/parts+1)
-		}()
+	frames, err := readParts(parts, func(i int64) (*frame.Frame, error) {
+		return d.readRange(ctx, table, info, start+i*span, min(start+(i+1)*span-1, end), limit, hint/parts+1)
+	})
+	if err != nil {
+		return nil, err
 	}
-	wg.Wait()
-	total := 0
-	for i, f := range frames {
-		if errs[i] != nil {
-			return nil, errs[i]
-		}
-		total += f.Len()
-	}
-	var out *frame.Frame
-	if total >= frame.ShareRows {
-		// Large: straight from the slices into the memory file it will be
-		// handed over (and cached) in, without joining them first.
-		out, _ = frame.ShareParts(frames)
-	}
-	if out == nil {
-		out = &frame.Frame{}
-		out.Grow(total)
-		for _, f := range frames {
-			out.AppendFrame(f)
-		}
-	}
+	out := frame.Join(frames)
 	if limit > 0 && int64(out.Len()) > limit {
 		out = out.Head(int(limit))
 	}
@@ -403,42 +378,39 @@ func (d *DB) scanSQLite(ctx context.Context, table string, info tableInfo, start
 	q := "SELECT start, open, high, low, close, volume, " + turnover + ", trades FROM `" + table +
 		"` NOT INDEXED WHERE rowid >= ? AND rowid <= ? AND start >= ? AND start <= ?"
 	span := (r1.Int64 - r0.Int64 + parts) / parts
-	frames := make([]*frame.Frame, parts)
-	errs := make([]error, parts)
-	var wg sync.WaitGroup
-	for i := int64(0); i < parts; i++ {
-		a, b := r0.Int64+i*span, min(r0.Int64+(i+1)*span-1, r1.Int64)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			frames[i], errs[i] = d.readQuery(ctx, q, []any{a, b, start, end}, span)
-		}()
+	frames, err := readParts(parts, func(i int64) (*frame.Frame, error) {
+		return d.readQuery(ctx, q, []any{r0.Int64 + i*span, min(r0.Int64+(i+1)*span-1, r1.Int64), start, end}, span)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kline: read %s: %w", table, err)
 	}
-	wg.Wait()
-	total, last := 0, int64(-1<<63)
-	for i, f := range frames {
-		if errs[i] != nil {
-			return nil, fmt.Errorf("kline: read %s: %w", table, errs[i])
-		}
+	last := int64(-1 << 63)
+	for _, f := range frames {
 		for _, t := range f.Start {
 			if t <= last {
 				return nil, nil // not in start order: read through the index
 			}
 			last = t
 		}
-		total += f.Len()
 	}
-	if total >= frame.ShareRows {
-		if out, err := frame.ShareParts(frames); err == nil {
-			return out, nil
-		}
+	return frame.Join(frames), nil
+}
+
+// readParts runs read for slices 0..n-1 at once, one connection each, and
+// returns their frames in order.
+func readParts(n int64, read func(i int64) (*frame.Frame, error)) ([]*frame.Frame, error) {
+	frames := make([]*frame.Frame, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := int64(0); i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			frames[i], errs[i] = read(i)
+		}()
 	}
-	out := &frame.Frame{}
-	out.Grow(total)
-	for _, f := range frames {
-		out.AppendFrame(f)
-	}
-	return out, nil
+	wg.Wait()
+	return frames, errors.Join(errs...)
 }
 
 // readRange reads one slice of a table into a frame sized for hint rows.

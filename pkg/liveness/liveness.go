@@ -88,7 +88,7 @@ func ReapOnce(ctx context.Context, s *store.Store) (int, error) {
 	}
 	n := 0
 	for _, w := range lost {
-		ended, err := endHeld(ctx, s, w, fmt.Sprintf("worker %s was lost (no heartbeat for %s) while running this run", w, Stale))
+		_, ended, err := endHeld(ctx, s, w, fmt.Sprintf("worker %s was lost (no heartbeat for %s) while running this run", w, Stale))
 		n += ended
 		if err != nil {
 			return n, err
@@ -106,11 +106,7 @@ func ReapOnce(ctx context.Context, s *store.Store) (int, error) {
 // pid: those runs belonged to the process that died, whose heartbeat the
 // new one would otherwise keep fresh.
 func Restarted(ctx context.Context, s *store.Store, worker string) (int, error) {
-	ids, err := s.HeldRuns(ctx, worker)
-	if err != nil {
-		return 0, fmt.Errorf("liveness: runs of %s: %w", worker, err)
-	}
-	n, err := endHeld(ctx, s, worker, fmt.Sprintf("worker %s restarted while running this run", worker))
+	ids, n, err := endHeld(ctx, s, worker, fmt.Sprintf("worker %s restarted while running this run", worker))
 	if err != nil {
 		return n, err
 	}
@@ -122,22 +118,23 @@ func Restarted(ctx context.Context, s *store.Store, worker string) (int, error) 
 	return n, nil
 }
 
-// endHeld ends the runs worker holds with reason.
-func endHeld(ctx context.Context, s *store.Store, worker, reason string) (int, error) {
+// endHeld ends the runs worker holds with reason; it returns their ids
+// and how many of them it ended (the others had ended already).
+func endHeld(ctx context.Context, s *store.Store, worker, reason string) ([]string, int, error) {
 	ids, err := s.HeldRuns(ctx, worker)
 	if err != nil {
-		return 0, fmt.Errorf("liveness: runs of %s: %w", worker, err)
+		return nil, 0, fmt.Errorf("liveness: runs of %s: %w", worker, err)
 	}
 	n := 0
 	for _, id := range ids {
 		ended, err := s.Update(ctx, id, &run.Run{Status: run.StatusTerminated, FinishedAt: time.Now(), Error: reason})
 		if err != nil {
-			return n, err
+			return ids, n, err
 		}
 		if ended {
 			n++
 			slog.Warn("run terminated: "+reason, "run_id", id, "worker", worker)
 		}
 	}
-	return n, nil
+	return ids, n, nil
 }
