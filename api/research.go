@@ -124,7 +124,14 @@ func (s *server) waitCap(d time.Duration) time.Duration {
 // answerResearch waits up to d for the run to end, then answers 200 with
 // the finished body, or 202 with the run so far.
 func (s *server) answerResearch(c echo.Context, id string, d time.Duration, withRequest bool) error {
-	r, err := s.waitFor(c.Request().Context(), id, d)
+	// The run and its result are read together: once the run has ended,
+	// the look that sees it is the only read.
+	var b []byte
+	r, err := s.waitRead(c.Request().Context(), id, d, func(r *run.Run) bool { return r.Status.Terminal() },
+		func(ctx context.Context, id string) (r *run.Run, err error) {
+			r, b, err = s.store.GetRunWithResult(ctx, id)
+			return r, err
+		})
 	if err != nil {
 		return err
 	}
@@ -141,10 +148,6 @@ func (s *server) answerResearch(c echo.Context, id string, d time.Duration, with
 		return c.JSON(http.StatusAccepted, resp)
 	}
 	res := &research.Result{}
-	b, err := s.store.GetResult(c.Request().Context(), id)
-	if err != nil {
-		return err
-	}
 	if b == nil || json.Unmarshal(b, res) != nil {
 		res = research.Failure(r.Error, nil) // ended by a reaper: no result was written
 	}
@@ -162,11 +165,17 @@ func (s *server) waitFor(ctx context.Context, id string, d time.Duration) (*run.
 // waitUntil returns the run once done(run) holds or d has passed. It
 // wakes on the run's events (it started, it ended), never by polling.
 func (s *server) waitUntil(ctx context.Context, id string, d time.Duration, done func(*run.Run) bool) (*run.Run, error) {
+	return s.waitRead(ctx, id, d, done, s.store.GetRun)
+}
+
+// waitRead is waitUntil, looking at the run with read.
+func (s *server) waitRead(ctx context.Context, id string, d time.Duration, done func(*run.Run) bool,
+	read func(context.Context, string) (*run.Run, error)) (*run.Run, error) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for {
 		woken, unregister := s.waiter.Register(id)
-		r, err := s.store.GetRun(context.WithoutCancel(ctx), id)
+		r, err := read(context.WithoutCancel(ctx), id)
 		if err != nil || done(r) || d <= 0 {
 			unregister()
 			return r, err
@@ -176,7 +185,7 @@ func (s *server) waitUntil(ctx context.Context, id string, d time.Duration, done
 			unregister()
 		case <-t.C:
 			unregister()
-			return s.store.GetRun(context.WithoutCancel(ctx), id)
+			return read(context.WithoutCancel(ctx), id)
 		case <-ctx.Done():
 			unregister()
 			return nil, fmt.Errorf("client went away: %w", ctx.Err())

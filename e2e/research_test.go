@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -609,4 +611,67 @@ result = {"rows": len(df), "sum": s, "after": float(df.close.sum()), "mapped": f
 			}
 		})
 	}
+}
+
+// TestReadyChildrenKilled: the warm zygote's ready children (forked ahead
+// of the runs, waiting for one) are SIGKILLed; the next run over HTTP
+// succeeds at once on a replacement, and the zygote lives on.
+func TestReadyChildrenKilled(t *testing.T) {
+	s := startStack(t, stackOpts{workers: 1})
+	if s.mode != "warm" {
+		t.Skip("only the warm executor forks children ahead")
+	}
+	zygote := 0
+	waitUntil(t, 30*time.Second, "the zygote and its ready children", func() bool {
+		zygote = descendant(s.workers[0].cmd.Process.Pid, "zygote.py")
+		return zygote != 0 && len(childrenOf(zygote)) >= 2
+	})
+	ready := childrenOf(zygote)
+	for _, pid := range ready {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var n int
+	s.mustOK("result = len(df)", &n)
+	if n != 1441 {
+		t.Errorf("rows %d, want 1441", n)
+	}
+	waitUntil(t, 30*time.Second, "new ready children", func() bool {
+		now := childrenOf(zygote)
+		return len(now) >= 2 && !slices.ContainsFunc(now, func(p int) bool { return slices.Contains(ready, p) })
+	})
+	if now := descendant(s.workers[0].cmd.Process.Pid, "zygote.py"); now != zygote {
+		t.Errorf("the zygote is now %d, was %d: it should have lived on", now, zygote)
+	}
+}
+
+// childrenOf lists a process's children (those of all its threads).
+func childrenOf(pid int) []int {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var out []int
+	for _, task := range tasks {
+		b, _ := os.ReadFile(task)
+		for _, f := range strings.Fields(string(b)) {
+			if p, err := strconv.Atoi(f); err == nil {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// descendant is the first python process under pid (depth first) whose
+// command line contains marker, or 0.
+func descendant(pid int, marker string) int {
+	for _, c := range childrenOf(pid) {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c))
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c)); strings.HasPrefix(string(comm), "python") && strings.Contains(string(b), marker) {
+			return c
+		}
+		if d := descendant(c, marker); d != 0 {
+			return d
+		}
+	}
+	return 0
 }

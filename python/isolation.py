@@ -244,21 +244,32 @@ def _program(arch):
     return out
 
 
-def lock_down():
-    """Install the seccomp filter for this process and all it starts."""
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _compile_filter():
+    """The filter as the kernel takes it (a sock_fprog and its program),
+    or None on an architecture it has no numbers for."""
     arch = platform.machine()
     if arch not in _AUDIT_ARCH:
-        raise OSError(f"no seccomp filter for architecture {arch}")
+        return None
     prog = _program(arch)
-    buf = b"".join(struct.pack("HBBI", c, jt, jf, k) for c, jt, jf, k in prog)
-    filt = ctypes.create_string_buffer(buf)
+    buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", c, jt, jf, k) for c, jt, jf, k in prog))
+    return _SockFprog(len(prog), ctypes.addressof(buf)), buf
 
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
-    fprog = SockFprog(len(prog), ctypes.addressof(filt))
+# Built once, at import (in the warm zygote: before any child is forked),
+# so a run's lock-down is two prctl calls.
+_FILTER = _compile_filter()
+
+
+def lock_down():
+    """Install the seccomp filter for this process and all it starts."""
+    if _FILTER is None:
+        raise OSError(f"no seccomp filter for architecture {platform.machine()}")
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(_FILTER[0]), 0, 0), "seccomp")
 
 
 def set_parent_death():

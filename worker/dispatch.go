@@ -95,31 +95,24 @@ func (d *dispatcher) wakeLoop(ctx context.Context) {
 }
 
 // start is the one way a run begins here, whichever path brought its id:
-// hold it (so that the reaper finds it should this worker die), claim it
-// (only one caller, on any worker, wins), and only then register its
-// cancel and execute it. A caller that loses the claim touches nothing:
+// claim and hold it in one step (only one caller, on any worker, wins;
+// the hold lets the reaper find it should this worker die), and only then
+// register its cancel and execute it. A caller that loses the claim touches nothing:
 // registering before the claim let a losing path's clean-up remove the
 // winner's cancel, and its stop was lost.
 func (d *dispatcher) start(parent context.Context, id string, woken bool) error {
 	bg := context.WithoutCancel(parent)
-	if err := d.store.HoldRun(parent, d.worker, id); err != nil {
-		return err
+	r, err := d.store.Claim(parent, id, d.worker, time.Now())
+	if err != nil || r == nil {
+		return err // another worker has it, or it was stopped in queue
 	}
 	defer func() {
 		if err := d.store.ReleaseRun(bg, d.worker, id); err != nil {
 			slog.Warn("could not release a run", "run_id", id, "err", err)
 		}
 	}()
-	ok, err := d.store.Claim(parent, id, d.worker, time.Now())
-	if err != nil || !ok {
-		return err // another worker has it, or it was stopped in queue
-	}
 	if woken && d.claimed != nil {
-		d.claimed(d.queue, id)
-	}
-	r, err := d.store.GetRun(parent, id)
-	if err != nil {
-		return err
+		go d.claimed(d.queue, id) // best effort, and off the run's path
 	}
 	if d.started != nil {
 		d.started(r)

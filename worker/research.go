@@ -145,8 +145,21 @@ func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *research.R
 	if res.Images == nil {
 		res.Images = []research.Image{}
 	}
+	end := func(st run.Status) *run.Run {
+		change := &run.Run{Status: st, FinishedAt: time.Now(), ReturnCode: r.ReturnCode}
+		if !res.OK && res.Error != nil {
+			change.Error = *res.Error
+		}
+		return change
+	}
 	b, err := json.Marshal(res)
 	if err == nil {
+		// Usually one round trip does it all; if not, each write is
+		// retried on its own below.
+		if err = w.store.Finish(ctx, r.ID, b, end(st)); err == nil {
+			w.finished(r, res, st)
+			return nil
+		}
 		err = backoff.Retry(ctx, redisWrite(3), func() error { return w.store.SetResult(ctx, r.ID, b) })
 	}
 	if err != nil {
@@ -158,13 +171,16 @@ func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *research.R
 			slog.Error("could not store a run's failure record", "run_id", r.ID, "err", err)
 		}
 	}
-	change := &run.Run{Status: st, FinishedAt: time.Now(), ReturnCode: r.ReturnCode}
-	if !res.OK && res.Error != nil {
-		change.Error = *res.Error
-	}
+	change := end(st)
 	if err := backoff.Retry(ctx, redisWrite(9), func() error { _, err := w.store.Update(ctx, r.ID, change); return err }); err != nil {
 		return fmt.Errorf("end run %s: %w", r.ID, err)
 	}
+	w.finished(r, res, st)
+	return nil
+}
+
+// finished logs and counts a research run that has ended.
+func (w *worker) finished(r *run.Run, res *research.Result, st run.Status) {
 	slog.Info("research run finished", "run_id", r.ID, "status", st, "rows", metaRows(res.Meta))
 	if w.metrics != nil {
 		w.metrics.Finished.WithLabelValues(string(run.KindResearch), string(st)).Inc()
@@ -173,7 +189,6 @@ func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *research.R
 			w.metrics.Exec.WithLabelValues(string(run.KindResearch)).Observe(float64(m.ExecMs) / 1000)
 		}
 	}
-	return nil
 }
 
 // redisWrite is how a run's outcome is written: retried with back-off

@@ -64,6 +64,7 @@ func (c *Cold) Run(ctx context.Context, job Job) (*Output, error) {
 	}
 	defer cleanup()
 	childEnd := rs.child
+	conv := talk(ctx, rs, job, c.opt.Limits, isolated)
 
 	argv := sandboxArgs(c.opt, []string{filepath.Dir(c.harness), c.mplDir}, []string{rs.dir}, []string{c.opt.Python, "-I", "-u", c.harness})
 	cmd := exec.Command(argv[0], argv[1:]...)
@@ -89,34 +90,20 @@ func (c *Cold) Run(ctx context.Context, job Job) (*Output, error) {
 		}
 		return code
 	}
-	return supervise(ctx, job, c.opt.Limits, rs, isolated, cmd.Process.Pid, wait, nil, stdout, stderr)
+	return supervise(ctx, job, c.opt.Limits, rs, conv, cmd.Process.Pid, wait, nil, stdout, stderr)
 }
 
-// supervise talks to a started harness process, enforces the hard time
-// limit and cancellation by killing its process group, and assembles the
-// Output. wait must reap the process (and collect its output) and return
+// supervise follows a started harness process and its conversation
+// (talk), enforces the hard time limit and cancellation by killing its
+// process group, and assembles the Output. wait must reap the process (and collect its output) and return
 // its exit code. outputClosed, when not nil, is closed once the run's
 // stdout and stderr are: the harness closes them just before it sends its
 // result, so a result and closed output end the run at once, and the
 // process is reaped (and what it left in its group killed) after the
 // answer instead of before it.
-func supervise(ctx context.Context, job Job, lim Limits, rs *runSetup, isolated bool, pid int, wait func() int, outputClosed <-chan struct{}, stdout, stderr *capBuffer) (*Output, error) {
-	type convResult struct {
-		res *resultMsg
-		err error
-	}
+func supervise(ctx context.Context, job Job, lim Limits, rs *runSetup, convDone <-chan convResult, pid int, wait func() int, outputClosed <-chan struct{}, stdout, stderr *capBuffer) (*Output, error) {
 	conn := rs.conn
 	oomBefore := oomKills()
-	convDone := make(chan convResult, 1)
-	go func() {
-		res, err := conversation(ctx, rs, job, lim, isolated)
-		var tooLarge *errTooLarge
-		if errors.As(err, &tooLarge) {
-			// Nothing more from this run will be read: end it.
-			syscall.Kill(-pid, syscall.SIGKILL)
-		}
-		convDone <- convResult{res, err}
-	}()
 	waitDone := make(chan int, 1)
 	go func() { waitDone <- wait() }()
 
@@ -138,6 +125,10 @@ func supervise(ctx context.Context, job Job, lim Limits, rs *runSetup, isolated 
 		select {
 		case conv = <-convDone:
 			haveConv, convDone = true, nil
+			if tooLarge := (*errTooLarge)(nil); errors.As(conv.err, &tooLarge) {
+				// Nothing more from this run will be read: end it.
+				syscall.Kill(-pid, syscall.SIGKILL)
+			}
 			if conv.res != nil {
 				over = outputClosed
 			}

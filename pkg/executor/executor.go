@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -146,12 +147,45 @@ func childEnv(home, mplDir string, passthrough []string) []string {
 	return append(env, proc.PassedEnv(append([]string{"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}, passthrough...), os.Environ())...)
 }
 
+// convResult is how a conversation ended: the harness's result, or why
+// there is none.
+type convResult struct {
+	res *resultMsg
+	err error
+}
+
+// talk starts the conversation on rs's channel and returns where it ends.
+// It may start before the process that answers exists: the job waits in
+// the socket, so a forked child finds it there at once.
+func talk(ctx context.Context, rs *runSetup, job Job, lim Limits, isolated bool) <-chan convResult {
+	done := make(chan convResult, 1)
+	go func() {
+		res, err := conversation(ctx, rs, job, lim, isolated)
+		done <- convResult{res, err}
+	}()
+	return done
+}
+
+// The buffers of conversations, kept for the next (a run should not cost
+// the worker a garbage collection).
+var (
+	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+)
+
 // conversation runs the job over an open channel: send the job, serve
 // load_kline requests, and return the harness's result message.
 func conversation(ctx context.Context, rs *runSetup, job Job, lim Limits, isolated bool) (*resultMsg, error) {
 	conn := rs.conn
-	w := bufio.NewWriterSize(conn, 1<<20)
-	r := bufio.NewReaderSize(conn, 1<<16)
+	w, r := writers.Get().(*bufio.Writer), readers.Get().(*bufio.Reader)
+	w.Reset(conn)
+	r.Reset(conn)
+	defer func() {
+		w.Reset(nil)
+		r.Reset(nil)
+		writers.Put(w)
+		readers.Put(r)
+	}()
 	header := map[string]any{
 		"type": "job", "code": job.Code, "timeoutSec": int(job.Timeout / time.Second),
 		"maxImages": lim.MaxImages, "maxImageBytes": lim.MaxImageBytes,

@@ -3,8 +3,10 @@ package executor
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -231,4 +233,90 @@ func TestSandboxHidesRelativePaths(t *testing.T) {
 	if !strings.Contains(args, "--tmpfs "+filepath.Join(dir, "state")+" ") {
 		t.Errorf("bwrap args %q do not mask %s", args, filepath.Join(dir, "state"))
 	}
+}
+
+// readyPIDs waits (up to 30 s) until the zygote has n ready children,
+// none of them in not, and returns their pids.
+func (w *Warm) readyPIDs(t *testing.T, n int, not []int) []int {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		w.mu.Lock()
+		z := w.z
+		w.mu.Unlock()
+		var pids []int
+		fresh := true
+		z.mu.Lock()
+		for _, c := range z.ready {
+			pids = append(pids, c.pid)
+			for _, p := range not {
+				fresh = fresh && c.pid != p
+			}
+		}
+		z.mu.Unlock()
+		if len(pids) == n && fresh {
+			return pids
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the zygote has ready children %v, want %d of them and none of %v", pids, n, not)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestReadyChildThatDiesIsReplaced: the zygote's ready children, killed
+// while they wait, are replaced; a run asked for right after the kill
+// neither fails nor waits on them.
+func TestReadyChildThatDiesIsReplaced(t *testing.T) {
+	b := setup(t, "warm")
+	w := b.exec.(*Warm)
+	killed := w.readyPIDs(t, prefork, nil)
+	for _, pid := range killed {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := b.run(t, "result = len(df)", 10*time.Second)
+	if !out.OK || string(out.Result) != "5" {
+		t.Fatalf("run right after its ready children were killed: ok=%v error=%q result=%s", out.OK, out.Error, out.Result)
+	}
+	w.readyPIDs(t, prefork, killed)
+	if n := w.ZygoteRestarts(); n != 0 {
+		t.Errorf("the zygote was restarted %d times; only its children died", n)
+	}
+}
+
+// TestBackgroundPriority: the zygote and its ready children wait at the
+// background nice value (their forking and getting ready yield the CPU to
+// runs in progress), while user code runs at normal priority.
+func TestBackgroundPriority(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("a worker that is not root keeps everything at normal priority")
+	}
+	b := setup(t, "warm")
+	w := b.exec.(*Warm)
+	for _, pid := range append(w.readyPIDs(t, prefork, nil), w.z.pid) {
+		if n := niceOf(t, pid); n != backgroundNice {
+			t.Errorf("process %d waits at nice %d, want %d", pid, n, backgroundNice)
+		}
+	}
+	out := b.run(t, "import os\nresult = os.nice(0)", 10*time.Second)
+	if !out.OK || string(out.Result) != "0" {
+		t.Errorf("user code's nice value: ok=%v error=%q result=%s, want 0", out.OK, out.Error, out.Result)
+	}
+}
+
+// niceOf is a process's nice value (/proc/PID/stat, field 19).
+func niceOf(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	n, err := strconv.Atoi(f[16])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -28,10 +29,16 @@ type Warm struct {
 	mplDir      string
 	sandboxNote string
 
-	mu sync.Mutex // guards z and serializes fork requests
+	mu sync.Mutex // guards z
 	z  *zygote
 
 	restarts atomic.Int64 // zygotes that died and were replaced
+
+	// nice is the priority (nice value) of the zygote's background work:
+	// forking, getting children ready, and a child's exit after its
+	// result. A taken child is set back to 0 for its run. 0 (no
+	// background priority) when the worker cannot raise priorities.
+	nice int
 }
 
 // ZygoteRestarts is how many times the zygote died and was replaced.
@@ -44,6 +51,9 @@ func NewWarm(opt Options) (*Warm, error) {
 		return nil, err
 	}
 	w := &Warm{opt: opt, dir: py, mplDir: mpl}
+	if os.Geteuid() == 0 {
+		w.nice = backgroundNice
+	}
 	if w.opt.Sandbox, w.sandboxNote, err = resolveSandbox(opt, py); err != nil {
 		return nil, err
 	}
@@ -84,13 +94,28 @@ func (w *Warm) ZygotePID() int {
 
 // zygote is one running zygote process and its control channel.
 type zygote struct {
-	cmd     *exec.Cmd
-	ctl     *net.UnixConn
-	replies chan map[string]any // fork replies, in request order
-	dead    chan struct{}       // closed when the zygote is gone
+	cmd  *exec.Cmd
+	ctl  *net.UnixConn
+	dead chan struct{} // closed when the zygote is gone
 
-	mu    sync.Mutex
-	exits map[int]chan int // pid → its exit code, once known
+	// avail is signalled when a ready child arrives; failed says why the
+	// zygote could not fork one.
+	avail  chan struct{}
+	failed chan string
+
+	pid  int // the zygote's own (bubblewrap's child when sandboxed)
+	nice int // its background priority (Warm.nice)
+
+	mu      sync.Mutex
+	ready   []standby        // ready children not yet taken, oldest first
+	waiters int              // runs waiting for a ready child
+	exits   map[int]chan int // pid → its exit code, once known
+}
+
+// standby is a ready child: forked, isolated, waiting on conn for a run.
+type standby struct {
+	pid  int
+	conn *os.File
 }
 
 func (z *zygote) exitChan(pid int) chan int {
@@ -114,6 +139,78 @@ func (z *zygote) forget(pid int) {
 func (z *zygote) stop() {
 	z.cmd.Process.Kill()
 	<-z.dead
+}
+
+// take returns a ready child, waiting for the zygote to fork one if none
+// is ready.
+func (z *zygote) take(ctx context.Context) (standby, error) {
+	for {
+		z.mu.Lock()
+		var c standby
+		if len(z.ready) > 0 {
+			c, z.ready = z.ready[0], z.ready[1:]
+		}
+		more := len(z.ready) > 0
+		z.mu.Unlock()
+		if more { // pass the word on to the next waiter
+			z.signal()
+		}
+		if c.conn != nil {
+			return c, nil
+		}
+		if err := z.awaitReady(ctx); err != nil {
+			return standby{}, err
+		}
+	}
+}
+
+// awaitReady waits for the zygote to report a ready child. Meanwhile the
+// zygote's work is not background work: a run waits on it, so it has
+// normal priority until no run waits.
+func (z *zygote) awaitReady(ctx context.Context) error {
+	z.hurry(1)
+	defer z.hurry(-1)
+	select {
+	case <-z.avail:
+		return nil
+	case why := <-z.failed:
+		return fmt.Errorf("executor: zygote could not fork: %s", why)
+	case <-z.dead:
+		return errors.New("executor: python zygote died")
+	case <-ctx.Done():
+		return ErrCancelled
+	}
+}
+
+// hurry counts the runs waiting for a child (d is +1 or -1), and sets the
+// zygote's priority to normal while there are any, to its background
+// nice value when there are none.
+func (z *zygote) hurry(d int) {
+	if z.nice == 0 {
+		return
+	}
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.waiters += d
+	prio := -1
+	switch {
+	case d > 0 && z.waiters == 1:
+		prio = 0
+	case d < 0 && z.waiters == 0:
+		prio = z.nice
+	}
+	if prio >= 0 {
+		if err := syscall.Setpriority(syscall.PRIO_PROCESS, z.pid, prio); err != nil {
+			slog.Warn("could not set the zygote's priority", "pid", z.pid, "nice", prio, "err", err)
+		}
+	}
+}
+
+func (z *zygote) signal() {
+	select {
+	case z.avail <- struct{}{}:
+	default:
+	}
 }
 
 // zygoteLocked returns a live zygote, starting one if needed. w.mu is held.
@@ -147,7 +244,7 @@ func (w *Warm) zygoteLocked() (*zygote, error) {
 		isolate = "1"
 	}
 	cmd.Env = append(childEnv(w.opt.WorkDir, w.mplDir, w.opt.Passthrough), "PYRUNNER_PRELOAD="+w.opt.Preload,
-		"PYRUNNER_ISOLATE="+isolate, fmt.Sprintf("PYRUNNER_PREFORK=%d", prefork))
+		"PYRUNNER_ISOLATE="+isolate, fmt.Sprintf("PYRUNNER_PREFORK=%d", prefork), fmt.Sprintf("PYRUNNER_NICE=%d", w.nice))
 	cmd.Stdout, cmd.Stderr = logLines("zygote"), logLines("zygote")
 	cmd.WaitDelay = time.Second // children holding the output open do not hold up noticing its death
 	cmd.ExtraFiles = []*os.File{child}
@@ -156,8 +253,8 @@ func (w *Warm) zygoteLocked() (*zygote, error) {
 		fc.Close()
 		return nil, fmt.Errorf("executor: start zygote: %w", err)
 	}
-	z := &zygote{cmd: cmd, ctl: fc.(*net.UnixConn), replies: make(chan map[string]any, 1),
-		dead: make(chan struct{}), exits: map[int]chan int{}}
+	z := &zygote{cmd: cmd, ctl: fc.(*net.UnixConn), dead: make(chan struct{}),
+		avail: make(chan struct{}, 1), failed: make(chan string, 1), exits: map[int]chan int{}, nice: w.nice}
 	ready := make(chan error, 1)
 	go z.read(ready)
 	select {
@@ -179,58 +276,136 @@ func (z *zygote) read(ready chan<- error) {
 	defer func() {
 		z.ctl.Close()
 		z.cmd.Wait()
+		z.mu.Lock()
+		for _, c := range z.ready {
+			c.conn.Close()
+		}
+		z.ready = nil
+		z.mu.Unlock()
 		close(z.dead)
 	}()
 	buf := make([]byte, 1<<16)
+	oob := make([]byte, syscall.CmsgSpace(4))
 	first := true
 	for {
-		n, err := z.ctl.Read(buf)
+		n, oobn, _, _, err := z.ctl.ReadMsgUnix(buf, oob)
 		if err != nil || n == 0 {
 			if first {
 				ready <- fmt.Errorf("executor: python zygote exited before it was ready (see the worker log for its error)")
 			}
 			return
 		}
-		var m map[string]any
+		files := receivedFiles(oob[:oobn])
+		var m struct {
+			Op    string `json:"op"`
+			PID   int    `json:"pid"`
+			Code  int    `json:"code"`
+			Error string `json:"error"`
+		}
 		if json.Unmarshal(buf[:n], &m) != nil {
+			closeAll(files)
 			continue
 		}
-		switch m["op"] {
+		switch m.Op {
 		case "ready":
 			first = false
+			z.pid = m.PID
 			ready <- nil
-		case "forked", "fork_failed":
-			z.replies <- m
+		case "standby":
+			if len(files) != 1 {
+				closeAll(files)
+				continue
+			}
+			z.mu.Lock()
+			z.ready = append(z.ready, standby{pid: m.PID, conn: files[0]})
+			z.mu.Unlock()
+			select { // the zygote forks again: an earlier failure is past
+			case <-z.failed:
+			default:
+			}
+			z.signal()
+		case "fork_failed":
+			select {
+			case z.failed <- m.Error:
+			default:
+			}
 		case "exit":
-			pid, _ := m["pid"].(float64)
-			code, _ := m["code"].(float64)
-			z.exitChan(int(pid)) <- int(code)
+			if z.dropReady(m.PID) { // a ready child died: the zygote forks another
+				continue
+			}
+			z.exitChan(m.PID) <- m.Code
+		default:
+			closeAll(files)
 		}
+	}
+}
+
+// dropReady forgets a ready child that died before it was taken.
+func (z *zygote) dropReady(pid int) bool {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	for i, c := range z.ready {
+		if c.pid == pid {
+			c.conn.Close()
+			z.ready = append(z.ready[:i], z.ready[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// receivedFiles are the descriptors passed in a message's control data.
+func receivedFiles(oob []byte) []*os.File {
+	msgs, err := syscall.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var files []*os.File
+	for _, m := range msgs {
+		fds, err := syscall.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			syscall.CloseOnExec(fd)
+			files = append(files, os.NewFile(uintptr(fd), "zygote-child"))
+		}
+	}
+	return files
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
 	}
 }
 
 // prefork is how many children the zygote keeps forked ahead of time.
 const prefork = 2
 
-// fork asks the zygote for a child wired to chanEnd, stdout and stderr.
-// isolate, when set, is what the child's namespaces need of the run.
-func (w *Warm) fork(runID, dir string, env []string, isolate map[string]any, files []*os.File) (*zygote, int, error) {
+// backgroundNice is the nice value of the zygote's background work (see
+// Warm.nice): low enough that on a busy machine the runs in progress get
+// the CPU first, high enough that a child is ready in time under load.
+const backgroundNice = 10
+
+// start gives a ready child of the zygote a run: its directory,
+// environment and, when isolate is set, what its namespaces need of the
+// run; files are its channel, stdout and stderr. The caller closes the
+// child's standby socket (see tookRun).
+func (w *Warm) start(ctx context.Context, runID, dir string, env []string, isolate map[string]any, files []*os.File) (*zygote, standby, error) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	z, err := w.zygoteLocked()
+	w.mu.Unlock()
 	if err != nil {
-		return nil, 0, err
+		return nil, standby{}, err
 	}
 	envMap := map[string]string{}
 	for _, kv := range env {
-		for i := 0; i < len(kv); i++ {
-			if kv[i] == '=' {
-				envMap[kv[:i]] = kv[i+1:]
-				break
-			}
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			envMap[k] = v
 		}
 	}
-	req := map[string]any{"op": "fork", "run": runID, "dir": dir, "env": envMap}
+	req := map[string]any{"op": "run", "run": runID, "dir": dir, "env": envMap}
 	if isolate != nil {
 		req["isolate"] = isolate
 	}
@@ -239,23 +414,53 @@ func (w *Warm) fork(runID, dir string, env []string, isolate map[string]any, fil
 	for i, f := range files {
 		fds[i] = int(f.Fd())
 	}
-	if _, _, err := z.ctl.WriteMsgUnix(b, syscall.UnixRights(fds...), nil); err != nil {
-		return nil, 0, fmt.Errorf("executor: ask zygote to fork: %w", err)
-	}
-	select {
-	case m := <-z.replies:
-		if m["op"] != "forked" {
-			return nil, 0, fmt.Errorf("executor: zygote could not fork: %v", m["error"])
+	for {
+		c, err := z.take(ctx)
+		if err != nil {
+			return nil, standby{}, err
 		}
-		pid, _ := m["pid"].(float64)
-		return z, int(pid), nil
-	case <-z.dead:
-		return nil, 0, errors.New("executor: python zygote died while forking")
+		if w.nice > 0 { // the run is foreground work: back to normal priority
+			if err := syscall.Setpriority(syscall.PRIO_PROCESS, c.pid, 0); err != nil {
+				slog.Warn("could not raise a python child's priority", "pid", c.pid, "err", err)
+			}
+		}
+		err = syscall.Sendmsg(int(c.conn.Fd()), b, syscall.UnixRights(fds...), nil, syscall.MSG_NOSIGNAL)
+		if err == nil {
+			// Only now the zygote forks the next: not while this run starts.
+			if _, err := z.ctl.Write(fmt.Appendf(nil, `{"op":"took","pid":%d}`, c.pid)); err != nil {
+				slog.Warn("could not tell the zygote a child was taken", "pid", c.pid, "err", err)
+			}
+			return z, c, nil
+		}
+		c.conn.Close()
+		// The child died after it was taken: its exit is reported as any
+		// run's; take it and try the next.
+		slog.Warn("a ready python child was gone; trying the next", "pid", c.pid, "err", err)
+		select {
+		case <-z.exitChan(c.pid):
+		case <-z.dead:
+		}
+		z.forget(c.pid)
 	}
 }
 
-// Run forks a child of the zygote for job and supervises it.
+// Run gives job to a ready child of the zygote and supervises it. A child
+// that dies before it took its run (it was ready, then killed: the OOM
+// killer, an operator) costs the run nothing: another child takes it.
 func (w *Warm) Run(ctx context.Context, job Job) (*Output, error) {
+	for tries := 1; ; tries++ {
+		out, err := w.runOnce(ctx, job)
+		if !errors.Is(err, errNotTaken) || tries == 3 {
+			return out, err
+		}
+		slog.Warn("a ready python child died before it took its run; giving the run to another", "run_id", job.RunID)
+	}
+}
+
+// errNotTaken: the child given a run died before it received it.
+var errNotTaken = errors.New("executor: no python child took the run (each died before it could)")
+
+func (w *Warm) runOnce(ctx context.Context, job Job) (*Output, error) {
 	isolated := w.opt.Sandbox == "bwrap"
 	rs, cleanup, err := prepareRun(w.opt.WorkDir, job.RunID, isolated)
 	if err != nil {
@@ -279,7 +484,8 @@ func (w *Warm) Run(ctx context.Context, job Job) (*Output, error) {
 	if isolated {
 		iso = isolateParams(rs, w.opt.Limits)
 	}
-	z, pid, err := w.fork(job.RunID, rs.dir, childEnv(rs.dir, w.mplDir, w.opt.Passthrough), iso, []*os.File{chanEnd, outW, errW})
+	conv := talk(ctx, rs, job, w.opt.Limits, isolated)
+	z, child, err := w.start(ctx, job.RunID, rs.dir, childEnv(rs.dir, w.mplDir, w.opt.Passthrough), iso, []*os.File{chanEnd, outW, errW})
 	chanEnd.Close()
 	outW.Close()
 	errW.Close()
@@ -288,6 +494,8 @@ func (w *Warm) Run(ctx context.Context, job Job) (*Output, error) {
 		errR.Close()
 		return nil, err
 	}
+	defer child.conn.Close()
+	pid := child.pid
 	stdout := &capBuffer{max: w.opt.Limits.MaxOutputBytes}
 	stderr := &capBuffer{max: w.opt.Limits.MaxOutputBytes}
 	var copies sync.WaitGroup
@@ -320,12 +528,24 @@ func (w *Warm) Run(ctx context.Context, job Job) (*Output, error) {
 		errR.Close()
 		return code
 	}
-	out, err := supervise(ctx, job, w.opt.Limits, rs, isolated, pid, wait, outputClosed, stdout, stderr)
+	out, err := supervise(ctx, job, w.opt.Limits, rs, conv, pid, wait, outputClosed, stdout, stderr)
+	if err == nil && !out.OK && !zygoteDied.Load() && !tookRun(child.conn) {
+		return nil, errNotTaken
+	}
 	if err == nil && zygoteDied.Load() && !out.OK {
 		out.Error = "the Python zygote died during the run (it is restarted for the next run)"
 		out.TimedOut = false
 	}
 	return out, err
+}
+
+// tookRun tells, once a child has ended, whether it received its run: a
+// child acknowledges the run on its standby socket as soon as it has it
+// (python/zygote.py, standby).
+func tookRun(conn *os.File) bool {
+	var b [1]byte
+	n, _, err := syscall.Recvfrom(int(conn.Fd()), b[:], syscall.MSG_DONTWAIT)
+	return err == nil && n == 1
 }
 
 // logLines is a writer that logs each line written to it (the zygote's own

@@ -18,26 +18,46 @@ import (
 // reaches a run first claims it atomically (Claim); the other finds it
 // claimed and does nothing.
 
-// claimScript moves a queued run to starting for one worker.
+// claimScript moves a queued run to starting for one worker, holding it
+// in the worker's set in the same step (so the reaper finds it should the
+// worker die), and returns the record: one round trip from the wake to
+// the run.
 //
 // KEYS[1] run hash
+// KEYS[2] the worker's held runs
 // ARGV[1] worker id
 // ARGV[2] started_at
-// Output: 1 when claimed; 0 when the run is missing, not queued, or stopped.
+// ARGV[3] run id
+// Output: the run's fields when claimed; nil when the run is missing, not
+// queued, or stopped (and then a hold this call added is taken back: the
+// winner may be this same worker, on its other path).
 var claimScript = redis.NewScript(`
+local added = redis.call('SADD', KEYS[2], ARGV[3])
 local f = redis.call('HMGET', KEYS[1], 'status', 'stop_requested')
-if f[1] ~= 'queued' or f[2] == '1' then return 0 end
+if f[1] ~= 'queued' or f[2] == '1' then
+  if added == 1 then redis.call('SREM', KEYS[2], ARGV[3]) end
+  return false
+end
 redis.call('HSET', KEYS[1], 'status', 'starting', 'worker', ARGV[1], 'started_at', ARGV[2])
-return 1
+return redis.call('HGETALL', KEYS[1])
 `)
 
-// Claim makes worker the owner of queued run id. Only one caller wins.
-func (s *Store) Claim(ctx context.Context, id, worker string, at time.Time) (bool, error) {
-	n, err := claimScript.Run(ctx, s.rdb, []string{s.RunKey(id)}, worker, run.FormatTime(at)).Int()
-	if err != nil {
-		return false, fmt.Errorf("store: claim %s: %w", id, err)
+// Claim makes worker the owner of queued run id, holds it for worker
+// (ReleaseRun lets it go), and returns the run as claimed. Only one caller
+// wins; the others get nil.
+func (s *Store) Claim(ctx context.Context, id, worker string, at time.Time) (*run.Run, error) {
+	kv, err := claimScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.WorkerRunsKey(worker)}, worker, run.FormatTime(at), id).StringSlice()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
 	}
-	return n == 1, nil
+	if err != nil {
+		return nil, fmt.Errorf("store: claim %s: %w", id, err)
+	}
+	f := make(map[string]string, len(kv)/2)
+	for i := 0; i+1 < len(kv); i += 2 {
+		f[kv[i]] = kv[i+1]
+	}
+	return run.FromFields(f), nil
 }
 
 // stopScript marks a stop request; a run still queued ends stopped at once.

@@ -215,12 +215,21 @@ func (s *Store) GetRun(ctx context.Context, id string) (*run.Run, error) {
 // ARGV[2] run id
 // ARGV[3..] field, value pairs
 // Output: 1 when applied; 0 when the run is missing or already terminal.
-var updateScript = redis.NewScript(`
+var updateScript = redis.NewScript("local last = #ARGV\n" + updateBody)
+
+// finishScript stores a run's result (KEYS[4], ARGV[#ARGV], for ARGV[1]
+// seconds), then is updateScript with the other arguments. Should the
+// result not be stored, the script stops there and the run is unchanged.
+var finishScript = redis.NewScript("redis.call('SET', KEYS[4], ARGV[#ARGV], 'EX', ARGV[1])\nlocal last = #ARGV - 1\n" + updateBody)
+
+// updateBody is updateScript's, after "last" (the index of its last field
+// argument) is set.
+const updateBody = `
 local terminal = {succeeded=true, failed=true, stopped=true, timeout=true, terminated=true}
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st or terminal[st] then return 0 end
 local ended, started = false, false
-for i = 3, #ARGV, 2 do
+for i = 3, last, 2 do
   local k, v = ARGV[i], ARGV[i+1]
   -- a run being stopped stays "stopping" until it ends
   if not (k == 'status' and st == 'stopping' and (v == 'running' or v == 'starting')) then
@@ -237,7 +246,7 @@ if ended or started then
   redis.call('PUBLISH', KEYS[2], ARGV[2])
 end
 return 1
-`)
+`
 
 // Update applies the non-empty fields of change to run id, unless the run
 // has already ended. It reports whether it applied them. A change to a
@@ -264,14 +273,38 @@ func (s *Store) SetResult(ctx context.Context, id string, result []byte) error {
 	return nil
 }
 
-// GetResult reads a result; (nil, nil) when there is none.
-func (s *Store) GetResult(ctx context.Context, id string) ([]byte, error) {
-	b, err := s.rdb.Get(ctx, s.ResultKey(id)).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return nil, nil
+// Finish stores a research run's result and applies change (its end) in
+// one step (finishScript): a waiter the end wakes finds the result, and a
+// result Redis refuses leaves the run as it was, for the caller to end it
+// otherwise.
+func (s *Store) Finish(ctx context.Context, id string, result []byte, change *run.Run) error {
+	args := []any{int(s.ttl.Seconds()), id}
+	for k, v := range change.Fields() {
+		args = append(args, k, v)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("store: get result of %s: %w", id, err)
+	args = append(args, result)
+	if err := finishScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.DoneChannel(), s.ActiveKey(), s.ResultKey(id)}, args...).Err(); err != nil {
+		return fmt.Errorf("store: finish run %s: %w", id, err)
 	}
-	return b, nil
+	return nil
 }
+
+// GetRunWithResult reads a run record and its result (nil when there is
+// none yet) in one round trip.
+func (s *Store) GetRunWithResult(ctx context.Context, id string) (*run.Run, []byte, error) {
+	pipe := s.rdb.Pipeline()
+	fields := pipe.HGetAll(ctx, s.RunKey(id))
+	result := pipe.Get(ctx, s.ResultKey(id))
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, nil, fmt.Errorf("store: get run %s: %w", id, err)
+	}
+	if len(fields.Val()) == 0 {
+		return nil, nil, run.Errorf(run.ECodeNotFound, "run %s not found", id)
+	}
+	b, err := result.Bytes()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, nil, fmt.Errorf("store: get result of %s: %w", id, err)
+	}
+	return run.FromFields(fields.Val()), b, nil
+}
+

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -89,23 +90,40 @@ func TestClaim(t *testing.T) {
 		wg.Add(1)
 		go func(w string) {
 			defer wg.Done()
-			if ok, err := b.store.Claim(b.ctx, ids[0], w, time.Now()); err == nil && ok {
+			if r, err := b.store.Claim(b.ctx, ids[0], w, time.Now()); err == nil && r != nil {
 				wins.Store(w, true)
 			}
 		}(fmt.Sprintf("w%d", i))
 	}
 	wg.Wait()
-	n := 0
-	wins.Range(func(any, any) bool { n++; return true })
+	n, winner := 0, ""
+	wins.Range(func(w, _ any) bool { n, winner = n+1, w.(string); return true })
 	if n != 1 || b.status(t, ids[0]) != run.StatusStarting {
-		t.Errorf("%d claims won, status %s", n, b.status(t, ids[0]))
+		t.Fatalf("%d claims won, status %s", n, b.status(t, ids[0]))
+	}
+	// The winner holds the run, and only it; the winner's own second try
+	// (its other path) loses and leaves the hold in place.
+	if r, _ := b.store.Claim(b.ctx, ids[0], winner, time.Now()); r != nil {
+		t.Error("a run already claimed was claimed again")
+	}
+	for i := 0; i < 20; i++ {
+		w := fmt.Sprintf("w%d", i)
+		held, err := b.store.HeldRuns(b.ctx, w)
+		if want := w == winner; err != nil || slices.Contains(held, ids[0]) != want {
+			t.Errorf("worker %s holds %v (%v), want the run held: %v", w, held, err, want)
+		}
+	}
+	b.queued(t, ids[2])
+	r, err := b.store.Claim(b.ctx, ids[2], "w", time.Now())
+	if err != nil || r == nil || r.ID != ids[2] || r.Status != run.StatusStarting || r.Worker != "w" || r.StartedAt.IsZero() {
+		t.Errorf("claimed run as returned: %+v %v", r, err)
 	}
 	b.queued(t, ids[1])
 	b.srv.CLI(t, "hset", b.store.RunKey(ids[1]), "stop_requested", "1")
-	if ok, _ := b.store.Claim(b.ctx, ids[1], "w", time.Now()); ok {
+	if r, _ := b.store.Claim(b.ctx, ids[1], "w", time.Now()); r != nil {
 		t.Error("a run asked to stop was claimed")
 	}
-	if ok, _ := b.store.Claim(b.ctx, ids[9], "w", time.Now()); ok {
+	if r, _ := b.store.Claim(b.ctx, ids[9], "w", time.Now()); r != nil {
 		t.Error("a missing run was claimed")
 	}
 }
@@ -195,6 +213,44 @@ func TestUpdate(t *testing.T) {
 	}
 }
 
+// TestFinish (finishScript): the result and the end land together, and
+// the waiter the end wakes finds the result; a result Redis refuses
+// changes nothing.
+func TestFinish(t *testing.T) {
+	b := setup(t)
+	w, _ := b.store.NewWaiter(b.ctx)
+	b.queued(t, ids[0])
+	b.store.Claim(b.ctx, ids[0], "w", time.Now())
+	ended, unregister := w.Register(ids[0])
+	defer unregister()
+	if err := b.store.Finish(b.ctx, ids[0], []byte(`{"ok":true}`), &run.Run{Status: run.StatusSucceeded, FinishedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the end was not published")
+	}
+	if r, res, err := b.store.GetRunWithResult(b.ctx, ids[0]); err != nil || string(res) != `{"ok":true}` || r.Status != run.StatusSucceeded {
+		t.Errorf("after Finish: result %q (%v), run %+v", res, err, r)
+	}
+	if ttl := strings.TrimSpace(b.srv.CLI(t, "ttl", b.store.ResultKey(ids[0]))); ttl == "-1" || ttl == "-2" {
+		t.Errorf("the result has TTL %s, want the records' TTL", ttl)
+	}
+	b.queued(t, ids[1])
+	b.store.Claim(b.ctx, ids[1], "w", time.Now())
+	b.srv.CLI(t, "config", "set", "proto-max-bulk-len", "1mb")
+	if err := b.store.Finish(b.ctx, ids[1], make([]byte, 2<<20), &run.Run{Status: run.StatusSucceeded}); err == nil {
+		t.Error("a result over Redis's limit was taken")
+	}
+	if r, res, err := b.store.GetRunWithResult(b.ctx, ids[1]); err != nil || res != nil || r.Status != run.StatusStarting {
+		t.Errorf("a refused result changed the run: result %d bytes (%v), run %+v", len(res), err, r)
+	}
+	if _, _, err := b.store.GetRunWithResult(b.ctx, ids[9]); run.ErrorCode(err) != run.ECodeNotFound {
+		t.Errorf("a missing run: %v", err)
+	}
+}
+
 // TestCreateScriptRun (createScriptRunScript): a second active copy of a
 // script is refused unless duplicates are allowed; once the first ended,
 // a new copy is fine.
@@ -255,10 +311,8 @@ func TestWorkersAndReaper(t *testing.T) {
 	b.store.Heartbeat(b.ctx, store.WorkerInfo{ID: "lost"}, time.Minute)
 	b.srv.CLI(t, "zadd", b.store.WorkersKey(), fmt.Sprint(time.Now().Add(-time.Minute).UnixMilli()), "lost")
 	b.queued(t, ids[0])
-	b.store.HoldRun(b.ctx, "lost", ids[0])
 	b.store.Claim(b.ctx, ids[0], "lost", time.Now())
 	b.queued(t, ids[1])
-	b.store.HoldRun(b.ctx, "alive", ids[1])
 	b.store.Claim(b.ctx, ids[1], "alive", time.Now())
 	ws, err := b.store.Workers(b.ctx, liveness.Stale)
 	if err != nil || len(ws) != 1 || ws[0].ID != "alive" {

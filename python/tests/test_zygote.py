@@ -1,6 +1,7 @@
 """The warm zygote as the worker drives it: a real zygote process on a
-SOCK_SEQPACKET control socket, a fork request with descriptors attached, and
-the harness conversation with the forked child."""
+SOCK_SEQPACKET control socket, ready children handed over with their
+sockets, a run given straight to one of them, and the harness conversation
+with it."""
 import json
 import os
 import signal
@@ -17,6 +18,39 @@ import harness
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+class Worker:
+    """The worker's side of the control socket: ready children as they
+    are handed over, and exits as they are reported."""
+
+    def __init__(self, ctl):
+        self.ctl = ctl
+        self.ready = []  # (pid, socket), oldest first
+        self.exits = {}
+
+    def pump(self):
+        data, fds, _, _ = socket.recv_fds(self.ctl, 65536, 1)
+        msg = json.loads(data)
+        if msg["op"] == "standby":
+            assert len(fds) == 1, "a ready child comes with its socket"
+            self.ready.append((msg["pid"], socket.socket(fileno=fds[0])))
+        elif msg["op"] == "exit":
+            self.exits[msg["pid"]] = msg["code"]
+            self.ready = [(p, s) for p, s in self.ready if p != msg["pid"]]
+        return msg
+
+    def take(self):
+        while not self.ready:
+            self.pump()
+        pid, s = self.ready.pop(0)
+        self.ctl.send(json.dumps({"op": "took", "pid": pid}).encode())
+        return pid, s
+
+    def exit_of(self, pid):
+        while pid not in self.exits:
+            self.pump()
+        return self.exits.pop(pid)
+
+
 @pytest.fixture
 def zygote(tmp_path):
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -26,64 +60,77 @@ def zygote(tmp_path):
     theirs.close()
     ours.settimeout(60)
     assert json.loads(ours.recv(65536))["op"] == "ready"
-    yield ours, proc
+    yield Worker(ours), proc
     proc.kill()
     proc.wait()
 
 
-def fork_run(ctl, tmp_path, code):
+def run_in_child(w, tmp_path, code):
+    pid, s = w.take()
     chan, child_chan = socket.socketpair()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    socket.send_fds(ctl, [json.dumps({"op": "fork", "run": "t", "dir": str(tmp_path), "env": {"X": "1"}}).encode()],
+    socket.send_fds(s, [json.dumps({"op": "run", "run": "t", "dir": str(tmp_path), "env": {"X": "1"}}).encode()],
                     [child_chan.fileno(), out_w, err_w])
+    assert s.recv(1) == b"k", "the child acknowledges its run"
+    s.close()
     for fd in (out_w, err_w):
         os.close(fd)
     child_chan.close()
-    forked = json.loads(ctl.recv(65536))
-    assert forked["op"] == "forked" and forked["pid"] > 0
     cols = [{"name": n, "dtype": "<i8" if n in ("start", "trades") else "<f8"} for n in harness.COLUMNS]
     harness.send_msg(chan, {"type": "job", "code": code, "timeoutSec": 10, "frame": {"rows": 2, "columns": cols}},
                      np.zeros(16, dtype="<f8").tobytes())
     result, _ = harness.recv_msg(chan)
-    exited = json.loads(ctl.recv(65536))
+    code = w.exit_of(pid)
     stdout = os.read(out_r, 65536).decode()
     os.close(out_r)
     os.close(err_r)
-    return forked, result, exited, stdout
+    return pid, result, code, stdout
 
 
-def test_fork_runs_and_reports_exit(zygote, tmp_path):
-    zygote, _ = zygote
-    forked, result, exited, stdout = fork_run(zygote, tmp_path, "import os\nprint('hi')\nresult = [len(df), os.environ['X'], os.getcwd()]")
+def test_a_ready_child_runs_and_its_exit_is_reported(zygote, tmp_path):
+    w, _ = zygote
+    _, result, code, stdout = run_in_child(w, tmp_path, "import os\nprint('hi')\nresult = [len(df), os.environ['X'], os.getcwd()]")
     assert result["ok"] is True and result["result"] == [2, "1", str(tmp_path)]
     assert stdout == "hi\n"
-    assert exited == {"op": "exit", "pid": forked["pid"], "code": 0}
+    assert code == 0
 
 
 def test_runs_do_not_see_each_other(zygote, tmp_path):
-    zygote, _ = zygote
-    fork_run(zygote, tmp_path, "import json\njson.leaked = 1\nleak = 1")
-    _, result, _, _ = fork_run(zygote, tmp_path, "import json\nresult = [hasattr(json, 'leaked'), 'leak' in globals()]")
+    w, _ = zygote
+    run_in_child(w, tmp_path, "import json\njson.leaked = 1\nleak = 1")
+    _, result, _, _ = run_in_child(w, tmp_path, "import json\nresult = [hasattr(json, 'leaked'), 'leak' in globals()]")
     assert result["result"] == [False, False]
 
 
-def ready_children(zygote_pid):
-    with open(f"/proc/{zygote_pid}/task/{zygote_pid}/children") as f:
-        return [int(p) for p in f.read().split()]
+def test_children_are_ready_ahead_and_each_taken_one_is_replaced(zygote, tmp_path):
+    w, proc = zygote
+    while len(w.ready) < 2:  # PYRUNNER_PREFORK's default, before any run is asked for
+        w.pump()
+    first = [p for p, _ in w.ready]
+    pid, _, _, _ = run_in_child(w, tmp_path, "result = 1")
+    assert pid == first[0]
+    while len(w.ready) < 2:
+        w.pump()
+    assert w.ready[0][0] == first[1] and w.ready[1][0] not in first
 
 
 def test_a_ready_child_that_dies_is_replaced(zygote, tmp_path):
-    ctl, proc = zygote
-    deadline = time.monotonic() + 30
-    while len(ready_children(proc.pid)) < 2:  # the zygote forks them ahead of time
-        assert time.monotonic() < deadline, "the zygote did not fork its ready children"
-        time.sleep(0.01)
-    killed = ready_children(proc.pid)
+    w, proc = zygote
+    while len(w.ready) < 2:
+        w.pump()
+    killed = [p for p, _ in w.ready]
     for pid in killed:
         os.kill(pid, signal.SIGKILL)
-    while not (len(ready_children(proc.pid)) == 2 and set(ready_children(proc.pid)).isdisjoint(killed)):
-        assert time.monotonic() < deadline, "the zygote did not replace its ready children"
-        time.sleep(0.01)
-    _, result, _, _ = fork_run(ctl, tmp_path, "result = 'after'")
+    while not (len(w.ready) == 2 and {p for p, _ in w.ready}.isdisjoint(killed)):
+        w.pump()
+    assert all(w.exits.get(p) == -signal.SIGKILL for p in killed)
+    _, result, _, _ = run_in_child(w, tmp_path, "result = 'after'")
     assert result["ok"] is True and result["result"] == "after"
+
+
+def test_a_ready_child_whose_worker_end_closes_exits(zygote, tmp_path):
+    w, _ = zygote
+    pid, s = w.take()
+    s.close()  # the worker retired it
+    assert w.exit_of(pid) == 0
