@@ -327,7 +327,9 @@ func (d *DB) read(ctx context.Context, table string, info tableInfo, start, end,
 	}
 	// Slice the range where the data is, so the slices hold similar counts.
 	var lo, hi sql.NullInt64
-	if err := d.gorm.WithContext(ctx).Raw("SELECT MIN(start), MAX(start) FROM `"+table+"` WHERE start >= ? AND start <= ?", start, end).
+	// Two index seeks (one MIN and one MAX in a query would scan the range).
+	in := "SELECT start FROM `" + table + "` WHERE start >= ? AND start <= ? ORDER BY start"
+	if err := d.gorm.WithContext(ctx).Raw("SELECT ("+in+" LIMIT 1), ("+in+" DESC LIMIT 1)", start, end, start, end).
 		Row().Scan(&lo, &hi); err != nil {
 		return nil, fmt.Errorf("kline: range of %s: %w", table, err)
 	}
@@ -360,7 +362,10 @@ func (d *DB) read(ctx context.Context, table string, info tableInfo, start, end,
 // table, it returns nil and the indexed read is used.
 func (d *DB) scanSQLite(ctx context.Context, table string, info tableInfo, start, end, parts int64) (*frame.Frame, error) {
 	var r0, r1, s0, s1 sql.NullInt64
-	if err := d.gorm.WithContext(ctx).Raw("SELECT MIN(rowid), MAX(rowid), MIN(start), MAX(start) FROM `"+table+"`").
+	// Four b-tree seeks: SQLite answers a lone MIN or MAX from an end of
+	// the b-tree, but several in one SELECT by scanning the whole table.
+	from := " FROM `" + table + "`)"
+	if err := d.gorm.WithContext(ctx).Raw("SELECT (SELECT MIN(rowid)"+from+", (SELECT MAX(rowid)"+from+", (SELECT MIN(start)"+from+", (SELECT MAX(start)"+from).
 		Row().Scan(&r0, &r1, &s0, &s1); err != nil {
 		return nil, fmt.Errorf("kline: extent of %s: %w", table, err)
 	}

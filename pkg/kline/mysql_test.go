@@ -48,3 +48,42 @@ func TestMySQLReadOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestMySQLLargeRead: a range large enough to be read in parallel slices
+// comes back whole and in order, and a limit cuts it at the right row.
+func TestMySQLLargeRead(t *testing.T) {
+	d := mysqltest.New(t)
+	ctx := context.Background()
+	const n = 160_000
+	want := kline.Generate(kline.DemoMarkets[0], 1_000_020, n, 3)
+	if err := d.Admin.CreateTable(ctx, "binance_BTCUSDT_1m", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Admin.Insert(ctx, "binance_BTCUSDT_1m", want, true); err != nil {
+		t.Fatal(err)
+	}
+	db, err := kline.Open(d.Config(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, limit := range []int{0, n - 1000} {
+		f, _, err := db.Load(ctx, kline.Query{Exchange: "binance", Symbol: "BTCUSDT", BinSize: "1m",
+			Start: want.Start[0] - 3600, End: want.Start[n-1] + 3600, Limit: int64(limit)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows := n
+		if limit > 0 {
+			rows = limit
+		}
+		if f.Len() != rows {
+			t.Fatalf("limit %d: %d rows, want %d", limit, f.Len(), rows)
+		}
+		for i := 0; i < rows; i++ {
+			if f.Start[i] != want.Start[i] || f.Close[i] != want.Close[i] || f.Trades[i] != want.Trades[i] {
+				t.Fatalf("limit %d: row %d is %d/%v, want %d/%v", limit, i, f.Start[i], f.Close[i], want.Start[i], want.Close[i])
+			}
+		}
+	}
+}
