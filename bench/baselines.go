@@ -23,19 +23,18 @@ import (
 	"github.com/ztrade/pyrunner/pkg/kline"
 )
 
-// forkFloor is the p50 of forking a warm interpreter (numpy and pandas
-// imported) and building a 1 000-row DataFrame in the child, until the
-// parent has reaped it: the least a fork-per-request design can cost.
-func forkFloor(py string, n int) (time.Duration, error) {
-	out, err := exec.Command(py, "-c", `
+// forkFloorScript forks a warm interpreter (numpy and pandas imported)
+// and builds a 1 000-row DataFrame in the child, until the parent has
+// reaped it, once per line read: the least a fork-per-request design can
+// cost, measured in turn with pyrunner's call (see stepper).
+const forkFloorScript = `
 import os, sys, time, gc
 import numpy as np, pandas as pd
-n = int(sys.argv[1])
 cols = {c: np.random.default_rng(1).random(1000) for c in ("open", "high", "low", "close", "volume", "turnover")}
 cols["start"] = np.arange(1000, dtype=np.int64) * 60
 gc.freeze()
-ds = []
-for i in range(n + 10):
+print("ready", flush=True)
+for line in sys.stdin:
     t = time.perf_counter()
     pid = os.fork()
     if pid == 0:
@@ -43,17 +42,7 @@ for i in range(n + 10):
         df["time"] = pd.to_datetime(df["start"], unit="s", utc=True)
         os._exit(0 if len(df) == 1000 else 1)
     _, status = os.waitpid(pid, 0)
-    if status != 0:
-        sys.exit("child failed")
-    if i >= 10:
-        ds.append(time.perf_counter() - t)
-ds.sort()
-print(ds[len(ds) // 2])`, strconv.Itoa(n)).Output()
-	if err != nil {
-		return 0, fmt.Errorf("fork floor: %w", err)
-	}
-	return seconds(out)
-}
+    print(time.perf_counter() - t if status == 0 else "error", flush=True)`
 
 func seconds(out []byte) (time.Duration, error) {
 	f, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
@@ -83,17 +72,9 @@ print(result["rows"])`, db, thousandRows).Output()
 	return d, nil
 }
 
-// kernel is a warm Jupyter kernel (ipykernel, driven by jupyter_client)
-// that, per call, reloads the 1 000 rows from the SQLite file and runs the
-// snippet, as a researcher's notebook cell would.
-type kernel struct {
-	cmd *exec.Cmd
-	in  io.WriteCloser
-	out *bufio.Scanner
-}
-
-func startKernel(py, db string) (*kernel, error) {
-	cmd := exec.Command(py, "-c", `
+// kernelScript is a warm Jupyter kernel driven by jupyter_client: per
+// line read, it reloads the 1 000 rows from SQLite and runs the snippet.
+const kernelScript = `
 import sys, time
 from jupyter_client.manager import start_new_kernel
 km, kc = start_new_kernel(kernel_name="python3")
@@ -112,7 +93,21 @@ try:
         print(d if r["content"]["status"] == "ok" else "error", flush=True)
 finally:
     kc.stop_channels()
-    km.shutdown_kernel(now=True)`, db, thousandRows)
+    km.shutdown_kernel(now=True)`
+
+// stepper is a Python process that does one measured step per line it
+// reads and prints how long it took, in seconds (or "error"): a baseline
+// called in turn with pyrunner, so both see the same machine.
+type stepper struct {
+	name string
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	out  *bufio.Scanner
+}
+
+// startStepper runs script with py and waits for it to print "ready".
+func startStepper(name, py, script string, args ...string) (*stepper, error) {
+	cmd := exec.Command(py, append([]string{"-c", script}, args...)...)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -123,28 +118,32 @@ finally:
 	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("jupyter kernel: %w", err)
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	k := &kernel{cmd: cmd, in: in, out: bufio.NewScanner(out)}
+	k := &stepper{name: name, cmd: cmd, in: in, out: bufio.NewScanner(out)}
 	if !k.out.Scan() || k.out.Text() != "ready" {
 		k.close()
-		return nil, fmt.Errorf("jupyter kernel did not start (python3-ipykernel and python3-jupyter-client installed?)")
+		return nil, fmt.Errorf("%s did not start", name)
 	}
 	return k, nil
 }
 
-// call runs the cell once and returns how long the kernel took to answer.
-func (k *kernel) call() (time.Duration, error) {
+// call does one step and returns how long it took.
+func (k *stepper) call() (time.Duration, error) {
 	if _, err := io.WriteString(k.in, "go\n"); err != nil {
 		return 0, err
 	}
 	if !k.out.Scan() {
-		return 0, fmt.Errorf("jupyter kernel: no answer")
+		return 0, fmt.Errorf("%s: no answer", k.name)
 	}
-	return seconds(k.out.Bytes())
+	d, err := seconds(k.out.Bytes())
+	if err != nil {
+		return 0, fmt.Errorf("%s: %s", k.name, k.out.Text())
+	}
+	return d, nil
 }
 
-func (k *kernel) close() {
+func (k *stepper) close() {
 	k.in.Close()
 	k.cmd.Wait()
 }

@@ -10,7 +10,7 @@
 //	    then the SSE follow), next to a plain python3 -u subprocess from Go
 //	(e) the cost of isolation: warm trivial p50 with the full sandbox next
 //	    to PYRUNNER_SANDBOX=none, two stacks called in turn
-//	(g) the warm trivial call next to the fork floor of a warm interpreter,
+//	(g) the warm trivial call next to, each called in turn, the fork floor of a warm interpreter,
 //	    a warm Jupyter kernel and the original python-runner's per-request
 //	    interpreter (bench/baselines.go)
 //	(h) 1M rows from MariaDB, next to pandas.read_sql through pymysql
@@ -538,19 +538,29 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		k, err := startKernel(py, db)
+		k, err := startStepper("jupyter kernel (python3-ipykernel and python3-jupyter-client installed?)", py, kernelScript, db, thousandRows)
 		if err != nil {
 			s.stop()
 			return err
 		}
-		var ours, jup, orig []time.Duration
+		fl, err := startStepper("fork floor", py, forkFloorScript)
+		if err != nil {
+			k.close()
+			s.stop()
+			return err
+		}
+		var ours, jup, floors, orig []time.Duration
 		for i := -10; i < 200; i++ {
 			_, d, err := s.research(trivial)
+			var j, f time.Duration
 			if err == nil {
-				var j time.Duration
-				if j, err = k.call(); err == nil && i >= 0 {
-					ours, jup = append(ours, d), append(jup, j)
-				}
+				j, err = k.call()
+			}
+			if err == nil {
+				f, err = fl.call()
+			}
+			if err == nil && i >= 0 {
+				ours, jup, floors = append(ours, d), append(jup, j), append(floors, f)
 			}
 			if err == nil && i >= 0 && i%10 == 0 {
 				var o time.Duration
@@ -559,20 +569,19 @@ func run() error {
 				}
 			}
 			if err != nil {
+				fl.close()
 				k.close()
 				s.stop()
 				return err
 			}
 		}
+		fl.close()
 		k.close()
 		s.stop()
-		floor, err := forkFloor(py, 200)
-		if err != nil {
-			return err
-		}
+		floor := percentile(floors, 0.5)
 		p50, j50, o50 := percentile(ours, 0.5), percentile(jup, 0.5), percentile(orig, 0.5)
 		add("(g) warm trivial call (1 000 rows, result = len(df)), over HTTP: p50 (n=200)", ms(p50))
-		add("(g) fork floor: fork of the warm interpreter + a 1 000-row DataFrame in the child, same Python: p50 (n=200)",
+		add("(g) fork floor: fork of the warm interpreter + a 1 000-row DataFrame in the child, same Python, interleaved: p50 (n=200)",
 			fmt.Sprintf("%s (pyrunner's call / fork floor: %.2f)", ms(floor), float64(p50)/float64(floor)))
 		add("(g) warm Jupyter kernel (jupyter_client → ipykernel) reloading the 1 000 rows from SQLite and running the snippet, interleaved: p50",
 			fmt.Sprintf("%s (pyrunner / Jupyter: %.2f)", ms(j50), float64(p50)/float64(j50)))

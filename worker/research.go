@@ -76,9 +76,13 @@ func (w *worker) handleResearch(ctx context.Context, r *run.Run) error {
 		return finish(research.Failure(msg, meta), run.StatusFailed)
 	}
 	meta.Rows, meta.Source = f.Len(), source
-	if _, err := w.store.Update(ctx, id, &run.Run{Status: run.StatusRunning}); err != nil { // a stopping run stays stopping
-		slog.Warn("could not record a research run as running", "run_id", id, "err", err)
-	}
+	// Recorded beside the run, not before it: a stopping run stays
+	// stopping, and one that has ended by then stays ended.
+	go func() {
+		if _, err := w.store.Update(bg, id, &run.Run{Status: run.StatusRunning}); err != nil {
+			slog.Warn("could not record a research run as running", "run_id", id, "err", err)
+		}
+	}()
 
 	execStart := time.Now()
 	out, err := w.exec.Run(ctx, executor.Job{

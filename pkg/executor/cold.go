@@ -58,11 +58,12 @@ const hardKillGrace = 2 * time.Second
 // Run runs job in a new process group and a fresh working directory.
 func (c *Cold) Run(ctx context.Context, job Job) (*Output, error) {
 	isolated := c.opt.Sandbox == "bwrap"
-	rs, cleanup, err := prepareRun(c.opt.WorkDir, job.RunID, isolated)
+	rs, err := newRunSetup(c.opt.WorkDir, job.RunID, isolated)
 	if err != nil {
 		return nil, err
 	}
-	defer cleanup()
+	defer os.RemoveAll(rs.dir)
+	defer rs.conn.Close()
 	childEnd := rs.child
 	conv := talk(ctx, rs, job, c.opt.Limits, isolated)
 

@@ -214,18 +214,18 @@ type runSetup struct {
 	child *os.File
 }
 
-// prepareRun makes a run's directory, identity and channel. cleanup
-// closes the channel and removes the directory.
-func prepareRun(workDir, runID string, isolated bool) (*runSetup, func(), error) {
+// newRunSetup makes a run's directory, identity and channel; the caller
+// closes rs.conn and removes rs.dir.
+func newRunSetup(workDir, runID string, isolated bool) (*runSetup, error) {
 	id := newIdentity()
 	dir, err := makeRunDir(workDir, runID, id, isolated)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	conn, child, err := socketPair()
 	if err != nil {
 		os.RemoveAll(dir)
-		return nil, nil, err
+		return nil, err
 	}
-	return &runSetup{dir: dir, id: id, conn: conn, child: child}, func() { conn.Close(); os.RemoveAll(dir) }, nil
+	return &runSetup{dir: dir, id: id, conn: conn, child: child}, nil
 }

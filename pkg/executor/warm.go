@@ -462,15 +462,20 @@ var errNotTaken = errors.New("executor: no python child took the run (each died 
 
 func (w *Warm) runOnce(ctx context.Context, job Job) (*Output, error) {
 	isolated := w.opt.Sandbox == "bwrap"
-	rs, cleanup, err := prepareRun(w.opt.WorkDir, job.RunID, isolated)
+	rs, err := newRunSetup(w.opt.WorkDir, job.RunID, isolated)
 	if err != nil {
 		return nil, err
 	}
-	defer cleanup()
+	defer rs.conn.Close()
+	// The run's directory goes once its process has: an isolated run's
+	// tmpfs is mounted on it in the run's namespace, and removing it
+	// while that lives costs the kernel a detach on the run's path.
+	removeDir := func() { os.RemoveAll(rs.dir) }
 	chanEnd := rs.child
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		chanEnd.Close()
+		removeDir()
 		return nil, fmt.Errorf("executor: pipe: %w", err)
 	}
 	errR, errW, err := os.Pipe()
@@ -478,6 +483,7 @@ func (w *Warm) runOnce(ctx context.Context, job Job) (*Output, error) {
 		chanEnd.Close()
 		outR.Close()
 		outW.Close()
+		removeDir()
 		return nil, fmt.Errorf("executor: pipe: %w", err)
 	}
 	var iso map[string]any
@@ -492,6 +498,7 @@ func (w *Warm) runOnce(ctx context.Context, job Job) (*Output, error) {
 	if err != nil {
 		outR.Close()
 		errR.Close()
+		removeDir()
 		return nil, err
 	}
 	defer child.conn.Close()
@@ -526,6 +533,7 @@ func (w *Warm) runOnce(ctx context.Context, job Job) (*Output, error) {
 		}
 		outR.Close()
 		errR.Close()
+		removeDir()
 		return code
 	}
 	out, err := supervise(ctx, job, w.opt.Limits, rs, conv, pid, wait, outputClosed, stdout, stderr)
