@@ -97,9 +97,9 @@ func (d *dispatcher) wakeLoop(ctx context.Context) {
 // start is the one way a run begins here, whichever path brought its id:
 // claim and hold it in one step (only one caller, on any worker, wins;
 // the hold lets the reaper find it should this worker die), and only then
-// register its cancel and execute it. A caller that loses the claim touches nothing:
-// registering before the claim let a losing path's clean-up remove the
-// winner's cancel, and its stop was lost.
+// register its cancel and execute it. A caller that loses the claim
+// touches nothing: registering before the claim let a losing path's
+// clean-up remove the winner's cancel, and its stop was lost.
 func (d *dispatcher) start(parent context.Context, id string, woken bool) error {
 	bg := context.WithoutCancel(parent)
 	r, err := d.store.Claim(parent, id, d.worker, time.Now())

@@ -20,9 +20,11 @@ import (
 )
 
 // Warm keeps one long-lived Python zygote (python/zygote.py) that has
-// imported numpy, pandas and matplotlib, and asks it to fork a child per
-// run. A zygote that dies is replaced on the next run; the runs it had in
-// flight end with a clear error.
+// imported numpy, pandas and matplotlib and keeps children forked ahead of
+// the runs (prefork of them, ready in their namespaces); each run is given
+// straight to one, over the socket the zygote handed over with it. A
+// zygote that dies is replaced on the next run; the runs it had in flight
+// end with a clear error.
 type Warm struct {
 	opt         Options
 	dir         string // where harness.py and zygote.py are written
@@ -103,7 +105,7 @@ type zygote struct {
 	avail  chan struct{}
 	failed chan string
 
-	pid  int // the zygote's own (bubblewrap's child when sandboxed)
+	pid  int // the zygote's own pid (cmd's is bubblewrap's when sandboxed)
 	nice int // its background priority (Warm.nice)
 
 	mu      sync.Mutex
