@@ -307,4 +307,3 @@ func (s *Store) GetRunWithResult(ctx context.Context, id string) (*run.Run, []by
 	}
 	return run.FromFields(fields.Val()), b, nil
 }
-
