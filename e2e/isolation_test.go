@@ -255,10 +255,23 @@ def attempt(flags):
 result = {"userns": attempt(0x10000000), "mountns": attempt(0x00020000), "netns": attempt(0x40000000),
           "mount": "allowed" if libc.mount(b"none", b"/tmp", b"tmpfs", 0, None) == 0 else os.strerror(ctypes.get_errno()),
           "unshare_cmd": subprocess.run(["unshare", "-Ur", "true"], capture_output=True).returncode,
-          "pid": os.getpid(), "procs": sorted(int(p) for p in os.listdir("/proc") if p.isdigit())}`, &got)
+          "pid": os.getpid(), "procs": sorted(int(p) for p in os.listdir("/proc") if p.isdigit())}
+import fcntl, termios
+for name, req in (("tiocsti", termios.TIOCSTI), ("tioclinux", 0x541C)):
+    try:  # on a descriptor that is no terminal, the kernel alone says ENOTTY
+        fcntl.ioctl(os.open(os.devnull, os.O_RDONLY), req, b"x")
+        result[name] = "allowed"
+    except OSError as e:
+        result[name] = e.strerror`, &got)
 	for _, k := range []string{"userns", "mountns", "netns", "mount"} {
 		if got[k] == "allowed" {
 			t.Errorf("%s was allowed inside a run: %v", k, got)
+		}
+	}
+	// Pushing input into a terminal is refused by the filter itself.
+	for _, k := range []string{"tiocsti", "tioclinux"} {
+		if got[k] != "Operation not permitted" {
+			t.Errorf("%s inside a run: %v, want refused (Operation not permitted)", k, got[k])
 		}
 	}
 	if got["unshare_cmd"] == 0.0 {

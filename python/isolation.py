@@ -28,7 +28,8 @@ enter() turns the calling process C into a run of its own:
 
 After the harness has set rlimits and dropped to the run's uid,
 lock_down() installs a seccomp filter: no user or other namespaces, no
-mounts, no ptrace, no kernel keyring, bpf, perf or io_uring.
+mounts, no ptrace, no kernel keyring, bpf, perf or io_uring, and no
+pushing input into a terminal (TIOCSTI, TIOCLINUX).
 """
 
 import ctypes
@@ -215,6 +216,11 @@ _DENIED = {
 }
 _CLONE = {"x86_64": 56, "aarch64": 220}
 _CLONE3 = 435
+_IOCTL = {"x86_64": 16, "aarch64": 29}
+# ioctls that push input into a terminal (a controlling one, should the
+# worker have it: bubblewrap runs without --new-session, see
+# pkg/executor/isolation.go): refused, as Flatpak does.
+TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 
 _LD_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
 _ALLOW, _KILL, _ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
@@ -222,7 +228,8 @@ _EPERM, _ENOSYS = 1, 38
 
 
 def _program(arch):
-    """The BPF program as (code, jt, jf, k) tuples; jumps name labels."""
+    """The BPF program as (code, jt, jf, k) tuples. A jump names a label
+    (a string in the list marks where it is)."""
     prog = [(_LD_ABS, 0, 0, 4), (_JEQ, 1, 0, _AUDIT_ARCH[arch]), (_RET, 0, 0, _KILL), (_LD_ABS, 0, 0, 0)]
     if arch == "x86_64":  # the x32 ABI's numbers
         prog.append((_JGE, "eperm", 0, 0x40000000))
@@ -231,16 +238,23 @@ def _program(arch):
     # clone3 passes its flags in memory the filter cannot read: make libc
     # fall back to clone, whose flags it can.
     prog.append((_JEQ, "enosys", 0, _CLONE3))
-    prog.append((_JEQ, 0, "allow", _CLONE[arch]))
-    prog.append((_LD_ABS, 0, 0, 16))  # low 32 bits of args[0]: the flags
-    prog.append((_JSET, "eperm", "allow", CLONE_NS_FLAGS))
-    labels = {"allow": len(prog), "eperm": len(prog) + 1, "enosys": len(prog) + 2}
-    prog += [(_RET, 0, 0, _ALLOW), (_RET, 0, 0, _ERRNO | _EPERM), (_RET, 0, 0, _ERRNO | _ENOSYS)]
-    out = []
-    for i, (code, jt, jf, k) in enumerate(prog):
+    prog.append((_JEQ, "clone", 0, _CLONE[arch]))
+    prog.append((_JEQ, "ioctl", "allow", _IOCTL[arch]))
+    prog += ["clone", (_LD_ABS, 0, 0, 16),  # low 32 bits of args[0]: the flags
+             (_JSET, "eperm", "allow", CLONE_NS_FLAGS)]
+    prog += ["ioctl", (_LD_ABS, 0, 0, 24),  # low 32 bits of args[1]: the request
+             (_JEQ, "eperm", 0, TIOCSTI), (_JEQ, "eperm", "allow", TIOCLINUX)]
+    prog += ["allow", (_RET, 0, 0, _ALLOW), "eperm", (_RET, 0, 0, _ERRNO | _EPERM), "enosys", (_RET, 0, 0, _ERRNO | _ENOSYS)]
+    labels, out = {}, []
+    for ins in prog:
+        if isinstance(ins, str):
+            labels[ins] = len(out)
+        else:
+            out.append(ins)
+    for i, (code, jt, jf, k) in enumerate(out):
         jt = labels[jt] - i - 1 if isinstance(jt, str) else jt
         jf = labels[jf] - i - 1 if isinstance(jf, str) else jf
-        out.append((code, jt, jf, k))
+        out[i] = (code, jt, jf, k)
     return out
 
 
@@ -298,4 +312,21 @@ def probe():
     if _libc.unshare(0x10000000) == 0:
         print("isolation probe: a user namespace was still allowed after the seccomp filter")
         os._exit(3)
+    if not refused_tiocsti():
+        print("isolation probe: TIOCSTI was not refused after the seccomp filter")
+        os._exit(3)
     os._exit(0)
+
+
+def refused_tiocsti():
+    """Whether this process is refused TIOCSTI (EPERM from the filter; a
+    descriptor that is no terminal would say ENOTTY)."""
+    import fcntl
+    fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, TIOCSTI, b"x")
+    except OSError as e:
+        return e.errno == 1
+    finally:
+        os.close(fd)
+    return False

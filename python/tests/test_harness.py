@@ -1,8 +1,10 @@
 """Unit tests of the research harness's pure parts, and one whole job over
-a real socketpair with a stand-in worker thread."""
+a real socketpair with a stand-in worker thread; the seccomp filter in a
+forked child."""
 import base64
 import json
 import math
+import os
 import socket
 import struct
 import threading
@@ -130,3 +132,25 @@ def test_a_result_over_the_limit_is_refused_with_its_size():
     assert msg["error"] == "result too large: 5002 bytes (limit 4096)"
     msg = harness.execute({"code": "result = 'x' * 4000", "maxResultBytes": 4096}, None, None)
     assert msg["ok"] is True and len(msg["result"]) == 4000
+
+
+def test_the_seccomp_filter_refuses_terminal_input_and_namespaces():
+    import ctypes
+    import subprocess
+    import isolation
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the filter is for good: install it in a child
+        os.close(r)
+        before = isolation.refused_tiocsti()
+        isolation.lock_down()
+        got = [before, isolation.refused_tiocsti(), ctypes.CDLL(None, use_errno=True).unshare(0x10000000),
+               subprocess.run(["true"]).returncode]
+        os.write(w, repr(got).encode())
+        os._exit(0)
+    os.close(w)
+    got = os.read(r, 1000).decode()
+    os.waitpid(pid, 0)
+    # TIOCSTI allowed (ENOTTY on /dev/null) before, refused after; no user
+    # namespace; processes still start.
+    assert got == "[False, True, -1, 0]"
