@@ -67,11 +67,16 @@ def preload():
     os.environ.pop("PYRUNNER_PRELOAD", None)
 
 
+def dummy_df(rows):
+    """A DataFrame of rows zero candles, built as a run's df is."""
+    cols = [{"name": n, "dtype": "<i8" if n in ("start", "trades") else "<f8"} for n in harness.COLUMNS]
+    return harness.frame_to_df({"rows": rows, "columns": cols}, bytearray(rows * 8 * len(cols)))
+
+
 def warm_up():
     """Run the harness's code paths once, so the lazy imports and caches of
     pandas, numpy and json they touch are in the zygote, not in every child."""
-    cols = [{"name": n, "dtype": "<i8" if n in ("start", "trades") else "<f8"} for n in harness.COLUMNS]
-    df = harness.frame_to_df({"rows": 2, "columns": cols}, bytearray(2 * 8 * len(cols)))
+    df = dummy_df(2)
     harness.to_jsonable({"a": df, "b": df.close, "c": np.float64(1), "d": df.time.iloc[0], "e": [float("nan")]})
     harness.execute({"code": "result = len(df)"}, df, None)
     gc.collect()
@@ -88,9 +93,7 @@ def get_ready():
     it waits, takes ~3 ms off the run's path."""
     random.seed()
     np.random.seed()
-    cols = [{"name": n, "dtype": "<i8" if n in ("start", "trades") else "<f8"} for n in harness.COLUMNS]
-    df = harness.frame_to_df({"rows": 1000, "columns": cols}, bytearray(1000 * 8 * len(cols)))
-    harness.execute({"code": "result = len(df)"}, df, None)
+    harness.execute({"code": "result = len(df)"}, dummy_df(1000), None)
     harness.linecache.cache.pop(harness.USER_FILENAME, None)
 
 

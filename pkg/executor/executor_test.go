@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -245,16 +246,12 @@ func (w *Warm) readyPIDs(t *testing.T, n int, not []int) []int {
 		z := w.z
 		w.mu.Unlock()
 		var pids []int
-		fresh := true
 		z.mu.Lock()
 		for _, c := range z.ready {
 			pids = append(pids, c.pid)
-			for _, p := range not {
-				fresh = fresh && c.pid != p
-			}
 		}
 		z.mu.Unlock()
-		if len(pids) == n && fresh {
+		if len(pids) == n && !slices.ContainsFunc(pids, func(p int) bool { return slices.Contains(not, p) }) {
 			return pids
 		}
 		if time.Now().After(deadline) {
@@ -295,7 +292,11 @@ func TestBackgroundPriority(t *testing.T) {
 	}
 	b := setup(t, "warm")
 	w := b.exec.(*Warm)
-	for _, pid := range append(w.readyPIDs(t, prefork, nil), w.z.pid) {
+	ready := w.readyPIDs(t, prefork, nil)
+	w.mu.Lock()
+	zygote := w.z.pid
+	w.mu.Unlock()
+	for _, pid := range append(ready, zygote) {
 		if n := niceOf(t, pid); n != backgroundNice {
 			t.Errorf("process %d waits at nice %d, want %d", pid, n, backgroundNice)
 		}

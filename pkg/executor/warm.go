@@ -469,15 +469,21 @@ func (w *Warm) runOnce(ctx context.Context, job Job) (*Output, error) {
 		return nil, err
 	}
 	defer rs.conn.Close()
-	// The run's directory goes once its process has: an isolated run's
-	// tmpfs is mounted on it in the run's namespace, and removing it
-	// while that lives costs the kernel a detach on the run's path.
+	// The run's directory goes once its process has (wait, below): an
+	// isolated run's tmpfs is mounted on it in the run's namespace, and
+	// removing it while that lives costs the kernel a detach on the
+	// run's path. Until a child has the run, it goes on return.
 	removeDir := func() { os.RemoveAll(rs.dir) }
+	handed := false
+	defer func() {
+		if !handed {
+			removeDir()
+		}
+	}()
 	chanEnd := rs.child
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		chanEnd.Close()
-		removeDir()
 		return nil, fmt.Errorf("executor: pipe: %w", err)
 	}
 	errR, errW, err := os.Pipe()
@@ -485,7 +491,6 @@ func (w *Warm) runOnce(ctx context.Context, job Job) (*Output, error) {
 		chanEnd.Close()
 		outR.Close()
 		outW.Close()
-		removeDir()
 		return nil, fmt.Errorf("executor: pipe: %w", err)
 	}
 	var iso map[string]any
@@ -500,9 +505,9 @@ func (w *Warm) runOnce(ctx context.Context, job Job) (*Output, error) {
 	if err != nil {
 		outR.Close()
 		errR.Close()
-		removeDir()
 		return nil, err
 	}
+	handed = true
 	defer child.conn.Close()
 	pid := child.pid
 	stdout := &capBuffer{max: w.opt.Limits.MaxOutputBytes}

@@ -253,11 +253,7 @@ return 1
 // terminal status, or to running, publishes the run's id on the done
 // channel.
 func (s *Store) Update(ctx context.Context, id string, change *run.Run) (bool, error) {
-	args := []any{int(s.ttl.Seconds()), id}
-	for k, v := range change.Fields() {
-		args = append(args, k, v)
-	}
-	n, err := updateScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.DoneChannel(), s.ActiveKey()}, args...).Int()
+	n, err := updateScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.DoneChannel(), s.ActiveKey()}, s.updateArgs(id, change)...).Int()
 	if err != nil {
 		return false, fmt.Errorf("store: update run %s: %w", id, err)
 	}
@@ -273,16 +269,21 @@ func (s *Store) SetResult(ctx context.Context, id string, result []byte) error {
 	return nil
 }
 
+// updateArgs are updateScript's arguments for change to run id.
+func (s *Store) updateArgs(id string, change *run.Run) []any {
+	args := []any{int(s.ttl.Seconds()), id}
+	for k, v := range change.Fields() {
+		args = append(args, k, v)
+	}
+	return args
+}
+
 // Finish stores a research run's result and applies change (its end) in
 // one step (finishScript): a waiter the end wakes finds the result, and a
 // result Redis refuses leaves the run as it was, for the caller to end it
 // otherwise.
 func (s *Store) Finish(ctx context.Context, id string, result []byte, change *run.Run) error {
-	args := []any{int(s.ttl.Seconds()), id}
-	for k, v := range change.Fields() {
-		args = append(args, k, v)
-	}
-	args = append(args, result)
+	args := append(s.updateArgs(id, change), result)
 	if err := finishScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.DoneChannel(), s.ActiveKey(), s.ResultKey(id)}, args...).Err(); err != nil {
 		return fmt.Errorf("store: finish run %s: %w", id, err)
 	}
