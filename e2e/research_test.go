@@ -325,7 +325,10 @@ func testCancel(t *testing.T, s *stack) {
 		s.do("GET", "/v1/research/runs/"+run.ID, "", &r)
 		return r.Status == "running"
 	})
-	time.Sleep(500 * time.Millisecond)
+	// A research run's output is seen only at its end, so its print has
+	// no event to wait on: give a cold interpreter on a loaded machine
+	// time to import pandas and print (the run sleeps 60 s).
+	time.Sleep(3 * time.Second)
 	var stopped result
 	if st := s.do("POST", "/v1/research/runs/"+run.ID+"/cancel", "", &stopped); st != 200 || stopped.Status != "stopped" || stopped.ok() {
 		t.Errorf("cancel running: %d status %s error %q", st, stopped.Status, stopped.errText())
