@@ -10,6 +10,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/ztrade/pyrunner/pkg/run"
+	"github.com/ztrade/pyrunner/pkg/store"
 )
 
 // statusOf is the one place error codes become HTTP statuses.
@@ -44,6 +45,10 @@ func errorHandler(err error, c echo.Context) {
 		if status == http.StatusRequestEntityTooLarge {
 			detail = "request body too large"
 		}
+	case store.IsUnavailable(err):
+		status, detail = http.StatusServiceUnavailable, "redis is unavailable (restarting or unreachable); retry shortly"
+		c.Response().Header().Set("Retry-After", "1")
+		slog.Warn("request failed: redis unavailable", "method", c.Request().Method, "path", c.Path(), "err", err)
 	case run.ErrorCode(err) != run.ECodeInternal:
 		status, detail = statusOf[run.ErrorCode(err)], run.ErrorMessage(err)
 		var re *run.Error

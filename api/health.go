@@ -10,22 +10,31 @@ import (
 	"github.com/ztrade/pyrunner/pkg/store"
 )
 
-// health is GET /health and GET /v1/health: Redis, live workers and queue
-// sizes. It answers 503 when Redis is unreachable.
+// redisHealth is /health's "redis": reachable or not, and what a crash
+// of it would keep (store.Durability), with a warning per risk.
+type redisHealth struct {
+	Status string `json:"status"` // ok or unreachable
+	store.Durability
+}
+
+// health is GET /health and GET /v1/health: Redis and its durability,
+// live workers and queue sizes. It answers 503 when Redis is unreachable.
 func (s *server) health(c echo.Context) error {
 	ctx := c.Request().Context()
 	body := map[string]any{
 		"status":       "ok",
 		"scripts_root": s.scripts.Root(),
 		"jwt_auth":     s.cfg.JWTAuth,
-		"redis":        "ok",
+		"redis":        redisHealth{Status: "ok"},
 		"workers":      []store.WorkerInfo{},
 		"queues":       map[string]queue.Sizes{},
 	}
-	if err := s.store.Ping(ctx); err != nil {
-		body["status"], body["redis"] = "error", "unreachable"
+	d, err := s.store.Durability(ctx)
+	if err != nil {
+		body["status"], body["redis"] = "error", redisHealth{Status: "unreachable"}
 		return c.JSON(http.StatusServiceUnavailable, body)
 	}
+	body["redis"] = redisHealth{Status: "ok", Durability: d}
 	if ws, err := s.store.Workers(ctx, liveness.Stale); err == nil {
 		body["workers"] = ws
 	}

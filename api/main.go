@@ -90,6 +90,10 @@ func start() error {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
 	defer st.Close()
+	st.SetRecoveryWindow(liveness.RecoveryWindow)
+	if err := st.CheckDurable(ctx, cfg.RequireDurableRedis); err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
 	q := queue.NewClient(rds)
 	defer q.Close()
 	bg, cancelBg := context.WithCancel(context.Background())
@@ -103,6 +107,7 @@ func start() error {
 		return fmt.Errorf("subscribe to output: %w", err)
 	}
 	go liveness.Reap(bg, st)
+	go watchRestarts(bg, st)
 	folder, err := scripts.New(cfg.ScriptsPath)
 	if err != nil {
 		return err
@@ -137,6 +142,29 @@ func start() error {
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return httpSrv.Shutdown(shutCtx)
+}
+
+// watchRestarts looks at Redis every few seconds and, when it has
+// restarted (its run_id changed) or the API reconnected to another one,
+// reads its durability again and warns if a crash of it would lose runs.
+func watchRestarts(ctx context.Context, st *store.Store) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	seen := ""
+	for {
+		if d, err := st.Durability(ctx); err == nil {
+			if seen != "" && d.ServerID != seen {
+				slog.Warn("redis restarted (its run_id changed)", "persistence", d.Persistence, "eviction", d.Eviction)
+				st.CheckDurable(ctx, false)
+			}
+			seen = d.ServerID
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // serveMetrics is GET /metrics: the API's Prometheus metrics.

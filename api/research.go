@@ -168,20 +168,30 @@ func (s *server) waitUntil(ctx context.Context, id string, d time.Duration, done
 	return s.waitRead(ctx, id, d, done, s.store.GetRun)
 }
 
-// waitRead is waitUntil, looking at the run with read.
+// waitRead is waitUntil, looking at the run with read. A read that finds
+// Redis unavailable (restarting, failing over) is tried again until d has
+// passed; then the error stands (a 503).
 func (s *server) waitRead(ctx context.Context, id string, d time.Duration, done func(*run.Run) bool,
 	read func(context.Context, string) (*run.Run, error)) (*run.Run, error) {
 	t := time.NewTimer(d)
 	defer t.Stop()
+	retry := 100 * time.Millisecond
 	for {
 		woken, unregister := s.waiter.Register(id)
 		r, err := read(context.WithoutCancel(ctx), id)
-		if err != nil || done(r) || d <= 0 {
+		var again <-chan time.Time
+		switch {
+		case store.IsUnavailable(err) && d > 0:
+			again = time.After(retry)
+			retry = min(2*retry, time.Second)
+		case err != nil || done(r) || d <= 0:
 			unregister()
 			return r, err
 		}
 		select {
 		case <-woken: // an event of the run, or a subscription gap: look again
+			unregister()
+		case <-again:
 			unregister()
 		case <-t.C:
 			unregister()

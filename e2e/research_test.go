@@ -410,7 +410,9 @@ func testHealth(t *testing.T, s *stack) {
 	for _, p := range []string{"/health", "/v1/health"} {
 		var h struct {
 			Status  string `json:"status"`
-			Redis   string `json:"redis"`
+			Redis   struct {
+				Status string `json:"status"`
+			} `json:"redis"`
 			Workers []struct {
 				ID       string `json:"id"`
 				Executor string `json:"executor"`
@@ -418,7 +420,7 @@ func testHealth(t *testing.T, s *stack) {
 			} `json:"workers"`
 			Queues map[string]map[string]int `json:"queues"`
 		}
-		if st := s.getJSON(p, &h); st != 200 || h.Status != "ok" || h.Redis != "ok" || len(h.Workers) != 2 || h.Queues["research"] == nil {
+		if st := s.getJSON(p, &h); st != 200 || h.Status != "ok" || h.Redis.Status != "ok" || len(h.Workers) != 2 || h.Queues["research"] == nil {
 			t.Errorf("%s: %d %+v", p, st, h)
 		}
 		for _, w := range h.Workers {

@@ -6,13 +6,17 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ztrade/pyrunner/pkg/liveness"
 )
 
 // scriptFiles are the scripts the tests write into a scripts root.
@@ -61,9 +65,30 @@ type runRec struct {
 }
 
 func (s *stack) startScript(body string) (int, runRec) {
+	s.waitRecovered()
 	var r runRec
 	st := s.do("POST", "/v1/runs", body, &r)
 	return st, r
+}
+
+// waitRecovered waits, once per stack, until its fresh Redis has been up
+// for liveness.RecoveryWindow: before that, scripts wait to start (a
+// worker might hold runs a restart lost), which tests of other things
+// should not have to allow for. Tests of restarts see it as users do.
+func (s *stack) waitRecovered() {
+	if s.redisPort == 0 || s.recovered {
+		return
+	}
+	s.recovered = true
+	waitUntil(s.t, 2*liveness.RecoveryWindow, "redis to be up for the recovery window", func() bool {
+		out, _ := exec.Command("redis-cli", "-p", strconv.Itoa(s.redisPort), "info", "server").Output()
+		m := regexp.MustCompile(`uptime_in_seconds:(\d+)`).FindSubmatch(out)
+		n := 0
+		if m != nil {
+			n, _ = strconv.Atoi(string(m[1]))
+		}
+		return time.Duration(n)*time.Second >= liveness.RecoveryWindow
+	})
 }
 
 // waitStatus polls a run (tests may poll; the API never does) until pred.

@@ -63,6 +63,7 @@ type proc struct {
 	name string
 	cmd  *exec.Cmd
 	log  string
+	done chan struct{} // closed once the process has exited
 }
 
 func (p *proc) signal(sig syscall.Signal) { p.cmd.Process.Signal(sig) }
@@ -73,6 +74,12 @@ type stack struct {
 	base      string
 	redisPort int
 	redisURL  string
+	redis     *proc // the stack's redis-server (durable: docker/redis.conf)
+	// recovered is set once the stack's first script start has waited
+	// out the recovery window of its fresh Redis (waitRecovered).
+	recovered bool
+	// redisStarts counts the stack's redis-server starts (crashRedis).
+	redisStarts int
 	api       *proc
 	workers   []*proc
 	env       []string
@@ -182,10 +189,7 @@ func startStack(t *testing.T, o stackOpts) *stack {
 	}
 	s := &stack{t: t, dir: dir, redisPort: freePort(t), cwd: o.dir, wantWorkers: o.workers}
 	s.redisURL = fmt.Sprintf("redis://127.0.0.1:%d/0", s.redisPort)
-	s.start("redis", "redis-server", "--port", strconv.Itoa(s.redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
-	waitUntil(t, 10*time.Second, "redis to answer", func() bool {
-		return exec.Command("redis-cli", "-p", strconv.Itoa(s.redisPort), "ping").Run() == nil
-	})
+	s.startRedis()
 	port := freePort(t)
 	s.base = fmt.Sprintf("http://127.0.0.1:%d", port)
 	env := map[string]string{
@@ -228,6 +232,42 @@ func startStack(t *testing.T, o stackOpts) *stack {
 	return s
 }
 
+// startRedis starts the stack's redis-server as pyrunner runs it
+// (docker/redis.conf: append-only file, no eviction), its files in the
+// stack's folder, and waits until it answers.
+func (s *stack) startRedis() {
+	s.t.Helper()
+	conf, err := filepath.Abs("../docker/redis.conf")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	dir := filepath.Join(s.dir, "redis")
+	os.MkdirAll(dir, 0o755)
+	s.redisStarts++
+	name := "redis"
+	if s.redisStarts > 1 {
+		name = fmt.Sprintf("redis-%d", s.redisStarts)
+	}
+	s.redis = s.start(name, "redis-server", conf, "--port", strconv.Itoa(s.redisPort), "--bind", "127.0.0.1", "--dir", dir)
+	waitUntil(s.t, 10*time.Second, "redis to answer", func() bool {
+		out, err := exec.Command("redis-cli", "-p", strconv.Itoa(s.redisPort), "ping").Output()
+		return err == nil && strings.TrimSpace(string(out)) == "PONG"
+	})
+}
+
+// crashRedis SIGKILLs the stack's redis-server (as a crash or the OOM
+// killer would) and starts it again with the same settings: with its
+// files, or, with lose set, after removing them (Redis came back empty).
+func (s *stack) crashRedis(lose bool) {
+	s.t.Helper()
+	s.redis.signal(syscall.SIGKILL)
+	<-s.redis.done
+	if lose {
+		os.RemoveAll(filepath.Join(s.dir, "redis"))
+	}
+	s.startRedis()
+}
+
 // start runs a process whose output goes to a log file; it is killed at
 // cleanup, and its log is printed if the test failed.
 func (s *stack) start(name, bin string, args ...string) *proc {
@@ -243,8 +283,8 @@ func (s *stack) start(name, bin string, args ...string) *proc {
 	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("start %s: %v", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, log: logPath}
 	done := make(chan struct{})
+	p := &proc{name: name, cmd: cmd, log: logPath, done: done}
 	go func() { cmd.Wait(); f.Close(); close(done) }()
 	s.t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM)

@@ -2,7 +2,7 @@
 # Starts (or stops) the whole pyrunner stack locally: a private
 # redis-server, the demo SQLite K-lines, the API on :9000 and two workers.
 # State, logs and pid files live in .run/.
-#   tools/stack.sh start | stop
+#   tools/stack.sh start | stop | redis
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${PYRUNNER_RUN_DIR:-.run}
@@ -12,12 +12,27 @@ REDIS_PORT=${PYRUNNER_REDIS_PORT:-6390}
 DB=$RUN/exchange.db
 WORK="${TMPDIR:-/tmp}/pyrunner-stack-$PORT"
 
-stop() {
-  for f in $RUN/worker-*.pid $RUN/api.pid $RUN/redis.pid; do
+# stop_pids FILE...: SIGTERM to each, then wait (up to 30 s) until they
+# are gone: workers end their scripts and write so before Redis stops.
+stop_pids() {
+  local pids=()
+  for f in "$@"; do
     [ -f "$f" ] || continue
-    kill "$(cat "$f")" 2>/dev/null || true
+    pids+=("$(cat "$f")")
     rm -f "$f"
   done
+  [ ${#pids[@]} -gt 0 ] || return 0
+  kill "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 1 300); do
+    kill -0 "${pids[@]}" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -9 "${pids[@]}" 2>/dev/null || true
+}
+
+stop() {
+  stop_pids "$RUN"/worker-*.pid "$RUN/api.pid"
+  stop_pids "$RUN/redis.pid"
   rm -rf "$WORK"
 }
 
@@ -41,6 +56,17 @@ wait_for() { # url seconds
   return 1
 }
 
+# start_redis: the stack's redis-server, durable (docker/redis.conf:
+# append-only file, no eviction); its files stay in $RUN/redis across
+# make stop / make run, and make clean removes them.
+start_redis() {
+  mkdir -p "$RUN/redis"
+  redis-server docker/redis.conf --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$RUN/redis" --daemonize no \
+    >>"$RUN/redis.log" 2>&1 & echo $! > "$RUN/redis.pid"
+  for _ in $(seq 1 100); do [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
+  alive redis || exit 1
+}
+
 start() {
   mkdir -p "$RUN"
   stop
@@ -55,10 +81,7 @@ start() {
     echo "stack: writing demo K-lines to $DB"
     bin/pyrunner-demodata --sqlite "$DB" >/dev/null
   fi
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
-    >"$RUN/redis.log" 2>&1 & echo $! > "$RUN/redis.pid"
-  for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  alive redis || exit 1
+  start_redis
   export PYRUNNER_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
   export PYRUNNER_READONLY_TYPE=sqlite PYRUNNER_READONLY_URI="$DB"
   # The work dir must be reachable by the user code runs as (nobody, when
@@ -95,6 +118,7 @@ MSG
 
 case "${1:-}" in
   start) start ;;
+  redis) start_redis ;; # Redis alone again, as start runs it (after a crash)
   stop) stop; echo "stack stopped" ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|redis" >&2; exit 2 ;;
 esac

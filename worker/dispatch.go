@@ -23,16 +23,19 @@ type dispatcher struct {
 	worker string
 	queue  string
 	slots  chan struct{}
-	exec   func(ctx context.Context, r *run.Run) error
+	exec   func(ctx context.Context, h *held) error
 	// claimed is told of a run the wake list brought and this worker
 	// claimed, so that its asynq task is dropped instead of delivered
 	// again for nothing.
 	claimed func(queue, id string)
 	// started is told of every run this worker starts (metrics).
 	started func(r *run.Run)
+	// restored is told of a run whose record Redis had lost and reassert
+	// wrote again (the worker restores its log tail).
+	restored func(h *held)
 
 	mu      sync.Mutex
-	running map[string]context.CancelCauseFunc
+	running map[string]*held
 	wg      sync.WaitGroup
 
 	// halted is cancelled at shutdown: every run's context ends with it.
@@ -40,10 +43,10 @@ type dispatcher struct {
 	halt   context.CancelFunc
 }
 
-func newDispatcher(st *store.Store, worker, queue string, concurrency int, exec func(context.Context, *run.Run) error) *dispatcher {
+func newDispatcher(st *store.Store, worker, queue string, concurrency int, exec func(context.Context, *held) error) *dispatcher {
 	halted, halt := context.WithCancel(context.Background())
 	return &dispatcher{store: st, worker: worker, queue: queue, slots: make(chan struct{}, concurrency),
-		exec: exec, running: map[string]context.CancelCauseFunc{}, halted: halted, halt: halt}
+		exec: exec, running: map[string]*held{}, halted: halted, halt: halt}
 }
 
 // fromQueue is the asynq handler: runs the task unless the wake path got
@@ -107,7 +110,8 @@ func (d *dispatcher) start(parent context.Context, id string, woken bool) error 
 		return err // another worker has it, or it was stopped in queue
 	}
 	defer func() {
-		if err := d.store.ReleaseRun(bg, d.worker, id); err != nil {
+		err := d.store.Retry(bg, redisWrite(9), func() error { return d.store.ReleaseRun(bg, d.worker, id) })
+		if err != nil {
 			slog.Warn("could not release a run", "run_id", id, "err", err)
 		}
 	}()
@@ -120,70 +124,89 @@ func (d *dispatcher) start(parent context.Context, id string, woken bool) error 
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
 	defer context.AfterFunc(d.halted, func() { cancel(errHalted) })()
+	h := &held{cancel: cancel, rec: *r}
 	d.mu.Lock()
-	d.running[id] = cancel
+	d.running[id] = h
 	d.mu.Unlock()
 	defer func() {
 		d.mu.Lock()
 		delete(d.running, id)
 		d.mu.Unlock()
 	}()
-	return d.exec(ctx, r)
+	return d.exec(ctx, h)
 }
 
 var errHalted = errors.New("worker shutting down")
 
 // busy is how many runs of the queue this worker executes now.
-func (d *dispatcher) busy() int { return len(d.ids()) }
+func (d *dispatcher) busy() int { return len(d.held()) }
 
-// ids lists the runs this worker executes now.
-func (d *dispatcher) ids() []string {
+// held lists the runs this worker executes now.
+func (d *dispatcher) held() []*held {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	ids := make([]string, 0, len(d.running))
-	for id := range d.running {
-		ids = append(ids, id)
+	out := make([]*held, 0, len(d.running))
+	for _, h := range d.running {
+		out = append(out, h)
 	}
-	return ids
+	return out
 }
 
-// kill ends run id at once (SIGKILL, no grace), with why as the cause.
-func (d *dispatcher) kill(id string, why error) {
-	d.mu.Lock()
-	c := d.running[id]
-	d.mu.Unlock()
-	if c != nil {
-		slog.Warn("killing run at once", "run_id", id, "worker", d.worker, "reason", why)
-		c(why)
-	}
+// kill ends run h at once (SIGKILL, no grace), with why as the cause.
+func (d *dispatcher) kill(h *held, why error) {
+	slog.Warn("killing run at once", "run_id", h.record().ID, "worker", d.worker, "reason", why)
+	h.cancel(why)
 }
 
 // cancel stops run id if this worker runs it.
 func (d *dispatcher) cancel(id string) {
 	d.mu.Lock()
-	c := d.running[id]
+	h := d.running[id]
 	d.mu.Unlock()
-	if c != nil {
+	if h != nil {
 		slog.Info("stop requested", "run_id", id, "worker", d.worker)
-		c(nil)
+		h.cancel(nil)
 	}
 }
 
-// resync looks at the records of the runs this worker executes: a stop
-// requested but not received (pub/sub lost it, or the subscription was
-// down) is carried out now; a run whose record was ended under it (the
-// reaper took this worker for lost: it was frozen, or cut off from Redis)
-// is killed at once, so that record and process agree. The worker calls
-// it at every heartbeat and after a subscription gap.
-func (d *dispatcher) resync(ctx context.Context) {
-	for _, id := range d.ids() {
-		r, err := d.store.GetRun(ctx, id)
-		switch {
-		case err != nil:
-		case r.Status.Terminal():
-			d.kill(id, fmt.Errorf("%w: its record says %s (%s)", scriptrun.ErrKill, r.Status, r.Error))
-		case r.StopRequested:
-			d.cancel(id)
+// reassert makes the records of the runs this worker executes agree with
+// its processes (store.Reassert): a record Redis lost is written again
+// from the worker's copy; a run whose record was ended under it (the
+// reaper took this worker for lost: it was frozen, or cut off from
+// Redis), or that another worker holds, or whose script another copy has
+// locked meanwhile, is killed at once; a stop requested but not received
+// (pub/sub lost it, or the subscription was down) is carried out now.
+// The worker calls it at every heartbeat, after a subscription gap, and
+// when Redis restarted.
+func (d *dispatcher) reassert(ctx context.Context) {
+	for _, h := range d.held() {
+		rec := h.record()
+		found, detail, stop, err := d.store.Reassert(ctx, d.worker, &rec, h.duplicate())
+		if err != nil {
+			if ctx.Err() == nil {
+				slog.Debug("could not re-assert a run", "run_id", rec.ID, "err", err)
+			}
+			continue
+		}
+		switch found {
+		case store.Restored:
+			slog.Warn("redis had lost this run's record; written again from the worker's copy", "run_id", rec.ID,
+				"worker", d.worker, "status", rec.Status, "pid", rec.PID)
+			if d.restored != nil {
+				d.restored(h)
+			}
+		case store.Ended:
+			d.kill(h, fmt.Errorf("%w: its record says %s", scriptrun.ErrKill, detail))
+			continue
+		case store.Other:
+			d.kill(h, fmt.Errorf("%w: its record says worker %s holds it", scriptrun.ErrKill, detail))
+			continue
+		case store.Conflict:
+			d.kill(h, fmt.Errorf("%w: its record was lost and run %s of the same script started meanwhile", scriptrun.ErrKill, detail))
+			continue
+		}
+		if stop {
+			d.cancel(rec.ID)
 		}
 	}
 }
@@ -191,8 +214,8 @@ func (d *dispatcher) resync(ctx context.Context) {
 // fence kills every run of this worker at once: it has not renewed its
 // heartbeat for long enough that the reaper will soon end them.
 func (d *dispatcher) fence(why error) {
-	for _, id := range d.ids() {
-		d.kill(id, why)
+	for _, h := range d.held() {
+		d.kill(h, why)
 	}
 }
 

@@ -94,6 +94,10 @@ func start() error {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
 	defer st.Close()
+	st.SetRecoveryWindow(liveness.RecoveryWindow)
+	if err := st.CheckDurable(ctx, cfg.RequireDurableRedis); err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
 
 	host, _ := os.Hostname()
 	folder, err := scripts.New(cfg.ScriptsPath)
@@ -121,6 +125,7 @@ func start() error {
 	research := newDispatcher(st, w.id, queue.QueueResearch, cfg.ResearchConcurrency, w.handleResearch)
 	scriptsD := newDispatcher(st, w.id, queue.QueueScripts, cfg.ScriptConcurrency, w.handleScript)
 	research.claimed, scriptsD.claimed = qc.Drop, qc.Drop
+	scriptsD.restored = w.restoreLogs
 	dispatchers := map[string]*dispatcher{queue.QueueResearch: research, queue.QueueScripts: scriptsD}
 	restarts := func() int64 { return 0 }
 	if z, ok := exe.(interface{ ZygoteRestarts() int64 }); ok {
@@ -160,17 +165,24 @@ func start() error {
 		defer msrv.Close()
 		slog.Info("worker metrics", "listen", ln.Addr().String())
 	}
-	resync := func() { research.resync(bg); scriptsD.resync(bg) }
-	go liveness.Beat(bg, st, func() store.WorkerInfo { return info }, func(sinceOK time.Duration) {
+	reassert := func() { research.reassert(bg); scriptsD.reassert(bg) }
+	var serverID string // Redis's run_id at the last beat that landed
+	go liveness.Beat(bg, st, func() store.WorkerInfo { return info }, func(tk liveness.Tick) {
 		switch {
-		case sinceOK == 0:
+		case tk.SinceOK == 0:
 			lastBeat.Store(time.Now().UnixNano())
-			// Every heartbeat: stops whose message was lost, and runs
-			// ended under this worker while it was away, are seen here.
-			resync()
-		case sinceOK >= liveness.Fence:
+			if serverID != "" && tk.ServerID != serverID {
+				slog.Warn("redis restarted (its run_id changed); re-asserting this worker's runs", "worker", w.id)
+				go st.CheckDurable(bg, false)
+			}
+			serverID = tk.ServerID
+			// Every heartbeat: records Redis lost are written again, stops
+			// whose message was lost and runs ended under this worker
+			// while it was away are seen here.
+			reassert()
+		case tk.SinceOK >= liveness.Fence:
 			why := fmt.Errorf("%w: no heartbeat for %s, the reaper will end its runs at %s", scriptrun.ErrKill,
-				sinceOK.Round(time.Second), liveness.Stale)
+				tk.SinceOK.Round(time.Second), liveness.Stale)
 			research.fence(why)
 			scriptsD.fence(why)
 		}
@@ -178,7 +190,8 @@ func start() error {
 	go liveness.Reap(bg, st)
 	go reportMarkets(bg, db, st)
 	onCancel := func(id string) { research.cancel(id); scriptsD.cancel(id) }
-	if err := st.OnCancel(bg, onCancel, resync); err != nil {
+	// After a gap in the subscription (a reconnect), re-assert at once.
+	if err := st.OnCancel(bg, onCancel, reassert); err != nil {
 		return err
 	}
 	wakeCtx, stopWake := context.WithCancel(bg)

@@ -34,9 +34,11 @@ type worker struct {
 
 // handleResearch runs one research run, claimed by this worker (see
 // dispatcher.start), from its record to its result.
-func (w *worker) handleResearch(ctx context.Context, r *run.Run) error {
+func (w *worker) handleResearch(ctx context.Context, h *held) error {
 	// Writes after the run must land even when ctx was cancelled.
 	bg := context.WithoutCancel(ctx)
+	rec := h.record()
+	r := &rec
 	id := r.ID
 	started := r.StartedAt
 	if started.IsZero() {
@@ -79,7 +81,7 @@ func (w *worker) handleResearch(ctx context.Context, r *run.Run) error {
 	// Recorded beside the run, not before it: a stopping run stays
 	// stopping, and one that has ended by then stays ended.
 	go func() {
-		if _, err := w.store.Update(bg, id, &run.Run{Status: run.StatusRunning}); err != nil {
+		if _, err := w.update(bg, h, &run.Run{Status: run.StatusRunning}); err != nil {
 			slog.Warn("could not record a research run as running", "run_id", id, "err", err)
 		}
 	}()
@@ -140,11 +142,12 @@ func withOutput(res *research.Result, out *executor.Output) *research.Result {
 	return res
 }
 
-// finishResearch stores the result, then ends the run (which wakes
-// waiters). Neither write may be lost while the worker lives: each is
-// retried, and a result Redis will not take (too large for it, a timeout)
-// is replaced by a small failure record that says why, so the run ends
-// failed instead of staying running.
+// finishResearch stores the result and ends the run (which wakes
+// waiters) in one step. It may not be lost while the worker lives: it is
+// retried while Redis is unavailable (restarting, failing over), and a
+// result Redis will not take (too large for it) is replaced by a small
+// failure record that says why, so the run ends failed instead of
+// staying running.
 func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *research.Result, st run.Status) error {
 	if res.Images == nil {
 		res.Images = []research.Image{}
@@ -158,25 +161,24 @@ func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *research.R
 	}
 	b, err := json.Marshal(res)
 	if err == nil {
-		// Usually one round trip does it all; if not, each write is
-		// retried on its own below.
-		if err = w.store.Finish(ctx, r.ID, b, end(st)); err == nil {
+		// One round trip does it all, retried through a Redis restart or
+		// failover; a write Redis refuses (too large, out of memory) is
+		// not retried but replaced below.
+		err = w.store.Retry(ctx, redisWrite(9), func() error { return w.store.Finish(ctx, r.ID, b, end(st)) })
+		if err == nil {
 			w.finished(r, res, st)
 			return nil
 		}
-		err = backoff.Retry(ctx, redisWrite(3), func() error { return w.store.SetResult(ctx, r.ID, b) })
 	}
-	if err != nil {
-		slog.Error("could not store a run's result; storing a failure record instead", "run_id", r.ID, "bytes", len(b), "err", err)
-		res = research.Failure(fmt.Sprintf("the run's outcome (%d bytes) could not be stored: %v", len(b), err), res.Meta)
-		st = run.StatusFailed
-		small, _ := json.Marshal(res)
-		if err := backoff.Retry(ctx, redisWrite(9), func() error { return w.store.SetResult(ctx, r.ID, small) }); err != nil {
-			slog.Error("could not store a run's failure record", "run_id", r.ID, "err", err)
-		}
+	slog.Error("could not store a run's result; storing a failure record instead", "run_id", r.ID, "bytes", len(b), "err", err)
+	res = research.Failure(fmt.Sprintf("the run's outcome (%d bytes) could not be stored: %v", len(b), err), res.Meta)
+	st = run.StatusFailed
+	small, _ := json.Marshal(res)
+	if err := w.store.Retry(ctx, redisWrite(9), func() error { return w.store.SetResult(ctx, r.ID, small) }); err != nil {
+		slog.Error("could not store a run's failure record", "run_id", r.ID, "err", err)
 	}
 	change := end(st)
-	if err := backoff.Retry(ctx, redisWrite(9), func() error { _, err := w.store.Update(ctx, r.ID, change); return err }); err != nil {
+	if err := w.store.Retry(ctx, redisWrite(9), func() error { _, err := w.store.Update(ctx, r.ID, change); return err }); err != nil {
 		return fmt.Errorf("end run %s: %w", r.ID, err)
 	}
 	w.finished(r, res, st)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -23,11 +24,15 @@ import (
 // handleScript runs one script run, claimed by this worker (see
 // dispatcher.start), from its record to its end. Output is streamed into
 // Redis as it comes and written in full under SCRIPT_LOGS_DIR.
-func (w *worker) handleScript(ctx context.Context, r *run.Run) error {
+func (w *worker) handleScript(ctx context.Context, h *held) error {
 	bg := context.WithoutCancel(ctx)
+	r := h.record()
 	id := r.ID
 	end := func(st run.Status, code *int, msg string) error {
-		_, err := w.store.Update(bg, id, &run.Run{Status: st, FinishedAt: time.Now(), ReturnCode: code, Error: msg})
+		change := &run.Run{Status: st, FinishedAt: time.Now(), ReturnCode: code, Error: msg}
+		// Retried through a Redis restart: a run must not stay "running"
+		// after its process has gone.
+		err := w.store.Retry(bg, redisWrite(9), func() error { _, err := w.update(bg, h, change); return err })
 		slog.Info("script run finished", "run_id", id, "script", r.Script, "status", st, "error", msg)
 		if w.metrics != nil {
 			w.metrics.Finished.WithLabelValues(string(run.KindScript), string(st)).Inc()
@@ -66,7 +71,7 @@ func (w *worker) handleScript(ctx context.Context, r *run.Run) error {
 		},
 	}
 	spec.OnStart = func(pid int) {
-		if _, err := w.store.Update(bg, id, &run.Run{Status: run.StatusRunning, PID: pid, Argv: spec.Argv(),
+		if _, err := w.update(bg, h, &run.Run{Status: run.StatusRunning, PID: pid, Argv: spec.Argv(),
 			StdoutPath: spec.StdoutPath, StderrPath: spec.StderrPath}); err != nil {
 			slog.Warn("could not record a script as running", "run_id", id, "err", err)
 		}
@@ -130,4 +135,44 @@ func scriptEnv(passthrough []string, envFile string, extra map[string]string) ([
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// restoreLogs writes again the kept tails of a script run's output, from
+// its full log files on this worker, after Redis lost them: the last
+// PYRUNNER_LOG_TAIL_BYTES of each file, and its size as the byte count.
+func (w *worker) restoreLogs(h *held) {
+	r := h.record()
+	for stream, path := range map[string]string{"stdout": r.StdoutPath, "stderr": r.StderrPath} {
+		if path == "" {
+			continue
+		}
+		tail, total, err := fileTail(path, int64(w.cfg.LogTailBytes))
+		if err == nil {
+			err = w.store.RestoreLog(context.Background(), r.ID, stream, tail, total)
+		}
+		if err != nil {
+			slog.Warn("could not restore a script's log tail", "run_id", r.ID, "stream", stream, "err", err)
+		}
+	}
+}
+
+// fileTail reads the last max bytes of a file, and its size.
+func fileTail(path string, limit int64) ([]byte, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	size := fi.Size()
+	off := max(size-limit, 0)
+	b := make([]byte, size-off)
+	n, err := f.ReadAt(b, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, 0, err
+	}
+	return b[:n], off + int64(n), nil
 }

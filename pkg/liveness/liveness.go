@@ -27,31 +27,51 @@ const (
 	// dead before a reaper can say it was terminated and a second copy of
 	// a script can start.
 	Fence = 5 * time.Second
+	// RecoveryWindow is how long after a Redis (re)start no script may
+	// start or be claimed (store.SetRecoveryWindow). A restart may have
+	// lost the records of runs a worker still holds; within Fence of its
+	// last beat, which came before the restart, that worker has either
+	// written them again (at its first beat that lands) or killed them.
+	RecoveryWindow = Fence + time.Second
 )
+
+// A Tick is what a worker learns from one heartbeat try.
+type Tick struct {
+	// SinceOK is how long it has been since a beat last landed: 0 when
+	// this one did.
+	SinceOK time.Duration
+	// LandedAt is when the last beat that landed was sent: the reaper
+	// counts Stale from no later than that, so a lease that must end
+	// before the reaper's deadline counts Fence from it.
+	LandedAt time.Time
+	// ServerID is Redis's run_id as of the last beat that landed; it
+	// changes when Redis restarts.
+	ServerID string
+}
 
 // Beat writes the worker's heartbeat every Interval until ctx ends. info
 // is called each time for the current description. After each try, tick
-// is called with how long it has been since a beat last landed: 0 when
-// this one did. A beat that hangs (Redis cut off) is given up after a
-// second, so ticks keep coming.
-func Beat(ctx context.Context, s *store.Store, info func() store.WorkerInfo, tick func(sinceOK time.Duration)) {
+// is called with what it says of the worker's standing. A beat that hangs
+// (Redis cut off) is given up after a second, so ticks keep coming.
+func Beat(ctx context.Context, s *store.Store, info func() store.WorkerInfo, tick func(Tick)) {
 	t := time.NewTicker(Interval)
 	defer t.Stop()
-	lastOK := time.Now()
+	last := Tick{LandedAt: time.Now()}
 	for {
+		sent := time.Now()
 		bctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := s.Heartbeat(bctx, info(), 3*Stale)
+		id, err := s.Heartbeat(bctx, info(), 3*Stale)
 		cancel()
 		switch {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
-			slog.Warn("heartbeat failed", "err", err, "since_last_beat", time.Since(lastOK).Round(time.Millisecond))
-			tick(time.Since(lastOK))
+			slog.Warn("heartbeat failed", "err", err, "since_last_beat", time.Since(last.LandedAt).Round(time.Millisecond))
+			last.SinceOK = time.Since(last.LandedAt)
 		default:
-			lastOK = time.Now()
-			tick(0)
+			last = Tick{LandedAt: sent, ServerID: id}
 		}
+		tick(last)
 		select {
 		case <-ctx.Done():
 			return

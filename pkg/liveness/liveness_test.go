@@ -23,9 +23,15 @@ func TestBeatTellsHowLongSinceALandedBeat(t *testing.T) {
 	ticks := make(chan time.Duration, 100)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go liveness.Beat(ctx, st, func() store.WorkerInfo { return store.WorkerInfo{ID: "w1"} }, func(d time.Duration) { ticks <- d })
-	if d := <-ticks; d != 0 {
-		t.Fatalf("first beat: %s since the last, want 0", d)
+	var serverID string
+	go liveness.Beat(ctx, st, func() store.WorkerInfo { return store.WorkerInfo{ID: "w1"} }, func(tk liveness.Tick) {
+		if tk.SinceOK == 0 {
+			serverID = tk.ServerID
+		}
+		ticks <- tk.SinceOK
+	})
+	if d := <-ticks; d != 0 || len(serverID) != 40 {
+		t.Fatalf("first beat: %s since the last, want 0; redis run_id %q", d, serverID)
 	}
 	ws, _ := st.Workers(ctx, liveness.Stale)
 	if len(ws) != 1 || ws[0].ID != "w1" {

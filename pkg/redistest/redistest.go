@@ -40,6 +40,13 @@ func (s *Server) Store(t testing.TB) *store.Store {
 	return st
 }
 
+// Stop kills the server (as a crash would) and waits until it is gone.
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	s.cmd.Process.Kill()
+	s.cmd.Wait()
+}
+
 // CLI runs redis-cli against the server and returns its output.
 func (s *Server) CLI(t testing.TB, args ...string) string {
 	t.Helper()

@@ -163,6 +163,16 @@ func (r *Run) Fields() map[string]string {
 	return f
 }
 
+// Merge applies change to r as the store applies an update: every field
+// change sets (the ones Fields writes) replaces r's.
+func (r *Run) Merge(change *Run) {
+	merged := r.Fields()
+	for k, v := range change.Fields() {
+		merged[k] = v
+	}
+	*r = *FromFields(merged)
+}
+
 // FromFields rebuilds a Run from its hash fields.
 func FromFields(f map[string]string) *Run {
 	r := &Run{

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -21,22 +22,34 @@ import (
 // claimScript moves a queued run to starting for one worker, holding it
 // in the worker's set in the same step (so the reaper finds it should the
 // worker die), and returns the record: one round trip from the wake to
-// the run.
+// the run. A script run is not claimed within the recovery window after a
+// Redis restart (luaRecovering): its record may be one the restart set
+// back to queued while a worker still runs it.
 //
 // KEYS[1] run hash
 // KEYS[2] the worker's held runs
 // ARGV[1] worker id
 // ARGV[2] started_at
 // ARGV[3] run id
-// Output: the run's fields when claimed; nil when the run is missing, not
-// queued, or stopped (and then a hold this call added is taken back: the
-// winner may be this same worker, on its other path).
-var claimScript = redis.NewScript(`
+// ARGV[4] recovery window (s)
+// Output: the run's fields when claimed; a number (the seconds left of
+// the recovery window) for a script run claimed too soon; nil when the
+// run is missing, not queued, or stopped. A hold this call added and did
+// not keep is taken back: the winner may be this same worker, on its
+// other path.
+var claimScript = redis.NewScript(luaRecovering + `
 local added = redis.call('SADD', KEYS[2], ARGV[3])
-local f = redis.call('HMGET', KEYS[1], 'status', 'stop_requested')
+local f = redis.call('HMGET', KEYS[1], 'status', 'stop_requested', 'kind')
 if f[1] ~= 'queued' or f[2] == '1' then
   if added == 1 then redis.call('SREM', KEYS[2], ARGV[3]) end
   return false
+end
+if f[3] == 'script' then
+  local left = recovering(ARGV[4])
+  if left > 0 then
+    if added == 1 then redis.call('SREM', KEYS[2], ARGV[3]) end
+    return left
+  end
 end
 redis.call('HSET', KEYS[1], 'status', 'starting', 'worker', ARGV[1], 'started_at', ARGV[2])
 return redis.call('HGETALL', KEYS[1])
@@ -44,20 +57,34 @@ return redis.call('HGETALL', KEYS[1])
 
 // Claim makes worker the owner of queued run id, holds it for worker
 // (ReleaseRun lets it go), and returns the run as claimed. Only one caller
-// wins; the others get nil.
+// wins; the others get nil. A script run waits out the recovery window
+// after a Redis restart (up to ctx) before it is claimed.
 func (s *Store) Claim(ctx context.Context, id, worker string, at time.Time) (*run.Run, error) {
-	kv, err := claimScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.WorkerRunsKey(worker)}, worker, run.FormatTime(at), id).StringSlice()
-	if errors.Is(err, redis.Nil) {
-		return nil, nil
+	for {
+		v, err := claimScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.WorkerRunsKey(worker)}, worker, run.FormatTime(at), id,
+			int(s.recovery.Seconds())).Result()
+		if errors.Is(err, redis.Nil) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("store: claim %s: %w", id, err)
+		}
+		if left, ok := v.(int64); ok {
+			if err := s.waitRecovery(ctx, strconv.FormatInt(left, 10), "claim of script run "+id); err != nil {
+				return nil, err
+			}
+			at = time.Now()
+			continue
+		}
+		kv, _ := v.([]any)
+		f := make(map[string]string, len(kv)/2)
+		for i := 0; i+1 < len(kv); i += 2 {
+			k, _ := kv[i].(string)
+			val, _ := kv[i+1].(string)
+			f[k] = val
+		}
+		return run.FromFields(f), nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("store: claim %s: %w", id, err)
-	}
-	f := make(map[string]string, len(kv)/2)
-	for i := 0; i+1 < len(kv); i += 2 {
-		f[kv[i]] = kv[i+1]
-	}
-	return run.FromFields(f), nil
 }
 
 // stopScript marks a stop request; a run still queued ends stopped at once.
@@ -69,10 +96,10 @@ func (s *Store) Claim(ctx context.Context, id, worker string, at time.Time) (*ru
 // ARGV[2] finished_at
 // ARGV[3] error text for a run stopped in queue
 // Output: "queued" (ended now), "active" (its worker must kill it), or "ended".
-var stopScript = redis.NewScript(`
+var stopScript = redis.NewScript(luaTerminal + `
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
-if st == 'succeeded' or st == 'failed' or st == 'stopped' or st == 'timeout' or st == 'terminated' then return 'ended' end
+if terminal[st] then return 'ended' end
 redis.call('HSET', KEYS[1], 'stop_requested', '1')
 if st == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'stopped', 'finished_at', ARGV[2], 'error', ARGV[3])

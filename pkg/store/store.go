@@ -34,6 +34,9 @@ type Store struct {
 	rdb    redis.UniversalClient
 	prefix string
 	ttl    time.Duration
+	// recovery is the window after a Redis restart in which scripts wait
+	// to start (SetRecoveryWindow).
+	recovery time.Duration
 }
 
 // Redis is a parsed PYRUNNER_REDIS_URL: the one description of the Redis
@@ -133,52 +136,80 @@ func (s *Store) CreateRun(ctx context.Context, r *run.Run) error {
 }
 
 // createScriptRunScript creates a script run, unless duplicate is off and
-// another run of the same script is active: atomic across API replicas.
+// another run of the same script is active (atomic across API replicas),
+// or Redis restarted so recently that a worker may not yet have written
+// again the record of a copy it runs (see luaRecovering).
 //
 // KEYS[1] run hash
 // KEYS[2] active set
 // KEYS[3] runs sorted set
 // ARGV[1] key prefix, ARGV[2] run id, ARGV[3] script, ARGV[4] "1" to allow duplicates
-// ARGV[5] TTL seconds, ARGV[6] created score (ms), ARGV[7..] field, value pairs
-// Output: "" when created, else the id of the active run of that script.
-var createScriptRunScript = redis.NewScript(`
-local terminal = {succeeded=true, failed=true, stopped=true, timeout=true, terminated=true}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local f = redis.call('HMGET', ARGV[1] .. 'run:' .. id, 'status', 'script')
-  if not f[1] or terminal[f[1]] then
-    redis.call('SREM', KEYS[2], id)
-  elseif ARGV[4] ~= '1' and f[2] == ARGV[3] then
-    return id
-  end
+// ARGV[5] TTL seconds, ARGV[6] created score (ms), ARGV[7] recovery window (s)
+// ARGV[8..] field, value pairs
+// Output: {"created"}, {"conflict", id of the active run}, or {"wait", seconds}.
+var createScriptRunScript = redis.NewScript(luaTerminal + luaRecovering + luaActiveCopy + `
+if ARGV[4] ~= '1' then
+  local other = activeCopy(KEYS[2], ARGV[1], ARGV[3])
+  if other then return {'conflict', other} end
+  local left = recovering(ARGV[7])
+  if left > 0 then return {'wait', tostring(left)} end
 end
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[2])
-return ''
+return {'created'}
 `)
 
 // CreateScriptRun records a new script run. With duplicate false and a run
 // of the same script still active, it creates nothing and returns a
-// conflict *run.Error naming that run.
+// conflict *run.Error naming that run. Within the recovery window after a
+// Redis restart (SetRecoveryWindow) such a start waits, up to ctx, until
+// every worker has had the time to write again the runs it holds.
 func (s *Store) CreateScriptRun(ctx context.Context, r *run.Run, duplicate bool) error {
 	dup := "0"
 	if duplicate {
 		dup = "1"
 	}
-	args := []any{s.prefix, r.ID, r.Script, dup, int(s.ttl.Seconds()), r.CreatedAt.UnixMilli()}
+	args := []any{s.prefix, r.ID, r.Script, dup, int(s.ttl.Seconds()), r.CreatedAt.UnixMilli(), int(s.recovery.Seconds())}
 	for k, v := range r.Fields() {
 		args = append(args, k, v)
 	}
-	other, err := createScriptRunScript.Run(ctx, s.rdb, []string{s.RunKey(r.ID), s.ActiveKey(), s.RunsKey()}, args...).Text()
-	if err != nil {
-		return fmt.Errorf("store: create script run: %w", err)
+	for {
+		out, err := createScriptRunScript.Run(ctx, s.rdb, []string{s.RunKey(r.ID), s.ActiveKey(), s.RunsKey()}, args...).StringSlice()
+		if err != nil {
+			return fmt.Errorf("store: create script run: %w", err)
+		}
+		switch out[0] {
+		case "created":
+			return nil
+		case "conflict":
+			return run.Errorf(run.ECodeConflict, "script %s is already running (run %s); pass duplicate:true to start another", r.Script, out[1])
+		}
+		if err := s.waitRecovery(ctx, out[1], "start of script "+r.Script); err != nil {
+			return err
+		}
 	}
-	if other != "" {
-		return run.Errorf(run.ECodeConflict, "script %s is already running (run %s); pass duplicate:true to start another", r.Script, other)
-	}
-	return nil
 }
+
+// waitRecovery sleeps the seconds a script's recovery gate said are left.
+func (s *Store) waitRecovery(ctx context.Context, seconds, what string) error {
+	n, _ := strconv.Atoi(seconds)
+	slog.Info("redis restarted moments ago: the "+what+" waits until workers have written again the runs they hold",
+		"wait_s", n)
+	select {
+	case <-time.After(time.Duration(n) * time.Second):
+		return nil
+	case <-ctx.Done():
+		return run.Errorf(run.ECodeUnavailable, "redis restarted moments ago; workers are re-registering the scripts they run: retry in %d s", n)
+	}
+}
+
+// SetRecoveryWindow sets how long after a Redis (re)start script starts
+// and claims wait, so that no script starts that a worker's copy, whose
+// record the restart lost, would have refused: liveness.RecoveryWindow
+// in the binaries, 0 (no wait) by default.
+func (s *Store) SetRecoveryWindow(d time.Duration) { s.recovery = d }
 
 // DeleteRun removes a run that never got queued.
 func (s *Store) DeleteRun(ctx context.Context, id string) error {
@@ -215,17 +246,16 @@ func (s *Store) GetRun(ctx context.Context, id string) (*run.Run, error) {
 // ARGV[2] run id
 // ARGV[3..] field, value pairs
 // Output: 1 when applied; 0 when the run is missing or already terminal.
-var updateScript = redis.NewScript("local last = #ARGV\n" + updateBody)
+var updateScript = redis.NewScript(luaTerminal + "local last = #ARGV\n" + updateBody)
 
 // finishScript stores a run's result (KEYS[4], ARGV[#ARGV], for ARGV[1]
 // seconds), then is updateScript with the other arguments. Should the
 // result not be stored, the script stops there and the run is unchanged.
-var finishScript = redis.NewScript("redis.call('SET', KEYS[4], ARGV[#ARGV], 'EX', ARGV[1])\nlocal last = #ARGV - 1\n" + updateBody)
+var finishScript = redis.NewScript(luaTerminal + "redis.call('SET', KEYS[4], ARGV[#ARGV], 'EX', ARGV[1])\nlocal last = #ARGV - 1\n" + updateBody)
 
 // updateBody is updateScript's, after "last" (the index of its last field
 // argument) is set.
 const updateBody = `
-local terminal = {succeeded=true, failed=true, stopped=true, timeout=true, terminated=true}
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st or terminal[st] then return 0 end
 local ended, started = false, false

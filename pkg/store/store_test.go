@@ -305,7 +305,7 @@ func TestAppendLog(t *testing.T) {
 // went stale has its held runs ended terminated by ReapOnce, once.
 func TestWorkersAndReaper(t *testing.T) {
 	b := setup(t)
-	if err := b.store.Heartbeat(b.ctx, store.WorkerInfo{ID: "alive"}, time.Minute); err != nil {
+	if _, err := b.store.Heartbeat(b.ctx, store.WorkerInfo{ID: "alive"}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	b.store.Heartbeat(b.ctx, store.WorkerInfo{ID: "lost"}, time.Minute)

@@ -28,21 +28,25 @@ type WorkerInfo struct {
 }
 
 // Heartbeat records that the worker is alive now. Its description lives
-// for ttl, so a dead worker's entry disappears on its own.
-func (s *Store) Heartbeat(ctx context.Context, w WorkerInfo, ttl time.Duration) error {
+// for ttl, so a dead worker's entry disappears on its own. It returns the
+// Redis server's run_id (INFO server), which changes at every restart: a
+// worker that sees it change re-asserts its runs at once.
+func (s *Store) Heartbeat(ctx context.Context, w WorkerInfo, ttl time.Duration) (string, error) {
 	now := time.Now()
 	w.ActiveRuns = s.rdb.SCard(ctx, s.WorkerRunsKey(w.ID)).Val()
 	w.LastHeartbeat = now.UTC().Format("2006-01-02T15:04:05.000000-07:00")
 	b, _ := json.Marshal(w)
+	var info *redis.StringCmd
 	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, s.WorkerKey(w.ID), b, ttl)
 		p.ZAdd(ctx, s.WorkersKey(), redis.Z{Score: float64(now.UnixMilli()), Member: w.ID})
+		info = p.Info(ctx, "server")
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("store: heartbeat: %w", err)
+		return "", fmt.Errorf("store: heartbeat: %w", err)
 	}
-	return nil
+	return parseInfo(info.Val())["run_id"], nil
 }
 
 // RemoveWorker forgets a worker that shut down cleanly.

@@ -1,0 +1,165 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ztrade/pyrunner/pkg/backoff"
+)
+
+// Durability is what a Redis keeps across a crash, as its own INFO and
+// CONFIG say: whether it persists (the append-only file and how often it
+// is synced, or RDB snapshots) and whether it may evict keys (asynq loses
+// tasks under eviction). pyrunner reads it at start, after a reconnect and
+// for /health, and warns loudly when the Redis is not durable.
+type Durability struct {
+	// Persistence is aof-everysec, aof-always, aof-no, rdb, none, or
+	// unknown (CONFIG is not allowed, as on some managed Redis).
+	Persistence string `json:"persistence"`
+	// Eviction is maxmemory-policy: noeviction is the only safe one.
+	Eviction string `json:"eviction"`
+	// Warnings say, in words, what a crash of this Redis would lose.
+	Warnings []string `json:"warnings,omitempty"`
+	// ServerID is INFO server's run_id: it changes at every restart.
+	ServerID string `json:"-"`
+	// UptimeSec is how long the server has been up.
+	UptimeSec int64 `json:"-"`
+}
+
+// Durable reports whether a crash of this Redis keeps what pyrunner
+// wrote (bar the last second with aof-everysec) and no key is evicted.
+func (d Durability) Durable() bool { return len(d.Warnings) == 0 }
+
+// Durability reads the server's persistence and eviction settings.
+func (s *Store) Durability(ctx context.Context) (Durability, error) {
+	text, err := s.rdb.Info(ctx, "server", "persistence", "memory").Result()
+	if err != nil {
+		return Durability{}, fmt.Errorf("store: redis info: %w", err)
+	}
+	info := parseInfo(text)
+	d := Durability{ServerID: info["run_id"], Eviction: info["maxmemory_policy"]}
+	d.UptimeSec, _ = strconv.ParseInt(info["uptime_in_seconds"], 10, 64)
+	conf := map[string]string{}
+	if kv, err := s.rdb.ConfigGet(ctx, "appendfsync").Result(); err == nil {
+		conf = kv
+	}
+	if kv, err := s.rdb.ConfigGet(ctx, "save").Result(); err == nil {
+		for k, v := range kv {
+			conf[k] = v
+		}
+	}
+	save, saveKnown := conf["save"]
+	switch {
+	case info["aof_enabled"] == "1" && conf["appendfsync"] != "":
+		d.Persistence = "aof-" + conf["appendfsync"]
+	case info["aof_enabled"] == "1":
+		d.Persistence = "aof"
+	case saveKnown && strings.TrimSpace(save) != "":
+		d.Persistence = "rdb"
+	case saveKnown:
+		d.Persistence = "none"
+	default:
+		d.Persistence = "unknown"
+	}
+	switch d.Persistence {
+	case "none":
+		d.Warnings = append(d.Warnings, "redis keeps nothing on disk (no append-only file, no snapshots): a crash or restart loses every run record, queued run and result, and running scripts become invisible; turn on appendonly yes")
+	case "unknown":
+		d.Warnings = append(d.Warnings, "redis does not say whether it persists (CONFIG is refused); make sure it runs with appendonly yes")
+	case "rdb":
+		d.Warnings = append(d.Warnings, "redis persists only by snapshots: a crash loses everything since the last one; appendonly yes with appendfsync everysec loses at most a second")
+	case "aof-no":
+		d.Warnings = append(d.Warnings, "redis leaves syncing the append-only file to the OS (appendfsync no): a host crash may lose up to ~30 s of runs")
+	}
+	if d.Eviction != "noeviction" {
+		d.Warnings = append(d.Warnings, fmt.Sprintf("redis may evict keys (maxmemory-policy %s): under memory pressure it would drop run records and queued tasks; set maxmemory-policy noeviction", d.Eviction))
+	}
+	return d, nil
+}
+
+// CheckDurable reads Redis's persistence and eviction settings and warns
+// loudly (a log line per risk) when a crash of it would lose runs; with
+// require set (PYRUNNER_REQUIRE_DURABLE_REDIS), such a Redis is an error
+// instead. Settings it cannot read are a warning, not an error.
+func (s *Store) CheckDurable(ctx context.Context, require bool) error {
+	d, err := s.Durability(ctx)
+	if err != nil {
+		slog.Warn("could not read redis's persistence settings", "err", err)
+		return nil
+	}
+	for _, w := range d.Warnings {
+		slog.Warn("REDIS IS NOT DURABLE: "+w, "persistence", d.Persistence, "eviction", d.Eviction)
+	}
+	if require && !d.Durable() {
+		return fmt.Errorf("PYRUNNER_REQUIRE_DURABLE_REDIS=true but redis is not durable (persistence %s, eviction %s): %s",
+			d.Persistence, d.Eviction, strings.Join(d.Warnings, "; "))
+	}
+	return nil
+}
+
+// parseInfo reads INFO's "key:value" lines.
+func parseInfo(text string) map[string]string {
+	out := map[string]string{}
+	for _, line := range strings.Split(text, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok && !strings.HasPrefix(k, "#") {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// IsUnavailable reports whether err means Redis could not be reached or
+// cannot serve yet (down, restarting, loading its data, a failover): a
+// passing state worth a retry, and a 503 to a client. A command Redis
+// refused for what it was (out of memory, too large) is not.
+func IsUnavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"} {
+			if strings.HasPrefix(rerr.Error(), p) {
+				return true
+			}
+		}
+		return false
+	}
+	var nerr net.Error
+	return errors.As(err, &nerr) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout)
+}
+
+// Retry runs a write until it lands, through a Redis outage (restart,
+// failover), with policy p. A write Redis refuses for what it is (too
+// large, wrong type) is not retried. Redis signals some refusals by
+// closing the connection, which looks like an outage: a write that fails
+// so twice while Redis answers PING in between counts as refused.
+func (s *Store) Retry(ctx context.Context, p backoff.Policy, write func() error) error {
+	refusedOnce := false
+	return backoff.Retry(ctx, p, func() error {
+		err := write()
+		switch {
+		case err == nil:
+			return nil
+		case !IsUnavailable(err):
+			return backoff.Permanent(err)
+		case s.Ping(ctx) == nil:
+			if refusedOnce {
+				return backoff.Permanent(err)
+			}
+			refusedOnce = true
+		}
+		return err
+	})
+}
