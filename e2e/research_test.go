@@ -409,8 +409,8 @@ func testValidation(t *testing.T, s *stack) {
 func testHealth(t *testing.T, s *stack) {
 	for _, p := range []string{"/health", "/v1/health"} {
 		var h struct {
-			Status  string `json:"status"`
-			Redis   struct {
+			Status string `json:"status"`
+			Redis  struct {
 				Status string `json:"status"`
 			} `json:"redis"`
 			Workers []struct {

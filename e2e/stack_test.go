@@ -80,13 +80,13 @@ type stack struct {
 	recovered bool
 	// redisStarts counts the stack's redis-server starts (crashRedis).
 	redisStarts int
-	api       *proc
-	workers   []*proc
-	env       []string
-	dir       string
-	mode      string // executor mode
-	authz     string // Authorization header do() sends, if any
-	cwd       string // working directory of started processes
+	api         *proc
+	workers     []*proc
+	env         []string
+	dir         string
+	mode        string // executor mode
+	authz       string // Authorization header do() sends, if any
+	cwd         string // working directory of started processes
 	// wantWorkers is how many workers /health should list.
 	wantWorkers int
 	// containers, for a stack in compose (compose_test.go), lists the

@@ -68,8 +68,8 @@ type Config struct {
 	// RequireDurableRedis refuses to start on a Redis without persistence
 	// or with an eviction policy.
 	RequireDurableRedis bool
-	Python    string
-	Token     string
+	Python              string
+	Token               string
 
 	MaxRows           int64
 	MaxCodeBytes      int
