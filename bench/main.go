@@ -15,6 +15,8 @@
 //	    interpreter (bench/baselines.go)
 //	(h) 1M rows from MariaDB, next to pandas.read_sql through pymysql
 //	(i) a backlog of 5 000 queued runs drained, next to the sustained rate
+//	(j) sustained trivial runs/s with Redis as shipped (append-only file,
+//	    everysec) next to Redis keeping nothing, two stacks in turn
 //
 // BENCH_ONLY=gh (letters) runs only those parts and leaves RESULTS.md.
 // Run it with `make bench`.
@@ -82,10 +84,27 @@ func freePort() int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// durableRedis is Redis as pyrunner runs it (docker/redis.conf);
+// volatileRedis keeps nothing on disk (for line (j) only).
+var (
+	durableRedis  = []string{"docker/redis.conf"}
+	volatileRedis = []string{"docker/redis.conf", "--appendonly", "no"}
+)
+
+// start starts a stack whose Redis runs as pyrunner ships it.
 func start(dir, db string, workers int, env ...string) (*stack, error) {
+	return startWith(dir, db, workers, durableRedis, env...)
+}
+
+// startWith starts a stack with redis-server started with redisConf
+// (a config file and directives), its files in the stack's own folder.
+func startWith(dir, db string, workers int, redisConf []string, env ...string) (*stack, error) {
 	s := &stack{}
 	rport, aport := freePort(), freePort()
-	redis := exec.Command("redis-server", "--port", strconv.Itoa(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	rdir := filepath.Join(dir, fmt.Sprintf("redis-%d", rport))
+	os.MkdirAll(rdir, 0o755)
+	redis := exec.Command("redis-server", append(append([]string{}, redisConf...),
+		"--port", strconv.Itoa(rport), "--bind", "127.0.0.1", "--dir", rdir)...)
 	if err := redis.Start(); err != nil {
 		return nil, err
 	}
@@ -641,6 +660,36 @@ func run() error {
 			return err
 		}
 		add("(i) 5 000 trivial runs queued at once (wait=false), drained by 1 worker", fmt.Sprintf("%.0f runs/s (%.0f%% of the sustained synchronous %.0f runs/s, same stack)", drained, 100*drained/syncRate, syncRate))
+	}
+
+	// (j) what durability costs: the same load on two stacks in turn
+	if only == "" || strings.Contains(only, "j") {
+		aof, err := start(dir, db, 1, "PYRUNNER_EXECUTOR=warm")
+		if err != nil {
+			return err
+		}
+		none, err := startWith(dir, db, 1, volatileRedis, "PYRUNNER_EXECUTOR=warm")
+		if err != nil {
+			aof.stop()
+			return err
+		}
+		var rates [2]float64
+		for round := 0; round < 4 && err == nil; round++ {
+			for i, s := range []*stack{aof, none} {
+				var r float64
+				if r, _, err = throughput(s, 8, 4*time.Second); err != nil {
+					break
+				}
+				rates[i] += r / 4
+			}
+		}
+		aof.stop()
+		none.stop()
+		if err != nil {
+			return err
+		}
+		add("(j) sustained trivial runs/s, 1 worker, 8 clients: redis with the append-only file (everysec, as shipped) / keeping nothing, 4 s each in turn ×4",
+			fmt.Sprintf("%.0f / %.0f runs/s (durability costs %+.1f%%)", rates[0], rates[1], 100*(rates[1]-rates[0])/rates[1]))
 	}
 
 	var md strings.Builder

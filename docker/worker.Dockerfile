@@ -11,7 +11,8 @@ ARG GO_IMAGE=golang:1.26-bookworm
 ARG BASE_IMAGE=continuumio/miniconda3:24.1.2-0
 
 FROM ${GO_IMAGE} AS build
-ARG GOPROXY=https://proxy.golang.org,direct
+# The builder's module proxy setting, passed through (empty: Go's default).
+ARG GOPROXY
 ENV GOPROXY=${GOPROXY} GOFLAGS=-buildvcs=false
 WORKDIR /src
 COPY go.mod go.sum ./

@@ -16,7 +16,8 @@ import (
 	"time"
 )
 
-// compose drives one docker compose project: the repository's real
+// compose drives one project with `docker compose` (Compose v2, the CLI
+// plugin tools/compose-test.sh builds): the repository's real
 // compose.yaml, plus tools/compose/override.yaml (the local stand-ins for
 // base images no registry can give here), with an env file of the test's.
 type compose struct {
@@ -54,13 +55,23 @@ func TestCompose(t *testing.T) {
 	})
 	c.output("--profile", "mysql", "down", "-v", "--remove-orphans") // what an aborted run left
 
+	t.Run("Config", func(t *testing.T) { testComposeConfig(t, c) })
 	t0 := time.Now()
 	c.run("--profile", "mysql", "build")
 	t.Logf("images built from docker/*.Dockerfile in %s", time.Since(t0).Round(time.Second))
 	t0 = time.Now()
-	c.run("up", "-d", "--scale", "worker=4")
+	c.run("up", "-d", "--wait", "--scale", "worker=4")
+	healthy := 0
+	for _, k := range c.containers("worker") {
+		if k.running && k.health == "healthy" {
+			healthy++
+		}
+	}
+	if healthy != 4 {
+		t.Errorf("up -d --wait --scale worker=4 returned with %d healthy workers, want 4", healthy)
+	}
 	s := c.stack(t, "sqlite")
-	t.Logf("up -d --scale worker=4: 4 workers in /health after %s", time.Since(t0).Round(time.Second))
+	t.Logf("up -d --wait --scale worker=4: returned after %s with %d healthy workers", time.Since(t0).Round(time.Second), healthy)
 
 	t.Run("Seed", func(t *testing.T) { testComposeSeed(t, s) })
 	t.Run("Spread", func(t *testing.T) { testComposeSpread(t, s) })
@@ -70,29 +81,49 @@ func TestCompose(t *testing.T) {
 	t.Run("Scripts", func(t *testing.T) { testComposeScripts(t, c, s) })
 	t.Run("WorkerKilled", func(t *testing.T) { testComposeWorkerKilled(t, c, s) })
 	t.Run("RedisRestart", func(t *testing.T) { testComposeRedisRestart(t, c, s) })
+	t.Run("RedisCrash", func(t *testing.T) { testComposeRedisCrash(t, c, s) })
 	t.Run("MySQL", func(t *testing.T) { testComposeMySQL(t, c) })
 }
 
-// args are docker-compose's global arguments for this project.
+// args are `docker compose`'s arguments for this project.
 func (c *compose) args(more ...string) []string {
-	return append([]string{"-p", c.project, "-f", "compose.yaml", "-f", "tools/compose/override.yaml", "--env-file", c.envFile}, more...)
+	return append([]string{"compose", "-p", c.project, "-f", "compose.yaml", "-f", "tools/compose/override.yaml", "--env-file", c.envFile}, more...)
 }
 
-// output runs docker-compose and returns what it printed, whatever its exit.
+// output runs docker compose and returns what it printed, whatever its exit.
 func (c *compose) output(args ...string) string {
-	cmd := exec.Command("docker-compose", c.args(args...)...)
+	cmd := exec.Command(c.docker, c.args(args...)...)
 	cmd.Dir = ".."
 	out, _ := cmd.CombinedOutput()
 	return string(out)
 }
 
-// run runs docker-compose and fails the test if it fails.
+// run runs docker compose and fails the test if it fails.
 func (c *compose) run(args ...string) {
 	c.t.Helper()
-	cmd := exec.Command("docker-compose", c.args(args...)...)
+	cmd := exec.Command(c.docker, c.args(args...)...)
 	cmd.Dir = ".."
 	if out, err := cmd.CombinedOutput(); err != nil {
-		c.t.Fatalf("docker-compose %s: %v\n%s", strings.Join(args, " "), err, tail(out, 6000))
+		c.t.Fatalf("docker compose %s: %v\n%s", strings.Join(args, " "), err, tail(out, 6000))
+	}
+}
+
+// testComposeConfig: `docker compose config -q` of the shipped file, as a
+// user runs it (no override, no env file), says nothing: no warning, no
+// error, with no profile and with each profile.
+func testComposeConfig(t *testing.T, c *compose) {
+	for _, profile := range []string{"", "mysql"} {
+		args := []string{"compose", "-f", "compose.yaml"}
+		if profile != "" {
+			args = append(args, "--profile", profile)
+		}
+		cmd := exec.Command(c.docker, append(args, "config", "-q")...)
+		cmd.Dir = ".."
+		cmd.Env = append(os.Environ(), "COMPOSE_PROJECT_NAME=pyrunner-config-check")
+		out, err := cmd.CombinedOutput()
+		if err != nil || len(bytes.TrimSpace(out)) != 0 {
+			t.Errorf("docker compose config -q (profile %q): %v\n%s", profile, err, out)
+		}
 	}
 }
 
@@ -333,7 +364,7 @@ func testComposeScripts(t *testing.T, c *compose, s *stack) {
 	a, b := startTicker(t, s), startTicker(t, s)
 	t0 := time.Now()
 	c.run("stop", "worker")
-	t.Logf("docker-compose stop worker took %s", time.Since(t0).Round(100*time.Millisecond))
+	t.Logf("docker compose stop worker took %s", time.Since(t0).Round(100*time.Millisecond))
 	for _, id := range []string{a.RunID, b.RunID} {
 		got := s.waitStatus(id, 30*time.Second, ended)
 		if got.Status != "terminated" || got.Error == nil || *got.Error == "" {
@@ -471,4 +502,78 @@ func testComposeMySQL(t *testing.T, c *compose) {
 		t.Errorf("the read-only user's grants: %v %s", err, out)
 	}
 	t.Logf("exchange_readonly: %s", bytes.TrimSpace([]byte(out)))
+}
+
+// testComposeRedisCrash: the redis container SIGKILLed (a crash, the OOM
+// killer) and started again: run history and results are still there,
+// running scripts still run under their run ids and pids (a second start
+// is 409), and no worker container restarted or turned unhealthy.
+func testComposeRedisCrash(t *testing.T, c *compose, s *stack) {
+	s.do("POST", "/v1/runs/stop_all", "", nil)
+	before := map[string]int{}
+	for _, k := range c.containers("worker") {
+		before[k.name] = k.restarts
+	}
+	done := s.mustOK("result = len(df)", nil)
+	st, bot := s.startScript(`{"script":"ticker.py"}`)
+	if st != 200 || bot.PID == nil {
+		t.Fatalf("start ticker.py: %d %+v", st, bot)
+	}
+	bot = s.waitStatus(bot.RunID, 60*time.Second, func(r runRec) bool { return r.Status == "running" && r.PID != nil })
+	// appendfsync everysec: what is more than a second old is on disk.
+	time.Sleep(1500 * time.Millisecond)
+	t0 := time.Now()
+	c.run("kill", "-s", "SIGKILL", "redis")
+	c.run("up", "-d", "redis")
+	t.Logf("redis killed and up again in %s", time.Since(t0).Round(100*time.Millisecond))
+	var r result
+	waitUntil(t, 60*time.Second, "the finished run to be readable again", func() bool {
+		code, rr, err := getResult(s.base, done.ID)
+		r = rr
+		return err == nil && code == 200
+	})
+	if r.Status != "succeeded" || string(r.Result) != "1441" {
+		t.Errorf("the finished run after the crash: %s %s", r.Status, r.Result)
+	}
+	var cur runRec
+	if st := s.do("GET", "/v1/runs/"+bot.RunID, "", &cur); st != 200 || cur.Status != "running" || cur.PID == nil || *cur.PID != *bot.PID {
+		t.Errorf("ticker.py after the crash: %d %+v (pid was %d)", st, cur, *bot.PID)
+	}
+	var list struct{ Runs []runRec }
+	s.do("GET", "/v1/runs?limit=500", "", &list)
+	if len(list.Runs) < 2 {
+		t.Errorf("run history after the crash: %d runs", len(list.Runs))
+	}
+	if st, r := s.startScript(`{"script":"ticker.py"}`); st != 409 {
+		t.Errorf("a second start of ticker.py after the crash: %d %+v", st, r)
+	}
+	var stopped runRec
+	if st := s.do("POST", "/v1/runs/"+bot.RunID+"/stop", "", &stopped); st != 200 || stopped.Status != "stopped" {
+		t.Errorf("stop ticker.py after the crash: %d %+v", st, stopped)
+	}
+	waitUntil(t, 60*time.Second, "every worker container healthy", func() bool {
+		for _, k := range c.containers("worker") {
+			if k.health != "healthy" {
+				return false
+			}
+		}
+		return true
+	})
+	for _, k := range c.containers("worker") {
+		if !k.running || k.restarts != before[k.name] {
+			t.Errorf("%s: running %v, restarts %d (before %d)", k.name, k.running, k.restarts, before[k.name])
+		}
+	}
+}
+
+// getResult reads a research run from any goroutine.
+func getResult(base, id string) (int, result, error) {
+	var r result
+	resp, err := client.Get(base + "/v1/research/runs/" + id)
+	if err != nil {
+		return 0, r, err
+	}
+	defer resp.Body.Close()
+	err = json.NewDecoder(resp.Body).Decode(&r)
+	return resp.StatusCode, r, err
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -288,4 +289,148 @@ func hostname(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// TestFrozenWorkerFence: the whole process group of the worker running a
+// script (its zygote too) is SIGSTOPped for 30 s. The script's keeper,
+// outside that group, kills it before its record leaves running; until
+// the record has ended a second start is 409, then exactly one copy
+// starts on the other worker, and the frozen worker, resumed, changes
+// nothing. Then the worker running that copy is SIGKILLed: its keeper
+// kills the copy at once, and the next copy starts only after. A scan of
+// the machine's processes finds no second copy at any moment.
+func TestFrozenWorkerFence(t *testing.T) {
+	root, bots := writeBots(t)
+	scan := scanCopies(t, bots[0])
+	s := startStack(t, stackOpts{workers: -1, scripts: root})
+	workers := func(n int) {
+		t.Helper()
+		waitUntil(t, 60*time.Second, fmt.Sprintf("%d workers in /health", n), func() bool {
+			var h struct{ Workers []any }
+			return s.getJSON("/health", &h) == 200 && len(h.Workers) == n
+		})
+	}
+	frozen := s.start("worker-to-freeze", filepath.Join(binDir, "pyrunner-worker"))
+	workers(1)
+	st, first := s.startScript(`{"script":"bot_a.py"}`)
+	if st != 200 || first.Status != "running" || first.PID == nil {
+		t.Fatalf("start bot_a.py: %d %+v", st, first)
+	}
+	other := s.start("worker-2", filepath.Join(binDir, "pyrunner-worker"))
+	workers(2)
+
+	frozen.group(syscall.SIGSTOP)
+	froze := time.Now()
+	var died, endedAt time.Time
+	refused := 0
+	for endedAt.IsZero() {
+		if time.Since(froze) > 40*time.Second {
+			t.Fatal("the frozen worker's run was never ended")
+		}
+		if died.IsZero() && !alive(*first.PID) {
+			died = time.Now()
+		}
+		var cur runRec
+		s.do("GET", "/v1/runs/"+first.RunID, "", &cur)
+		if cur.Status != "running" {
+			endedAt = time.Now()
+			if died.IsZero() {
+				t.Errorf("the record says %s while the script still runs", cur.Status)
+			}
+			t.Logf("record %s (%q) %.1f s into the freeze", cur.Status, *cur.Error, endedAt.Sub(froze).Seconds())
+			break
+		}
+		if st, r := s.startScript(`{"script":"bot_a.py"}`); st == 409 {
+			refused++
+		} else {
+			t.Fatalf("a second start while the record says running: %d %+v", st, r)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("script killed by its keeper %.1f s into the freeze; record ended %.1f s in; %d second starts refused meanwhile",
+		died.Sub(froze).Seconds(), endedAt.Sub(froze).Seconds(), refused)
+	if refused == 0 {
+		t.Errorf("no second start was tried while the record said running")
+	}
+	st, second := s.startScript(`{"script":"bot_a.py"}`)
+	if st != 200 || second.Status != "running" || second.PID == nil || !strings.HasSuffix(*second.Worker, fmt.Sprintf(":%d", other.cmd.Process.Pid)) {
+		t.Fatalf("a new copy once the record ended: %d %+v", st, second)
+	}
+	time.Sleep(time.Until(froze.Add(30 * time.Second))) // frozen for 30 s in all
+	frozen.group(syscall.SIGCONT)
+	workers(2) // the frozen worker is back and has had a heartbeat
+	var cur runRec
+	if s.do("GET", "/v1/runs/"+second.RunID, "", &cur); cur.Status != "running" || !alive(*second.PID) {
+		t.Errorf("the new copy after the frozen worker came back: %+v, alive %v", cur, alive(*second.PID))
+	}
+
+	// The worker running the copy dies: its keeper kills the copy at once.
+	other.signal(syscall.SIGKILL)
+	killed := time.Now()
+	waitUntil(t, 5*time.Second, "the dead worker's script to die with it", func() bool { return !alive(*second.PID) })
+	t.Logf("script dead %.0f ms after its worker was SIGKILLed", float64(time.Since(killed).Microseconds())/1000)
+	s.waitStatus(second.RunID, 30*time.Second, ended)
+	if st, r := s.startScript(`{"script":"bot_a.py"}`); st != 200 || r.Status != "running" {
+		t.Errorf("a new copy after the worker's death: %d %+v", st, r)
+	}
+	if n := scan.most(bots[0]); n != 1 {
+		t.Errorf("at most %d live copies seen, want 1", n)
+	}
+}
+
+// TestNoFalseFenceUnderStarvation: a worker at nice 19 beside two `yes`
+// per core keeps its script for PYRUNNER_SOAK_MINUTES (10 in CI, 1
+// otherwise): a worker that is only slow loses nothing to its fence.
+func TestNoFalseFenceUnderStarvation(t *testing.T) {
+	minutes := 1
+	if v := os.Getenv("PYRUNNER_SOAK_MINUTES"); v != "" {
+		minutes, _ = strconv.Atoi(v)
+	}
+	root, bots := writeBots(t)
+	scanCopies(t, bots[0])
+	s := startStack(t, stackOpts{workers: -1, scripts: root})
+	w := s.start("worker-nice-19", "nice", "-n", "19", filepath.Join(binDir, "pyrunner-worker"))
+	waitUntil(t, 60*time.Second, "the worker", func() bool {
+		var h struct{ Workers []any }
+		return s.getJSON("/health", &h) == 200 && len(h.Workers) == 1
+	})
+	st, bot := s.startScript(`{"script":"bot_a.py"}`)
+	if st != 200 || bot.Status != "running" || bot.PID == nil {
+		t.Fatalf("start bot_a.py: %d %+v", st, bot)
+	}
+	var hogs []*exec.Cmd
+	for i := 0; i < 2*runtime.NumCPU(); i++ {
+		hog := exec.Command("yes")
+		if err := hog.Start(); err != nil {
+			t.Fatal(err)
+		}
+		hogs = append(hogs, hog)
+	}
+	defer func() {
+		for _, h := range hogs {
+			h.Process.Kill()
+			h.Wait()
+		}
+	}()
+	t.Logf("%d CPU hogs beside a worker at nice 19 for %d minute(s)", len(hogs), minutes)
+	deadline := time.Now().Add(time.Duration(minutes) * time.Minute)
+	for time.Now().Before(deadline) {
+		if !alive(*bot.PID) {
+			t.Fatalf("the script died %s into the starvation", time.Until(deadline).Round(time.Second))
+		}
+		time.Sleep(time.Second)
+	}
+	for _, h := range hogs {
+		h.Process.Kill()
+	}
+	var cur runRec
+	if s.do("GET", "/v1/runs/"+bot.RunID, "", &cur); cur.Status != "running" || !alive(*bot.PID) {
+		t.Errorf("after the starvation: %+v, alive %v", cur, alive(*bot.PID))
+	}
+	if b, _ := readFile(w.log); strings.Contains(b, "killing run at once") || strings.Contains(b, "keeper killed") {
+		t.Errorf("the worker fenced under starvation")
+	}
+	if b, _ := readFile(w.log); strings.Contains(b, "heartbeat failed") {
+		t.Logf("heartbeats failed at times under starvation (none long enough to fence)")
+	}
 }

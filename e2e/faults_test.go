@@ -230,6 +230,7 @@ func alive(pid int) bool {
 // finds its run ended and kills it at once.
 func TestExactlyOneLiveCopy(t *testing.T) {
 	root := writeScripts(t)
+	scanCopies(t, filepath.Join(root, "ticker.py"))
 	s := startStack(t, stackOpts{workers: -1, scripts: root})
 	p := newProxy(t, fmt.Sprintf("127.0.0.1:%d", s.redisPort))
 	env := s.env

@@ -68,6 +68,11 @@ type proc struct {
 
 func (p *proc) signal(sig syscall.Signal) { p.cmd.Process.Signal(sig) }
 
+// group sends sig to the process's whole process group (a worker with
+// its zygote and research children; not the keepers of its scripts,
+// which have groups of their own).
+func (p *proc) group(sig syscall.Signal) { syscall.Kill(-p.cmd.Process.Pid, sig) }
+
 // stack is a running pyrunner: redis, API and workers.
 type stack struct {
 	t         *testing.T
@@ -280,6 +285,9 @@ func (s *stack) start(name, bin string, args ...string) *proc {
 	cmd := exec.Command(bin, args...)
 	cmd.Env, cmd.Dir = s.env, s.cwd
 	cmd.Stdout, cmd.Stderr = f, f
+	// A group of its own (with the zygote and what else it starts), which
+	// a test may freeze whole: proc.group.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("start %s: %v", name, err)
 	}

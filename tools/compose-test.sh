@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # make test-compose: the real compose.yaml, scaled to 4 workers, on a real
-# Docker engine, tested over HTTP (e2e/compose_test.go). From a fresh
-# Debian machine it installs Docker and debootstrap, starts an engine when
+# Docker engine, driven by `docker compose` (Compose v2) and tested over
+# HTTP (e2e/compose_test.go). From a fresh Debian machine it installs
+# Docker and debootstrap, builds Compose v2 from its Go module (once per
+# pinned version, cached) as the docker CLI plugin, starts an engine when
 # none answers (its own data root, kept between runs as the image cache),
 # makes the base images without a registry (debootstrap + docker import,
 # then stand-ins built on that), and always tears the stack down.
@@ -18,7 +20,6 @@ say() { echo "test-compose [$(( $(date +%s) - t0 ))s]: $*"; }
 # 1. Tools.
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
-command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
@@ -29,6 +30,25 @@ fi
 DOCKER=/usr/bin/docker
 [ -x "$DOCKER" ] || DOCKER=$(command -v docker)
 export PYRUNNER_DOCKER=$DOCKER
+
+# Compose v2, the `docker compose` users run: built from its Go module
+# (go install refuses it: its go.mod has exclude directives), kept in the
+# cache per version, installed as the CLI plugin.
+COMPOSE_VERSION=v2.40.3
+COMPOSE_BIN=$CACHE/docker-compose-$COMPOSE_VERSION
+if [ ! -x "$COMPOSE_BIN" ]; then
+  say "building Compose $COMPOSE_VERSION from its Go module (a few minutes, once)"
+  mkdir -p "$CACHE"
+  c0=$(date +%s)
+  dir=$(GOFLAGS=-mod=mod go mod download -json "github.com/docker/compose/v2@$COMPOSE_VERSION" \
+    | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/docker/compose/v2/internal.Version=$COMPOSE_VERSION" \
+    -o "$COMPOSE_BIN.part" ./cmd) && mv "$COMPOSE_BIN.part" "$COMPOSE_BIN"
+  say "Compose $COMPOSE_VERSION built in $(( $(date +%s) - c0 ))s"
+fi
+mkdir -p "$HOME/.docker/cli-plugins"
+ln -sf "$COMPOSE_BIN" "$HOME/.docker/cli-plugins/docker-compose"
+$DOCKER compose version >/dev/null || { echo "test-compose: docker compose does not run" >&2; exit 1; }
 
 # 2. An engine: the one that answers, or our own.
 started_engine=
@@ -52,7 +72,7 @@ fi
 PROJECT=pyrunner-compose-test
 teardown() {
   say "tearing down"
-  docker-compose -p "$PROJECT" -f compose.yaml -f tools/compose/override.yaml --profile mysql down -v --remove-orphans >/dev/null 2>&1 || true
+  $DOCKER compose -p "$PROJECT" -f compose.yaml -f tools/compose/override.yaml --profile mysql down -v --remove-orphans >/dev/null 2>&1 || true
   if [ -n "$started_engine" ]; then
     kill "$started_engine" 2>/dev/null || true
     for _ in $(seq 1 60); do kill -0 "$started_engine" 2>/dev/null || break; sleep 0.5; done

@@ -33,6 +33,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == scriptrun.KeepCommand {
+		os.Exit(scriptrun.Keep(os.Args[2:])) // a script's keeper (pkg/scriptrun)
+	}
 	if err := start(); errors.Is(err, config.ErrHelp) {
 		return
 	} else if err != nil {
@@ -106,6 +109,7 @@ func start() error {
 	}
 	w := &worker{
 		id: fmt.Sprintf("%s:%d", host, os.Getpid()), cfg: cfg, db: db, exec: exe, store: st, scripts: folder, python: py,
+		lease: scriptrun.NewLease(time.Now().Add(liveness.Fence)),
 	}
 	info := store.WorkerInfo{
 		ID: w.id, Host: host, PID: os.Getpid(), StartedAt: run.FormatTime(time.Now()),
@@ -171,6 +175,9 @@ func start() error {
 		switch {
 		case tk.SinceOK == 0:
 			lastBeat.Store(time.Now().UnixNano())
+			// Scripts may run until the fence time after this beat was
+			// sent; their keepers kill them then unless renewed again.
+			w.lease.Renew(tk.LandedAt.Add(liveness.Fence))
 			if serverID != "" && tk.ServerID != serverID {
 				slog.Warn("redis restarted (its run_id changed); re-asserting this worker's runs", "worker", w.id)
 				go st.CheckDurable(bg, false)

@@ -16,6 +16,7 @@ import (
 	"github.com/ztrade/pyrunner/pkg/metrics"
 	"github.com/ztrade/pyrunner/pkg/research"
 	"github.com/ztrade/pyrunner/pkg/run"
+	"github.com/ztrade/pyrunner/pkg/scriptrun"
 	"github.com/ztrade/pyrunner/pkg/scripts"
 	"github.com/ztrade/pyrunner/pkg/store"
 )
@@ -30,6 +31,9 @@ type worker struct {
 	metrics *metrics.Worker
 	scripts *scripts.Folder
 	python  string
+	// lease is how long scripts may run without a heartbeat landing
+	// (renewed at each one): their keepers hold them to it.
+	lease *scriptrun.Lease
 }
 
 // handleResearch runs one research run, claimed by this worker (see

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ztrade/pyrunner/pkg/config"
+	"github.com/ztrade/pyrunner/pkg/liveness"
 	"github.com/ztrade/pyrunner/pkg/proc"
 	"github.com/ztrade/pyrunner/pkg/run"
 	"github.com/ztrade/pyrunner/pkg/scriptrun"
@@ -61,6 +62,7 @@ func (w *worker) handleScript(ctx context.Context, h *held) error {
 	logs, _ := filepath.Abs(w.cfg.LogsDir)
 	spec := scriptrun.Spec{
 		Python: w.python, Script: abs, Args: req.Args, Dir: dir, Env: env,
+		Keeper: []string{"/proc/self/exe", scriptrun.KeepCommand}, Lease: w.lease,
 		StdoutPath: filepath.Join(logs, id+".stdout.log"), StderrPath: filepath.Join(logs, id+".stderr.log"),
 		Grace: time.Duration(w.cfg.TerminateTimeoutSeconds) * time.Second, Timeout: time.Duration(req.TimeoutSec) * time.Second,
 		FlushEvery: 100 * time.Millisecond,
@@ -82,6 +84,9 @@ func (w *worker) handleScript(ctx context.Context, h *held) error {
 	}
 	code := res.ExitCode
 	switch {
+	case res.Fenced:
+		return end(run.StatusTerminated, &code, fmt.Sprintf("terminated: its keeper killed it: worker %s did not renew its lease within %s (frozen, cut off from redis, or dead)",
+			w.id, liveness.Fence))
 	case res.Stopped && errors.Is(context.Cause(ctx), scriptrun.ErrKill):
 		return end(run.StatusTerminated, &code, fmt.Sprintf("terminated: worker %s killed it: %v", w.id, context.Cause(ctx)))
 	case res.Stopped:
