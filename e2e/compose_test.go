@@ -524,7 +524,7 @@ func testComposeRedisCrash(t *testing.T, c *compose, s *stack) {
 	time.Sleep(1500 * time.Millisecond)
 	t0 := time.Now()
 	c.run("kill", "-s", "SIGKILL", "redis")
-	c.run("up", "-d", "redis")
+	c.run("up", "-d", "--no-deps", "redis")
 	t.Logf("redis killed and up again in %s", time.Since(t0).Round(100*time.Millisecond))
 	var r result
 	waitUntil(t, 60*time.Second, "the finished run to be readable again", func() bool {
