@@ -1,6 +1,6 @@
 # pyrunner — see README.md. `make run` starts the stack, `make test` tests it.
 GO      ?= go
-BINS    := bin/pyrunner-api bin/pyrunner-worker bin/pyrunner-demodata bin/pyrunner
+BINS    := bin/pyrunner-api bin/pyrunner-worker bin/pyrunner-keeper bin/pyrunner-demodata bin/pyrunner
 export CGO_ENABLED := 1
 
 .PHONY: all build deps run stop test test-go test-python test-compose bench clean
@@ -10,6 +10,7 @@ all: build
 build:
 	$(GO) build -o bin/pyrunner-api ./api
 	$(GO) build -o bin/pyrunner-worker ./worker
+	CGO_ENABLED=0 $(GO) build -o bin/pyrunner-keeper ./cmd/pyrunner-keeper
 	$(GO) build -o bin/pyrunner-demodata ./cmd/pyrunner-demodata
 	$(GO) build -o bin/pyrunner ./cmd/pyrunner
 

@@ -23,6 +23,7 @@ RUN go mod download && CGO_ENABLED=1 go build -trimpath github.com/mattn/go-sqli
       github.com/prometheus/client_golang/prometheus/promhttp gopkg.in/yaml.v3 github.com/spf13/pflag
 COPY . .
 RUN CGO_ENABLED=1 go build -trimpath -ldflags="-s -w" -o /out/pyrunner-worker ./worker \
+    && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/pyrunner-keeper ./cmd/pyrunner-keeper \
     && CGO_ENABLED=1 go build -trimpath -ldflags="-s -w" -o /out/pyrunner-demodata ./cmd/pyrunner-demodata
 
 FROM ${BASE_IMAGE}
@@ -46,7 +47,7 @@ RUN set -eu; \
       ln -s /usr/bin/python3 /opt/conda/envs/pyrunner/bin/python; \
     fi; \
     /opt/conda/envs/pyrunner/bin/python -c 'import numpy, pandas, matplotlib'
-COPY --from=build /out/pyrunner-worker /out/pyrunner-demodata /usr/local/bin/
+COPY --from=build /out/pyrunner-worker /out/pyrunner-keeper /out/pyrunner-demodata /usr/local/bin/
 COPY docker/init.sh /usr/local/bin/pyrunner-init
 ENV PYRUNNER_PYTHON=/opt/conda/envs/pyrunner/bin/python \
     PYRUNNER_WORK_DIR=/tmp/pyrunner \

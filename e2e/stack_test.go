@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binDir = dir
-	for bin, pkg := range map[string]string{"pyrunner-api": "./api", "pyrunner-worker": "./worker", "pyrunner": "./cmd/pyrunner"} {
+	for bin, pkg := range map[string]string{"pyrunner-api": "./api", "pyrunner-worker": "./worker", "pyrunner-keeper": "./cmd/pyrunner-keeper", "pyrunner": "./cmd/pyrunner"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, bin), pkg)
 		cmd.Dir = ".."
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr

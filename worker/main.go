@@ -33,9 +33,6 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == scriptrun.KeepCommand {
-		os.Exit(scriptrun.Keep(os.Args[2:])) // a script's keeper (pkg/scriptrun)
-	}
 	if err := start(); errors.Is(err, config.ErrHelp) {
 		return
 	} else if err != nil {
@@ -102,6 +99,10 @@ func start() error {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
 
+	keeper, err := scriptrun.FindKeeper()
+	if err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
 	host, _ := os.Hostname()
 	folder, err := scripts.New(cfg.ScriptsPath)
 	if err != nil {
@@ -109,7 +110,7 @@ func start() error {
 	}
 	w := &worker{
 		id: fmt.Sprintf("%s:%d", host, os.Getpid()), cfg: cfg, db: db, exec: exe, store: st, scripts: folder, python: py,
-		lease: scriptrun.NewLease(time.Now().Add(liveness.Fence)),
+		keeper: keeper, lease: scriptrun.NewLease(time.Now().Add(liveness.Fence)),
 	}
 	info := store.WorkerInfo{
 		ID: w.id, Host: host, PID: os.Getpid(), StartedAt: run.FormatTime(time.Now()),

@@ -31,9 +31,11 @@ type worker struct {
 	metrics *metrics.Worker
 	scripts *scripts.Folder
 	python  string
-	// lease is how long scripts may run without a heartbeat landing
-	// (renewed at each one): their keepers hold them to it.
-	lease *scriptrun.Lease
+	// keeper is the pyrunner-keeper binary every script runs under, and
+	// lease how long scripts may run without a heartbeat landing (renewed
+	// at each one): their keepers hold them to it.
+	keeper string
+	lease  *scriptrun.Lease
 }
 
 // handleResearch runs one research run, claimed by this worker (see

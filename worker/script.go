@@ -62,7 +62,7 @@ func (w *worker) handleScript(ctx context.Context, h *held) error {
 	logs, _ := filepath.Abs(w.cfg.LogsDir)
 	spec := scriptrun.Spec{
 		Python: w.python, Script: abs, Args: req.Args, Dir: dir, Env: env,
-		Keeper: []string{"/proc/self/exe", scriptrun.KeepCommand}, Lease: w.lease,
+		Keeper: w.keeper, Lease: w.lease,
 		StdoutPath: filepath.Join(logs, id+".stdout.log"), StderrPath: filepath.Join(logs, id+".stderr.log"),
 		Grace: time.Duration(w.cfg.TerminateTimeoutSeconds) * time.Second, Timeout: time.Duration(req.TimeoutSec) * time.Second,
 		FlushEvery: 100 * time.Millisecond,

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ztrade/pyrunner/pkg/client"
 	"github.com/ztrade/pyrunner/pkg/kline"
+	"github.com/ztrade/pyrunner/pkg/scriptrun"
 )
 
 // TestMain starts the stack the examples run against.
@@ -52,7 +53,7 @@ func startStack() (stop func(), err error) {
 		}
 		os.RemoveAll(dir)
 	}
-	for bin, pkg := range map[string]string{"api": "../../api", "worker": "../../worker"} {
+	for bin, pkg := range map[string]string{"api": "../../api", "worker": "../../worker", scriptrun.KeeperName: "../../cmd/pyrunner-keeper"} {
 		if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, bin), pkg).CombinedOutput(); err != nil {
 			stop()
 			return nil, fmt.Errorf("build %s: %v %s", bin, err, out)

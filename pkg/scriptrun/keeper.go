@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -20,8 +21,8 @@ import (
 // the reaper may call them lost (the fence). But a worker that is not
 // scheduled at all (SIGSTOP, a stalled VM, a swap storm) cannot act,
 // while its scripts, in process groups of their own, go on. So each
-// script runs under a keeper: a small process (the worker binary, run as
-// `pyrunner-worker keep`) in a process group of its own, which is the
+// script runs under a keeper: a small process (cmd/pyrunner-keeper, next
+// to the worker's binary) in a process group of its own, which is the
 // script's parent and holds the script's deadline. The worker renews that
 // deadline after every heartbeat that lands; when renewals stop for the
 // fence time, or the worker dies (the control pipe closes), the keeper
@@ -38,10 +39,26 @@ import (
 //	                        "orphaned"    the worker went away: the group was killed
 //	                        "exit <code>" the script ended: its exit code, or minus its signal
 //
-// The keeper's own argv is: keep <lease-ms> <command...>.
+// The keeper's own argv is: pyrunner-keeper <lease-ms> <command...>.
 
-// KeepCommand is the argument that makes the worker binary a keeper.
-const KeepCommand = "keep"
+// KeeperName is the keeper's binary, found next to the worker's.
+const KeeperName = "pyrunner-keeper"
+
+// FindKeeper is the keeper binary: next to the running executable (as
+// make build and the image put it), else on PATH.
+func FindKeeper() (string, error) {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), KeeperName)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath(KeeperName)
+	if err != nil {
+		return "", fmt.Errorf("%s (the keeper every script runs under) is neither next to this binary nor on PATH: build it with make build", KeeperName)
+	}
+	return p, nil
+}
 
 const (
 	msgRenew    = "renew"
@@ -53,12 +70,12 @@ const (
 	msgExit     = "exit"
 )
 
-// Keep is the keeper's main: args are <lease-ms> <command...>. The
+// Keep is pyrunner-keeper's main: args are <lease-ms> <command...>. The
 // control pipe from the worker is fd 3 and the report pipe to it fd 4;
 // stdout and stderr are the script's. It returns the keeper's exit code.
 func Keep(args []string) int {
 	if len(args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: pyrunner-worker keep <lease-ms> <command...>")
+		fmt.Fprintln(os.Stderr, "usage: pyrunner-keeper <lease-ms> <command...>")
 		return 2
 	}
 	ms, err := strconv.ParseInt(args[0], 10, 64)

@@ -66,9 +66,9 @@ type Spec struct {
 	Args   []string
 	Dir    string
 	Env    []string
-	// Keeper is the command that runs a keeper (the worker binary and
-	// KeepCommand); Lease is the deadline it holds.
-	Keeper []string
+	// Keeper is the keeper binary (FindKeeper); Lease is the deadline
+	// it holds.
+	Keeper string
 	Lease  *Lease
 	// StdoutPath and StderrPath receive the full output.
 	StdoutPath, StderrPath string
@@ -120,7 +120,7 @@ func Run(ctx context.Context, s Spec) (Result, error) {
 		return Result{}, fmt.Errorf("scriptrun: %w", err)
 	}
 	defer errFile.Close()
-	if len(s.Keeper) == 0 || s.Lease == nil {
+	if s.Keeper == "" || s.Lease == nil {
 		return Result{}, errors.New("scriptrun: a script needs a keeper and a lease")
 	}
 	ctlR, ctlW, err := os.Pipe()
@@ -136,8 +136,7 @@ func Run(ctx context.Context, s Spec) (Result, error) {
 	defer repR.Close()
 
 	until, renewed := s.Lease.state()
-	args := append(append(append([]string{}, s.Keeper[1:]...), strconv.FormatInt(time.Until(until).Milliseconds(), 10)), s.Argv()...)
-	cmd := exec.Command(s.Keeper[0], args...)
+	cmd := exec.Command(s.Keeper, append([]string{strconv.FormatInt(time.Until(until).Milliseconds(), 10)}, s.Argv()...)...)
 	cmd.Dir, cmd.Env = s.Dir, s.Env
 	// Its own group: a stop signal to the worker's group (or a debugger
 	// that freezes it) does not reach the keeper, which must go on.
