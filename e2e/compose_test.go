@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,7 +56,13 @@ func TestCompose(t *testing.T) {
 	})
 	c.output("--profile", "mysql", "down", "-v", "--remove-orphans") // what an aborted run left
 
-	t.Run("Config", func(t *testing.T) { testComposeConfig(t, c) })
+	only := os.Getenv("PYRUNNER_COMPOSE_ONLY") // e.g. "Seed|RedisCrash" while working on one part
+	run := func(name string, f func(t *testing.T)) {
+		if only == "" || regexp.MustCompile("^(" + only + ")$").MatchString(name) {
+			t.Run(name, f)
+		}
+	}
+	run("Config", func(t *testing.T) { testComposeConfig(t, c) })
 	t0 := time.Now()
 	c.run("--profile", "mysql", "build")
 	t.Logf("images built from docker/*.Dockerfile in %s", time.Since(t0).Round(time.Second))
@@ -73,16 +80,16 @@ func TestCompose(t *testing.T) {
 	s := c.stack(t, "sqlite")
 	t.Logf("up -d --wait --scale worker=4: returned after %s with %d healthy workers", time.Since(t0).Round(time.Second), healthy)
 
-	t.Run("Seed", func(t *testing.T) { testComposeSeed(t, s) })
-	t.Run("Spread", func(t *testing.T) { testComposeSpread(t, s) })
-	t.Run("Isolation", func(t *testing.T) {
+	run("Seed", func(t *testing.T) { testComposeSeed(t, s) })
+	run("Spread", func(t *testing.T) { testComposeSpread(t, s) })
+	run("Isolation", func(t *testing.T) {
 		runIsolation(t, s, check{"NoNetwork", func(t *testing.T) { testComposeNoNetwork(t, c, s) }})
 	})
-	t.Run("Scripts", func(t *testing.T) { testComposeScripts(t, c, s) })
-	t.Run("WorkerKilled", func(t *testing.T) { testComposeWorkerKilled(t, c, s) })
-	t.Run("RedisRestart", func(t *testing.T) { testComposeRedisRestart(t, c, s) })
-	t.Run("RedisCrash", func(t *testing.T) { testComposeRedisCrash(t, c, s) })
-	t.Run("MySQL", func(t *testing.T) { testComposeMySQL(t, c) })
+	run("Scripts", func(t *testing.T) { testComposeScripts(t, c, s) })
+	run("WorkerKilled", func(t *testing.T) { testComposeWorkerKilled(t, c, s) })
+	run("RedisRestart", func(t *testing.T) { testComposeRedisRestart(t, c, s) })
+	run("RedisCrash", func(t *testing.T) { testComposeRedisCrash(t, c, s) })
+	run("MySQL", func(t *testing.T) { testComposeMySQL(t, c) })
 }
 
 // args are `docker compose`'s arguments for this project.
@@ -549,7 +556,16 @@ func testComposeRedisCrash(t *testing.T, c *compose, s *stack) {
 	}
 	var stopped runRec
 	if st := s.do("POST", "/v1/runs/"+bot.RunID+"/stop", "", &stopped); st != 200 || stopped.Status != "stopped" {
-		t.Errorf("stop ticker.py after the crash: %d %+v", st, stopped)
+		why := ""
+		if stopped.Error != nil {
+			why = *stopped.Error
+		}
+		t.Errorf("stop ticker.py after the crash: %d %s (%s)", st, stopped.Status, why)
+		for _, line := range strings.Split(c.output("logs", "--no-color", "worker", "api"), "\n") {
+			if strings.Contains(line, bot.RunID) || strings.Contains(line, "redis restarted") || strings.Contains(line, "keeper") {
+				t.Log(line)
+			}
+		}
 	}
 	waitUntil(t, 60*time.Second, "every worker container healthy", func() bool {
 		for _, k := range c.containers("worker") {

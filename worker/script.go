@@ -94,7 +94,9 @@ func (w *worker) handleScript(ctx context.Context, h *held) error {
 		if res.Killed {
 			how += fmt.Sprintf(" (killed after the %ds grace)", w.cfg.TerminateTimeoutSeconds)
 		}
-		if cur, err := w.store.GetRun(bg, id); err == nil && cur.StopRequested {
+		var cur *run.Run
+		err := w.store.Retry(bg, redisWrite(9), func() (err error) { cur, err = w.store.GetRun(bg, id); return err })
+		if err == nil && cur.StopRequested {
 			return end(run.StatusStopped, &code, how)
 		}
 		return end(run.StatusTerminated, &code, fmt.Sprintf("terminated: worker %s shut down", w.id))
