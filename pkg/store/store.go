@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -37,6 +38,11 @@ type Store struct {
 	// recovery is the window after a Redis restart in which scripts wait
 	// to start (SetRecoveryWindow).
 	recovery time.Duration
+	// conf makes new clients; beat is the heartbeat's own client (see
+	// Heartbeat), made afresh after a failed beat.
+	conf   Redis
+	beatMu sync.Mutex
+	beat   redis.UniversalClient
 }
 
 // Redis is a parsed PYRUNNER_REDIS_URL: the one description of the Redis
@@ -89,7 +95,13 @@ func (r Redis) DB() int { return r.opt.DB }
 func (r Redis) MakeRedisClient() interface{} { return r.client() }
 
 func (r Redis) client() redis.UniversalClient {
+	return r.clientWith(func(*redis.UniversalOptions) {})
+}
+
+// clientWith makes a client with options changed by edit.
+func (r Redis) clientWith(edit func(*redis.UniversalOptions)) redis.UniversalClient {
 	o := *r.opt
+	edit(&o)
 	if o.MasterName != "" {
 		return redis.NewFailoverClient(o.Failover())
 	}
@@ -100,7 +112,7 @@ func (r Redis) client() redis.UniversalClient {
 // is how long run records live.
 func Open(ctx context.Context, r Redis, prefix string, ttl time.Duration) (*Store, error) {
 	rdb := r.client()
-	s := &Store{rdb: rdb, prefix: prefix, ttl: ttl}
+	s := &Store{rdb: rdb, prefix: prefix, ttl: ttl, conf: r}
 	if err := s.Ping(ctx); err != nil {
 		rdb.Close()
 		return nil, err
@@ -117,7 +129,14 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 // Close closes the connections.
-func (s *Store) Close() error { return s.rdb.Close() }
+func (s *Store) Close() error {
+	s.beatMu.Lock()
+	if s.beat != nil {
+		s.beat.Close()
+	}
+	s.beatMu.Unlock()
+	return s.rdb.Close()
+}
 
 // CreateRun writes a new run record and indexes it.
 func (s *Store) CreateRun(ctx context.Context, r *run.Run) error {

@@ -31,13 +31,33 @@ type WorkerInfo struct {
 // for ttl, so a dead worker's entry disappears on its own. It returns the
 // Redis server's run_id (INFO server), which changes at every restart: a
 // worker that sees it change re-asserts its runs at once.
+//
+// Beats go over a client of their own, with one connection, dropped after
+// a beat that failed: when Redis comes back at another address (a
+// container restarted, a failover), pooled connections to the old one
+// may hang rather than fail, and a worker whose beats hang on them fences
+// its scripts although Redis is back. The next beat dials afresh.
 func (s *Store) Heartbeat(ctx context.Context, w WorkerInfo, ttl time.Duration) (string, error) {
+	s.beatMu.Lock()
+	defer s.beatMu.Unlock()
+	if s.beat == nil {
+		s.beat = s.conf.clientWith(func(o *redis.UniversalOptions) { o.PoolSize, o.MaxRetries = 1, -1 })
+	}
+	id, err := s.heartbeat(ctx, s.beat, w, ttl)
+	if err != nil {
+		s.beat.Close()
+		s.beat = nil
+	}
+	return id, err
+}
+
+func (s *Store) heartbeat(ctx context.Context, rdb redis.UniversalClient, w WorkerInfo, ttl time.Duration) (string, error) {
 	now := time.Now()
-	w.ActiveRuns = s.rdb.SCard(ctx, s.WorkerRunsKey(w.ID)).Val()
+	w.ActiveRuns = rdb.SCard(ctx, s.WorkerRunsKey(w.ID)).Val()
 	w.LastHeartbeat = now.UTC().Format("2006-01-02T15:04:05.000000-07:00")
 	b, _ := json.Marshal(w)
 	var info *redis.StringCmd
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, s.WorkerKey(w.ID), b, ttl)
 		p.ZAdd(ctx, s.WorkersKey(), redis.Z{Score: float64(now.UnixMilli()), Member: w.ID})
 		info = p.Info(ctx, "server")
