@@ -562,7 +562,7 @@ func testComposeRedisCrash(t *testing.T, c *compose, s *stack) {
 		}
 		t.Errorf("stop ticker.py after the crash: %d %s (%s)", st, stopped.Status, why)
 		for _, line := range strings.Split(c.output("logs", "--no-color", "worker", "api"), "\n") {
-			if strings.Contains(line, bot.RunID) || strings.Contains(line, "redis restarted") || strings.Contains(line, "keeper") {
+			if strings.Contains(line, bot.RunID) || strings.Contains(line, "redis restarted") || strings.Contains(line, "heartbeat failed") {
 				t.Log(line)
 			}
 		}
