@@ -58,7 +58,7 @@ func TestCompose(t *testing.T) {
 
 	only := os.Getenv("PYRUNNER_COMPOSE_ONLY") // e.g. "Seed|RedisCrash" while working on one part
 	run := func(name string, f func(t *testing.T)) {
-		if only == "" || regexp.MustCompile("^(" + only + ")$").MatchString(name) {
+		if only == "" || regexp.MustCompile("^("+only+")$").MatchString(name) {
 			t.Run(name, f)
 		}
 	}

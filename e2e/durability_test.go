@@ -238,14 +238,8 @@ func TestDurabilityCutOffWorker(t *testing.T) {
 	scan := scanCopies(t, bots[0])
 	s := startStack(t, stackOpts{workers: -1, scripts: root})
 	p := newProxy(t, fmt.Sprintf("127.0.0.1:%d", s.redisPort))
-	env := s.env
-	s.env = append(append([]string{}, env...), fmt.Sprintf("PYRUNNER_REDIS_URL=redis://%s/0", p.addr()))
-	w := s.start("worker-behind-proxy", filepath.Join(binDir, "pyrunner-worker"))
-	s.env = env
-	waitUntil(t, 30*time.Second, "the worker", func() bool {
-		var h struct{ Workers []any }
-		return s.getJSON("/health", &h) == 200 && len(h.Workers) == 1
-	})
+	w := s.startWorkerVia("worker-behind-proxy", p.addr())
+	s.waitWorkers(1)
 	st, a := s.startScript(`{"script":"bot_a.py"}`)
 	if st != 200 || a.Status != "running" || a.PID == nil {
 		t.Fatalf("start bot_a.py: %d %+v", st, a)
@@ -303,21 +297,14 @@ func TestFrozenWorkerFence(t *testing.T) {
 	root, bots := writeBots(t)
 	scan := scanCopies(t, bots[0])
 	s := startStack(t, stackOpts{workers: -1, scripts: root})
-	workers := func(n int) {
-		t.Helper()
-		waitUntil(t, 60*time.Second, fmt.Sprintf("%d workers in /health", n), func() bool {
-			var h struct{ Workers []any }
-			return s.getJSON("/health", &h) == 200 && len(h.Workers) == n
-		})
-	}
 	frozen := s.start("worker-to-freeze", filepath.Join(binDir, "pyrunner-worker"))
-	workers(1)
+	s.waitWorkers(1)
 	st, first := s.startScript(`{"script":"bot_a.py"}`)
 	if st != 200 || first.Status != "running" || first.PID == nil {
 		t.Fatalf("start bot_a.py: %d %+v", st, first)
 	}
 	other := s.start("worker-2", filepath.Join(binDir, "pyrunner-worker"))
-	workers(2)
+	s.waitWorkers(2)
 
 	frozen.group(syscall.SIGSTOP)
 	froze := time.Now()
@@ -358,7 +345,7 @@ func TestFrozenWorkerFence(t *testing.T) {
 	}
 	time.Sleep(time.Until(froze.Add(30 * time.Second))) // frozen for 30 s in all
 	frozen.group(syscall.SIGCONT)
-	workers(2) // the frozen worker is back and has had a heartbeat
+	s.waitWorkers(2) // the frozen worker is back and has had a heartbeat
 	var cur runRec
 	if s.do("GET", "/v1/runs/"+second.RunID, "", &cur); cur.Status != "running" || !alive(*second.PID) {
 		t.Errorf("the new copy after the frozen worker came back: %+v, alive %v", cur, alive(*second.PID))
@@ -390,10 +377,7 @@ func TestNoFalseFenceUnderStarvation(t *testing.T) {
 	scanCopies(t, bots[0])
 	s := startStack(t, stackOpts{workers: -1, scripts: root})
 	w := s.start("worker-nice-19", "nice", "-n", "19", filepath.Join(binDir, "pyrunner-worker"))
-	waitUntil(t, 60*time.Second, "the worker", func() bool {
-		var h struct{ Workers []any }
-		return s.getJSON("/health", &h) == 200 && len(h.Workers) == 1
-	})
+	s.waitWorkers(1)
 	st, bot := s.startScript(`{"script":"bot_a.py"}`)
 	if st != 200 || bot.Status != "running" || bot.PID == nil {
 		t.Fatalf("start bot_a.py: %d %+v", st, bot)

@@ -233,10 +233,7 @@ func TestExactlyOneLiveCopy(t *testing.T) {
 	scanCopies(t, filepath.Join(root, "ticker.py"))
 	s := startStack(t, stackOpts{workers: -1, scripts: root})
 	p := newProxy(t, fmt.Sprintf("127.0.0.1:%d", s.redisPort))
-	env := s.env
-	s.env = append(append([]string{}, env...), fmt.Sprintf("PYRUNNER_REDIS_URL=redis://%s/0", p.addr()))
-	cutOff := s.start("worker-behind-proxy", filepath.Join(binDir, "pyrunner-worker"))
-	s.env = env
+	cutOff := s.startWorkerVia("worker-behind-proxy", p.addr())
 	frozen := s.start("worker-to-freeze", filepath.Join(binDir, "pyrunner-worker"))
 	waitUntil(t, 30*time.Second, "both workers", func() bool {
 		var h struct{ Workers []any }

@@ -313,6 +313,25 @@ func (s *stack) start(name, bin string, args ...string) *proc {
 	return p
 }
 
+// waitWorkers waits until /health lists n workers.
+func (s *stack) waitWorkers(n int) {
+	s.t.Helper()
+	waitUntil(s.t, 60*time.Second, fmt.Sprintf("%d workers in /health", n), func() bool {
+		var h struct{ Workers []any }
+		return s.getJSON("/health", &h) == 200 && len(h.Workers) == n
+	})
+}
+
+// startWorkerVia starts a worker that reaches Redis through addr (a
+// proxy a test can cut) instead of directly.
+func (s *stack) startWorkerVia(name, addr string) *proc {
+	s.t.Helper()
+	env := s.env
+	s.env = append(append([]string{}, env...), fmt.Sprintf("PYRUNNER_REDIS_URL=redis://%s/0", addr))
+	defer func() { s.env = env }()
+	return s.start(name, filepath.Join(binDir, "pyrunner-worker"))
+}
+
 func waitUntil(t *testing.T, d time.Duration, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
