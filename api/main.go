@@ -155,7 +155,7 @@ func watchRestarts(ctx context.Context, st *store.Store) {
 		if d, err := st.Durability(ctx); err == nil {
 			if seen != "" && d.ServerID != seen {
 				slog.Warn("redis restarted (its run_id changed)", "persistence", d.Persistence, "eviction", d.Eviction)
-				st.CheckDurable(ctx, false)
+				st.WarnDurable(ctx)
 			}
 			seen = d.ServerID
 		}

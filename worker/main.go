@@ -181,7 +181,7 @@ func start() error {
 			w.lease.Renew(tk.LandedAt.Add(liveness.Fence))
 			if serverID != "" && tk.ServerID != serverID {
 				slog.Warn("redis restarted (its run_id changed); re-asserting this worker's runs", "worker", w.id)
-				go st.CheckDurable(bg, false)
+				go st.WarnDurable(bg)
 			}
 			serverID = tk.ServerID
 			// Every heartbeat: records Redis lost are written again, stops

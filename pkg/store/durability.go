@@ -91,19 +91,27 @@ func (s *Store) Durability(ctx context.Context) (Durability, error) {
 // require set (PYRUNNER_REQUIRE_DURABLE_REDIS), such a Redis is an error
 // instead. Settings it cannot read are a warning, not an error.
 func (s *Store) CheckDurable(ctx context.Context, require bool) error {
-	d, err := s.Durability(ctx)
-	if err != nil {
-		slog.Warn("could not read redis's persistence settings", "err", err)
-		return nil
-	}
-	for _, w := range d.Warnings {
-		slog.Warn("REDIS IS NOT DURABLE: "+w, "persistence", d.Persistence, "eviction", d.Eviction)
-	}
-	if require && !d.Durable() {
+	d, ok := s.WarnDurable(ctx)
+	if ok && require && !d.Durable() {
 		return fmt.Errorf("PYRUNNER_REQUIRE_DURABLE_REDIS=true but redis is not durable (persistence %s, eviction %s): %s",
 			d.Persistence, d.Eviction, strings.Join(d.Warnings, "; "))
 	}
 	return nil
+}
+
+// WarnDurable logs a loud warning per risk a crash of Redis would bring
+// (see Durability); ok is false when the settings could not be read
+// (that is logged too).
+func (s *Store) WarnDurable(ctx context.Context) (d Durability, ok bool) {
+	d, err := s.Durability(ctx)
+	if err != nil {
+		slog.Warn("could not read redis's persistence settings", "err", err)
+		return d, false
+	}
+	for _, w := range d.Warnings {
+		slog.Warn("REDIS IS NOT DURABLE: "+w, "persistence", d.Persistence, "eviction", d.Eviction)
+	}
+	return d, true
 }
 
 // parseInfo reads INFO's "key:value" lines.
