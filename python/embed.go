@@ -19,5 +19,10 @@ var Zygote []byte
 //go:embed isolation.py
 var Isolation []byte
 
+// Protocol is protocol.py: the messages between Go and Python.
+//
+//go:embed protocol.py
+var Protocol []byte
+
 // Files are the Python side as the executor writes it out, by file name.
-var Files = map[string][]byte{"harness.py": Harness, "zygote.py": Zygote, "isolation.py": Isolation}
+var Files = map[string][]byte{"harness.py": Harness, "zygote.py": Zygote, "isolation.py": Isolation, "protocol.py": Protocol}

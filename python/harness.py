@@ -7,12 +7,14 @@ it. Every message is::
 
     u32 big-endian header length | header JSON | u64 big-endian body length | body
 
-1. worker → harness  ``{"type": "job", ...}``, body = the ``df`` frame
-2. harness → worker  ``{"type": "load_kline", ...}`` whenever user code calls
-   ``load_kline``; the worker answers ``{"type": "frame", "frame": {...}}``
-   with the frame as body, or ``{"type": "error", "error": "..."}``
-3. harness → worker  ``{"type": "result", "ok": ..., "error": ..., "result":
-   ..., "images": [...], "warnings": [...]}``
+1. worker → harness  ``job``, body = the ``df`` frame
+2. harness → worker  ``load_kline`` whenever user code calls it; the worker
+   answers ``frame`` (the frame as body) or ``error``
+3. harness → worker  ``result``, once
+
+The messages and their fields are in protocol.py (and, for Go, in
+pkg/executor/protocol.go). Every limit comes in the job: none is
+defaulted here.
 
 A frame body is each column's raw little-endian bytes, back to back, in
 the order the frame header lists them, so numpy maps it without parsing.
@@ -40,6 +42,7 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # python -I leaves it out
 import isolation  # noqa: E402
+import protocol  # noqa: E402
 
 USER_FILENAME = "<user_code>"
 COLUMNS = ["start", "open", "high", "low", "close", "volume", "turnover", "trades"]
@@ -134,11 +137,11 @@ def frame_to_df(header, body):
 def make_load_kline(sock):
     def load_kline(exchange, symbol, binSize, start, end, limit=0):
         """Load another market's K-lines, in the same shape as df."""
-        send_msg(sock, {"type": "load_kline", "exchange": str(exchange), "symbol": str(symbol),
-                        "binSize": str(binSize), "start": int(start), "end": int(end), "limit": int(limit)})
+        send_msg(sock, protocol.message(protocol.LOAD_KLINE, exchange=str(exchange), symbol=str(symbol),
+                                        binSize=str(binSize), start=int(start), end=int(end), limit=int(limit)))
         header, body = recv_msg(sock)
-        if header.get("type") == "error":
-            raise ValueError(header.get("error", "load_kline failed"))
+        if header["type"] == protocol.ERROR:
+            raise ValueError(header["error"])
         return frame_to_df(header["frame"], body)
     return load_kline
 
@@ -372,12 +375,12 @@ def json_size(o):
 def execute(job, df, load_kline):
     """Run the job's code; return the result message (never raises)."""
     code = job["code"]
-    timeout = float(job.get("timeoutSec") or 0)
+    timeout = float(job["timeoutSec"])
     warnings = []
     g = {"__name__": "__main__", "__builtins__": __builtins__, "df": df, "pd": pd, "np": np,
          "load_kline": load_kline}
     linecache.cache[USER_FILENAME] = (len(code), None, code.splitlines(True), USER_FILENAME)
-    ok, error = True, None
+    ok, error, timed_out = True, None, False
     try:
         compiled = compile(code, USER_FILENAME, "exec")
         if timeout > 0:
@@ -388,7 +391,7 @@ def execute(job, df, load_kline):
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
     except RunTimeout:
-        ok, error = False, f"timeout after {job.get('timeoutSec')}s"
+        ok, error, timed_out = False, f"timeout after {job['timeoutSec']}s", True
     except SystemExit as e:
         if e.code not in (None, 0):
             ok, error = False, f"SystemExit: {e.code}"
@@ -401,22 +404,25 @@ def execute(job, df, load_kline):
             result = to_jsonable(g.get("result"))
         except BaseException as e:  # noqa: BLE001
             ok, error, result = False, f"result could not be converted to JSON: {error_text(e)}", None
-    limit = int(job.get("maxResultBytes") or 0)
+    limit = int(job["maxResultBytes"])
     if ok and limit > 0:
         n = json_size(result)
         if n > limit:
             ok, error, result = False, f"result too large: {n} bytes (limit {limit})", None
     images = []
     try:
-        images = collect_images(g, int(job.get("maxImages", 3)), int(job.get("maxImageBytes", 1 << 20)), warnings)
+        images = collect_images(g, int(job["maxImages"]), int(job["maxImageBytes"]), warnings)
     except BaseException as e:  # noqa: BLE001
         warnings.append(f"images dropped: {error_text(e)}")
-    return {"type": "result", "ok": ok, "error": error, "result": result, "images": images, "warnings": warnings}
+    return protocol.message(protocol.RESULT, ok=ok, error=error, timedOut=timed_out, result=result, images=images,
+                            warnings=warnings)
 
 
 def serve(sock):
     """Take one job from sock, run it, send the result."""
     job, body = recv_msg(sock)
+    if job["type"] != protocol.JOB:
+        raise ValueError(f"expected a job, got {job['type']!r}")
     if job.get("isolate"):
         isolation.enter(job)  # from here on: PID 1 of the run's own namespaces
     df = frame_to_df(job["frame"], body)
@@ -438,8 +444,9 @@ def serve(sock):
     try:
         send_msg(sock, msg)
     except (TypeError, ValueError) as e:  # a value to_jsonable let through
-        send_msg(sock, {"type": "result", "ok": False, "error": f"result could not be converted to JSON: {error_text(e)}",
-                        "result": None, "images": msg["images"], "warnings": msg["warnings"]})
+        send_msg(sock, protocol.message(protocol.RESULT, ok=False, timedOut=False, result=None, images=msg["images"],
+                                        error=f"result could not be converted to JSON: {error_text(e)}",
+                                        warnings=msg["warnings"]))
     if EXIT_NICE:  # what is left (the exit, its namespaces' teardown) is background work
         os.setpriority(os.PRIO_PROCESS, 0, EXIT_NICE)
 

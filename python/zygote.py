@@ -11,21 +11,18 @@ it a run directly, with nothing in between; the zygote forks the next
 child while nothing else is asked of it.
 
 The worker talks to the zygote over a SOCK_SEQPACKET socket on file
-descriptor 3, one JSON message per packet:
+descriptor 3, one JSON message per packet (protocol.py has them all):
 
-    zygote → worker  {"op": "ready", "pid": n}       once, after preloading
-                     {"op": "standby", "pid": n}     a ready child, with its
-                                                     socket attached (SCM_RIGHTS)
-                     {"op": "fork_failed", "error": ...}   no child could be forked
-                     {"op": "exit", "pid": n, "code": n}   a child ended (minus the signal if killed)
-    worker → zygote  {"op": "took", "pid": n}        that child has a run now: fork another
+    zygote → worker  ready        once, after preloading
+                     standby      a ready child, with its socket attached (SCM_RIGHTS)
+                     fork_failed  no child could be forked
+                     exit         a child ended (minus the signal if killed)
+    worker → zygote  took         that child has a run now: fork another
 
 and to a ready child over its socket, once:
 
-    worker → child   {"op": "run", "run": id, "dir": ..., "env": {...},
-                      "isolate": {"uid", "gid", "diskBytes"} (when isolating)}
-                     with three descriptors attached: the run's channel
-                     socket, its stdout and its stderr
+    worker → child   run          with three descriptors attached: the run's
+                                  channel socket, its stdout and its stderr
 
 Each child is a fresh copy of the zygote: new process group, its own
 working directory and environment, then harness.serve() on its channel.
@@ -53,6 +50,7 @@ import matplotlib.pyplot as plt  # noqa: E402,F401
 
 import harness  # noqa: E402
 import isolation  # noqa: E402
+import protocol  # noqa: E402
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -73,12 +71,17 @@ def dummy_df(rows):
     return harness.frame_to_df({"rows": rows, "columns": cols}, bytearray(rows * 8 * len(cols)))
 
 
+def warm_up_job():
+    """A job that walks a run's code paths, under no limit."""
+    return {"code": "result = len(df)", "timeoutSec": 0, "maxImages": 0, "maxImageBytes": 0, "maxResultBytes": 0}
+
+
 def warm_up():
     """Run the harness's code paths once, so the lazy imports and caches of
     pandas, numpy and json they touch are in the zygote, not in every child."""
     df = dummy_df(2)
     harness.to_jsonable({"a": df, "b": df.close, "c": np.float64(1), "d": df.time.iloc[0], "e": [float("nan")]})
-    harness.execute({"code": "result = len(df)"}, df, None)
+    harness.execute(warm_up_job(), df, None)
     gc.collect()
     # Objects alive now are never collected: children skip scanning them,
     # which keeps their pages shared instead of copied on write.
@@ -93,7 +96,7 @@ def get_ready():
     it waits, takes ~3 ms off the run's path."""
     random.seed()
     np.random.seed()
-    harness.execute({"code": "result = len(df)"}, dummy_df(1000), None)
+    harness.execute(warm_up_job(), dummy_df(1000), None)
     harness.linecache.cache.pop(harness.USER_FILENAME, None)
 
 
@@ -131,13 +134,15 @@ def standby(sock, zygote_pid, keep, alive_r):
         sock.send(b"k")  # the worker learns the run was taken (should this child die)
         sock.close()
         msg = json.loads(data)
+        if msg["op"] != protocol.RUN:
+            raise ValueError(f"expected a run, got {msg['op']!r}")
         chan, out, err = fds
         os.dup2(out, 1)
         os.dup2(err, 2)
         os.close(out)
         os.close(err)
         os.environ.clear()
-        os.environ.update(msg.get("env") or {})
+        os.environ.update(msg["env"])
         iso = msg.get("isolate")
         if ISOLATE and iso:
             isolation.make_home(msg["dir"], int(iso["uid"]), int(iso["gid"]), int(iso["diskBytes"]))
@@ -197,7 +202,7 @@ class Zygote:
             except OSError:
                 pass  # the child did it first, or already exited
             self.ready.add(pid)
-            send(self.ctl, {"op": "standby", "pid": pid}, [a.fileno()])
+            send(self.ctl, protocol.message(protocol.STANDBY, pid=pid), [a.fileno()])
         finally:
             a.close()
             b.close()
@@ -205,8 +210,8 @@ class Zygote:
     def control(self, data):
         """A message from the worker."""
         msg = json.loads(data)
-        if msg.get("op") == "took":
-            self.ready.discard(int(msg.get("pid", 0)))
+        if msg["op"] == protocol.TOOK:
+            self.ready.discard(int(msg["pid"]))
 
     def reap(self):
         while True:
@@ -218,7 +223,7 @@ class Zygote:
                 return
             self.ready.discard(pid)  # a ready child that died is replaced
             code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-            send(self.ctl, {"op": "exit", "pid": pid, "code": code})
+            send(self.ctl, protocol.message(protocol.EXIT, pid=pid, code=code))
 
 
 def main():
@@ -237,7 +242,7 @@ def main():
     sel.register(ctl, selectors.EVENT_READ, "ctl")
     sel.register(wake_r, selectors.EVENT_READ, "wake")
     z = Zygote(ctl, [ctl.fileno(), wake_r, wake_w, sel.fileno()])
-    send(ctl, {"op": "ready", "pid": z.me})
+    send(ctl, protocol.message(protocol.READY, pid=z.me))
     retry = 0.0  # after a failed fork: how long to wait before the next
     while True:
         # Messages first; with none waiting, fill up the ready children.
@@ -248,7 +253,7 @@ def main():
                 z.prefork()
                 retry = 0.0
             except OSError as e:
-                send(ctl, {"op": "fork_failed", "error": f"{type(e).__name__}: {e}"})
+                send(ctl, protocol.message(protocol.FORK_FAILED, error=f"{type(e).__name__}: {e}"))
                 retry = min(max(retry * 2, 0.05), 2.0)
             continue
         for key, _ in events:

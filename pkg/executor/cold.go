@@ -171,7 +171,7 @@ func supervise(ctx context.Context, job Job, lim Limits, rs *runSetup, convDone 
 		out.Result = conv.res.Result
 		out.Images = conv.res.Images
 		out.Warnings = conv.res.Warnings
-		out.TimedOut = !out.OK && out.Error == timeoutText(job.Timeout)
+		out.TimedOut = conv.res.TimedOut
 	case hardKill:
 		out.TimedOut = true
 		out.Error = timeoutText(job.Timeout)

@@ -186,21 +186,7 @@ func conversation(ctx context.Context, rs *runSetup, job Job, lim Limits, isolat
 		writers.Put(w)
 		readers.Put(r)
 	}()
-	header := map[string]any{
-		"type": "job", "code": job.Code, "timeoutSec": int(job.Timeout / time.Second),
-		"maxImages": lim.MaxImages, "maxImageBytes": lim.MaxImageBytes,
-		"memoryBytes": lim.MemoryBytes, "fileBytes": lim.FileBytes, "openFiles": lim.OpenFiles,
-		"maxResultBytes": lim.MaxResultBytes,
-	}
-	if rs.id.ok {
-		// RLIMIT_NPROC counts every process of the uid, so it is only set
-		// for the run's own identity (when the worker is root).
-		header["uid"], header["gid"], header["processes"] = rs.id.uid, rs.id.gid, lim.Processes
-		if isolated {
-			header["isolate"] = isolateParams(rs, lim)
-		}
-	}
-	if err := sendFrame(conn, w, header, job.Frame); err != nil {
+	if err := sendFrame(conn, w, newJobMsg(job, lim, rs, isolated), job.Frame); err != nil {
 		return nil, fmt.Errorf("send job: %w", err)
 	}
 	for {
@@ -215,24 +201,14 @@ func conversation(ctx context.Context, rs *runSetup, job Job, lim Limits, isolat
 			return nil, fmt.Errorf("bad message from harness: %w", err)
 		}
 		switch kind.Type {
-		case "result":
+		case msgResult:
 			var res resultMsg
-			if err := json.Unmarshal(h, &res); err != nil {
+			if err := decodeStrict(h, &res); err != nil {
 				return nil, fmt.Errorf("bad result from harness: %w", err)
 			}
 			return &res, nil
-		case "load_kline":
-			var req LoadRequest
-			f, err := (*frame.Frame)(nil), json.Unmarshal(h, &req)
-			if err == nil {
-				f, err = job.LoadKline(ctx, req)
-			}
-			if err != nil {
-				err = writeMsg(w, map[string]any{"type": "error", "error": err.Error()}, 0, nil)
-			} else {
-				err = sendFrame(conn, w, map[string]any{"type": "frame"}, f)
-			}
-			if err != nil {
+		case msgLoadKline:
+			if err := serveLoadKline(ctx, conn, w, job, h); err != nil {
 				return nil, fmt.Errorf("answer load_kline: %w", err)
 			}
 		default:
@@ -241,12 +217,44 @@ func conversation(ctx context.Context, rs *runSetup, job Job, lim Limits, isolat
 	}
 }
 
-// sendFrame sends a message that carries f (as header["frame"]): a small
+// newJobMsg is the job message that starts job under lim.
+func newJobMsg(job Job, lim Limits, rs *runSetup, isolated bool) *jobMsg {
+	m := &jobMsg{
+		Type: msgJob, Code: job.Code, TimeoutSec: int(job.Timeout / time.Second),
+		MaxImages: lim.MaxImages, MaxImageBytes: lim.MaxImageBytes, MaxResultBytes: lim.MaxResultBytes,
+		MemoryBytes: lim.MemoryBytes, FileBytes: lim.FileBytes, OpenFiles: lim.OpenFiles,
+	}
+	if rs.id.ok {
+		// RLIMIT_NPROC counts every process of the uid, so it is only set
+		// for the run's own identity (when the worker is root).
+		uid, gid := rs.id.uid, rs.id.gid
+		m.UID, m.GID, m.Processes = &uid, &gid, lim.Processes
+		if isolated {
+			m.Isolate = isolateParams(rs, lim)
+		}
+	}
+	return m
+}
+
+// serveLoadKline answers the load_kline request h with a frame or an error.
+func serveLoadKline(ctx context.Context, conn net.Conn, w *bufio.Writer, job Job, h []byte) error {
+	var req loadKlineMsg
+	f, err := (*frame.Frame)(nil), decodeStrict(h, &req)
+	if err == nil {
+		f, err = job.LoadKline(ctx, req.LoadRequest)
+	}
+	if err != nil {
+		return writeMsg(w, errorMsg{Type: msgError, Error: err.Error()}, 0, nil)
+	}
+	return sendFrame(conn, w, &frameMsg{Type: msgFrame}, f)
+}
+
+// sendFrame sends msg carrying f (as its "frame"): a small
 // frame as its body; one of frame.ShareRows rows or more as a sealed
 // memory file passed beside the stream (SCM_RIGHTS), which the harness
 // maps without a copy. A frame the K-line cache keeps is shared already,
 // so asking for it again copies nothing at all.
-func sendFrame(conn net.Conn, w *bufio.Writer, header map[string]any, f *frame.Frame) error {
+func sendFrame(conn net.Conn, w *bufio.Writer, msg carriesFrame, f *frame.Frame) error {
 	uc, unixConn := conn.(*net.UnixConn)
 	if unixConn {
 		var err error
@@ -254,8 +262,8 @@ func sendFrame(conn net.Conn, w *bufio.Writer, header map[string]any, f *frame.F
 			slog.Warn("could not share a frame; sending it in the stream", "rows", f.Len(), "err", err)
 		}
 	}
-	header["frame"] = f.Header()
-	if err := writeMsg(w, header, f.BodyLen(), f.WriteWire); err != nil {
+	msg.setFrame(f.Header())
+	if err := writeMsg(w, msg, f.BodyLen(), f.WriteWire); err != nil {
 		return err
 	}
 	fd, shared := f.SharedFile()
@@ -274,20 +282,12 @@ func sendFrame(conn net.Conn, w *bufio.Writer, header map[string]any, f *frame.F
 }
 
 // isolateParams is what python/isolation.py needs of a run.
-func isolateParams(rs *runSetup, lim Limits) map[string]any {
+func isolateParams(rs *runSetup, lim Limits) *isolateMsg {
 	disk := lim.DiskBytes
 	if disk <= 0 {
 		disk = DefaultDiskBytes
 	}
-	return map[string]any{"uid": rs.id.uid, "gid": rs.id.gid, "diskBytes": disk}
-}
-
-type resultMsg struct {
-	OK       bool             `json:"ok"`
-	Error    *string          `json:"error"`
-	Result   json.RawMessage  `json:"result"`
-	Images   []research.Image `json:"images"`
-	Warnings []string         `json:"warnings"`
+	return &isolateMsg{UID: rs.id.uid, GID: rs.id.gid, DiskBytes: disk}
 }
 
 // socketPair returns the parent's end as a net.Conn and the child's as a file.

@@ -104,7 +104,7 @@ func TestUserExceptionAndTimeout(t *testing.T) { forEachMode(t, testUserExceptio
 
 func testUserExceptionAndTimeout(t *testing.T, b *testBundle) {
 	out := b.run(t, "x = 1\ny = x / 0\n", 10*time.Second)
-	if out.OK || out.Error != "ZeroDivisionError: division by zero" || !strings.Contains(out.Stderr, `File "<user_code>", line 2`) {
+	if out.OK || out.TimedOut || out.Error != "ZeroDivisionError: division by zero" || !strings.Contains(out.Stderr, `File "<user_code>", line 2`) {
 		t.Errorf("ok=%v error=%q stderr=%q", out.OK, out.Error, out.Stderr)
 	}
 	out = b.run(t, "print('before', flush=True)\nwhile True: pass", 1*time.Second)

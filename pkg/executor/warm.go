@@ -208,6 +208,16 @@ func (z *zygote) hurry(d int) {
 	}
 }
 
+// send writes one message to the zygote.
+func (z *zygote) send(msg any) error {
+	b, err := json.Marshal(msg)
+	if err != nil {
+		return fmt.Errorf("encode message to the zygote: %w", err)
+	}
+	_, err = z.ctl.Write(b)
+	return err
+}
+
 func (z *zygote) signal() {
 	select {
 	case z.avail <- struct{}{}:
@@ -298,48 +308,68 @@ func (z *zygote) read(ready chan<- error) {
 			return
 		}
 		files := receivedFiles(oob[:oobn])
-		var m struct {
-			Op    string `json:"op"`
-			PID   int    `json:"pid"`
-			Code  int    `json:"code"`
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(buf[:n], &m) != nil {
+		if err := z.handle(buf[:n], files); err != nil {
+			slog.Error("bad message from the python zygote", "err", err)
 			closeAll(files)
 			continue
 		}
-		switch m.Op {
-		case "ready":
+		if first && z.pid != 0 {
 			first = false
-			z.pid = m.PID
 			ready <- nil
-		case "standby":
-			if len(files) != 1 {
-				closeAll(files)
-				continue
-			}
-			z.mu.Lock()
-			z.ready = append(z.ready, standby{pid: m.PID, conn: files[0]})
-			z.mu.Unlock()
-			select { // the zygote forks again: an earlier failure is past
-			case <-z.failed:
-			default:
-			}
-			z.signal()
-		case "fork_failed":
-			select {
-			case z.failed <- m.Error:
-			default:
-			}
-		case "exit":
-			if z.dropReady(m.PID) { // a ready child died: the zygote forks another
-				continue
-			}
-			z.exitChan(m.PID) <- m.Code
-		default:
-			closeAll(files)
 		}
 	}
+}
+
+// handle acts on one message from the zygote; files came with it.
+func (z *zygote) handle(data []byte, files []*os.File) error {
+	var op opOnly
+	if err := json.Unmarshal(data, &op); err != nil {
+		return fmt.Errorf("decode zygote message: %w", err)
+	}
+	switch op.Op {
+	case opReady:
+		var m readyMsg
+		if err := decodeStrict(data, &m); err != nil {
+			return err
+		}
+		z.pid = m.PID
+	case opStandby:
+		var m standbyMsg
+		if err := decodeStrict(data, &m); err != nil {
+			return err
+		}
+		if len(files) != 1 {
+			return fmt.Errorf("standby of child %d came with %d descriptors, not 1", m.PID, len(files))
+		}
+		z.mu.Lock()
+		z.ready = append(z.ready, standby{pid: m.PID, conn: files[0]})
+		z.mu.Unlock()
+		select { // the zygote forks again: an earlier failure is past
+		case <-z.failed:
+		default:
+		}
+		z.signal()
+	case opForkFailed:
+		var m forkFailedMsg
+		if err := decodeStrict(data, &m); err != nil {
+			return err
+		}
+		select {
+		case z.failed <- m.Error:
+		default:
+		}
+	case opExit:
+		var m exitMsg
+		if err := decodeStrict(data, &m); err != nil {
+			return err
+		}
+		if !z.dropReady(m.PID) { // a ready child that died is replaced by the zygote
+			z.exitChan(m.PID) <- m.Code
+		}
+	default:
+		return fmt.Errorf("unknown op %q from the zygote", op.Op)
+	}
+	return nil
 }
 
 // dropReady forgets a ready child that died before it was taken.
@@ -394,7 +424,7 @@ const backgroundNice = 10
 // environment and, when isolate is set, what its namespaces need of the
 // run; files are its channel, stdout and stderr. The caller closes the
 // child's standby socket (see tookRun).
-func (w *Warm) start(ctx context.Context, runID, dir string, env []string, isolate map[string]any, files []*os.File) (*zygote, standby, error) {
+func (w *Warm) start(ctx context.Context, runID, dir string, env []string, isolate *isolateMsg, files []*os.File) (*zygote, standby, error) {
 	w.mu.Lock()
 	z, err := w.zygoteLocked()
 	w.mu.Unlock()
@@ -407,11 +437,10 @@ func (w *Warm) start(ctx context.Context, runID, dir string, env []string, isola
 			envMap[k] = v
 		}
 	}
-	req := map[string]any{"op": "run", "run": runID, "dir": dir, "env": envMap}
-	if isolate != nil {
-		req["isolate"] = isolate
+	b, err := json.Marshal(runMsg{Op: opRun, Run: runID, Dir: dir, Env: envMap, Isolate: isolate})
+	if err != nil {
+		return nil, standby{}, fmt.Errorf("executor: encode run message: %w", err)
 	}
-	b, _ := json.Marshal(req)
 	fds := make([]int, len(files))
 	for i, f := range files {
 		fds[i] = int(f.Fd())
@@ -429,7 +458,7 @@ func (w *Warm) start(ctx context.Context, runID, dir string, env []string, isola
 		err = syscall.Sendmsg(int(c.conn.Fd()), b, syscall.UnixRights(fds...), nil, syscall.MSG_NOSIGNAL)
 		if err == nil {
 			// Only now the zygote forks the next: not while this run starts.
-			if _, err := z.ctl.Write(fmt.Appendf(nil, `{"op":"took","pid":%d}`, c.pid)); err != nil {
+			if err := z.send(tookMsg{Op: opTook, PID: c.pid}); err != nil {
 				slog.Warn("could not tell the zygote a child was taken", "pid", c.pid, "err", err)
 			}
 			return z, c, nil
@@ -493,7 +522,7 @@ func (w *Warm) runOnce(ctx context.Context, job Job) (*Output, error) {
 		outW.Close()
 		return nil, fmt.Errorf("executor: pipe: %w", err)
 	}
-	var iso map[string]any
+	var iso *isolateMsg
 	if isolated {
 		iso = isolateParams(rs, w.opt.Limits)
 	}

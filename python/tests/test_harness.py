@@ -60,10 +60,14 @@ def test_unconvertible_result_is_a_clear_error():
         harness.to_jsonable(object())
 
 
+# What the worker sends in every job (pkg/config owns the defaults).
+LIMITS = {"timeoutSec": 0, "maxImages": 3, "maxImageBytes": 1 << 20, "maxResultBytes": 0}
+
+
 def run(code, **job):
     header, body = encode_frame(ROWS)
     df = harness.frame_to_df(header, bytearray(body))
-    return harness.execute({"code": code, "maxImages": 3, "maxImageBytes": 1 << 20, **job}, df, None)
+    return harness.execute({**LIMITS, "code": code, **job}, df, None)
 
 
 def test_user_exception_names_type_message_and_line(capsys):
@@ -75,7 +79,8 @@ def test_user_exception_names_type_message_and_line(capsys):
 
 def test_timeout_is_not_swallowed_by_user_except():
     msg = run("while True:\n    try:\n        pass\n    except Exception:\n        pass\n", timeoutSec=1)
-    assert msg == {**msg, "ok": False, "error": "timeout after 1s"}
+    assert msg == {**msg, "ok": False, "error": "timeout after 1s", "timedOut": True}
+    assert run("raise SystemExit(3)")["timedOut"] is False
 
 
 def test_images_limits_and_figures(tmp_path, monkeypatch):
@@ -103,8 +108,8 @@ def test_serve_whole_job_with_load_kline():
     got = {}
 
     def worker():
-        _send(ours, {"type": "job", "code": "x = load_kline('a', 'b', '1m', 0, 10)\nresult = {'df': len(df), 'x': len(x)}",
-                     "frame": header}, body)
+        _send(ours, {**LIMITS, "type": "job", "frame": header,
+                     "code": "x = load_kline('a', 'b', '1m', 0, 10)\nresult = {'df': len(df), 'x': len(x)}"}, body)
         req, _ = harness.recv_msg(ours)
         got["request"] = req
         h2, b2 = encode_frame(ROWS[:2])
@@ -127,10 +132,10 @@ def test_json_size_is_the_size_of_the_json_sent(value):
 
 
 def test_a_result_over_the_limit_is_refused_with_its_size():
-    msg = harness.execute({"code": "print('kept')\nresult = 'x' * 5000", "maxResultBytes": 4096}, None, None)
+    msg = harness.execute({**LIMITS, "code": "print('kept')\nresult = 'x' * 5000", "maxResultBytes": 4096}, None, None)
     assert msg["ok"] is False and msg["result"] is None
     assert msg["error"] == "result too large: 5002 bytes (limit 4096)"
-    msg = harness.execute({"code": "result = 'x' * 4000", "maxResultBytes": 4096}, None, None)
+    msg = harness.execute({**LIMITS, "code": "result = 'x' * 4000", "maxResultBytes": 4096}, None, None)
     assert msg["ok"] is True and len(msg["result"]) == 4000
 
 

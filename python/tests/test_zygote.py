@@ -78,7 +78,9 @@ def run_in_child(w, tmp_path, code):
         os.close(fd)
     child_chan.close()
     cols = [{"name": n, "dtype": "<i8" if n in ("start", "trades") else "<f8"} for n in harness.COLUMNS]
-    harness.send_msg(chan, {"type": "job", "code": code, "timeoutSec": 10, "frame": {"rows": 2, "columns": cols}},
+    job = {"type": "job", "code": code, "timeoutSec": 10, "maxImages": 3, "maxImageBytes": 1 << 20, "maxResultBytes": 0,
+           "frame": {"rows": 2, "columns": cols}}
+    harness.send_msg(chan, job,
                      np.zeros(16, dtype="<f8").tobytes())
     result, _ = harness.recv_msg(chan)
     code = w.exit_of(pid)
