@@ -3,7 +3,7 @@ GO      ?= go
 BINS    := bin/pyrunner-api bin/pyrunner-worker bin/pyrunner-keeper bin/pyrunner-demodata bin/pyrunner
 export CGO_ENABLED := 1
 
-.PHONY: all build deps run stop test test-go test-python test-compose bench clean
+.PHONY: all build deps run stop test test-go test-python test-compose lint bench clean
 
 all: build
 
@@ -31,6 +31,11 @@ test-go:
 
 test-python:
 	cd python && /usr/bin/python3 -m pytest -q tests
+
+# golangci-lint (.golangci.yml) and flake8 (setup.cfg), pinned and
+# installed by the script.
+lint:
+	@tools/lint.sh
 
 # The real compose.yaml with 4 workers on a real Docker engine (installs
 # Docker and debootstrap, starts an engine if none runs; see the script).

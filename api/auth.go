@@ -24,7 +24,7 @@ func (s *server) require(scope string) echo.MiddlewareFunc {
 	research := scope == auth.ScopeResearchRun
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
-			if !s.cfg.JWTAuth && !(research && s.cfg.Token != "") {
+			if !s.cfg.JWTAuth && (!research || s.cfg.Token == "") {
 				return next(c)
 			}
 			c.Response().Header().Set("WWW-Authenticate", "Bearer")

@@ -380,11 +380,15 @@ func (s *server) followLogs(c echo.Context, id string, streams []string, tail in
 			unregister()
 			b, _ := json.Marshal(record(r))
 			fmt.Fprintf(bw, "event: end\ndata: %s\n\n", b)
-			bw.Flush()
+			if err := bw.Flush(); err != nil {
+				return nil // the reader has gone: nothing to tell it
+			}
 			w.Flush()
 			return nil
 		}
-		bw.Flush()
+		if err := bw.Flush(); err != nil {
+			return nil // the reader has gone
+		}
 		w.Flush()
 		select {
 		case <-wake:

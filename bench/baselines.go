@@ -168,8 +168,11 @@ func mysqlBig(ctx context.Context) (dsn string, pyArgs []string, cleanup func(),
 	}
 	cleanup = func() {
 		if w, err := kline.OpenWriter("mysql", root); err == nil {
-			w.Exec(context.Background(), "DROP DATABASE IF EXISTS "+db)
-			w.Exec(context.Background(), "DROP USER IF EXISTS '"+user+"'@'%'")
+			for _, q := range []string{"DROP DATABASE IF EXISTS " + db, "DROP USER IF EXISTS '" + user + "'@'%'"} {
+				if err := w.Exec(context.Background(), q); err != nil {
+					fmt.Fprintln(os.Stderr, "bench: mysql cleanup:", err)
+				}
+			}
 			w.Close()
 		}
 	}
@@ -179,7 +182,8 @@ func mysqlBig(ctx context.Context) (dsn string, pyArgs []string, cleanup func(),
 		return "", nil, nil, err
 	}
 	defer dbw.Close()
-	if err := dbw.CreateTable(ctx, "bench_BIG_1m", true); err == nil {
+	err = dbw.CreateTable(ctx, "bench_BIG_1m", true)
+	if err == nil {
 		err = dbw.Insert(ctx, "bench_BIG_1m", kline.Generate(kline.DemoMarkets[0], t0, bigRows, 7), true)
 	}
 	b := make([]byte, 12)
@@ -238,8 +242,12 @@ func drain(s *stack, n int) (float64, error) {
 					errs <- err
 					return
 				}
-				io.Copy(io.Discard, resp.Body)
+				_, err = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
+				if err != nil {
+					errs <- err
+					return
+				}
 				if resp.StatusCode != 202 {
 					errs <- fmt.Errorf("submit: status %d", resp.StatusCode)
 					return

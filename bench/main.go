@@ -102,7 +102,9 @@ func startWith(dir, db string, workers int, redisConf []string, env ...string) (
 	s := &stack{}
 	rport, aport := freePort(), freePort()
 	rdir := filepath.Join(dir, fmt.Sprintf("redis-%d", rport))
-	os.MkdirAll(rdir, 0o755)
+	if err := os.MkdirAll(rdir, 0o755); err != nil {
+		return nil, err
+	}
 	redis := exec.Command("redis-server", append(append([]string{}, redisConf...),
 		"--port", strconv.Itoa(rport), "--bind", "127.0.0.1", "--dir", rdir)...)
 	if err := redis.Start(); err != nil {
@@ -142,8 +144,11 @@ func startWith(dir, db string, workers int, redisConf []string, env ...string) (
 			Workers []any `json:"workers"`
 		}
 		if resp, err := http.Get(s.base + "/health"); err == nil {
-			json.NewDecoder(resp.Body).Decode(&h)
+			err = json.NewDecoder(resp.Body).Decode(&h)
 			resp.Body.Close()
+			if err != nil {
+				h.Workers = nil
+			}
 			if len(h.Workers) == workers {
 				return s, nil
 			}
@@ -252,9 +257,9 @@ func (s *stack) scriptFirstOutput(script string) (time.Duration, error) {
 	var r struct {
 		RunID string `json:"run_id"`
 	}
-	json.NewDecoder(resp.Body).Decode(&r)
+	err = json.NewDecoder(resp.Body).Decode(&r)
 	resp.Body.Close()
-	if r.RunID == "" {
+	if err != nil || r.RunID == "" {
 		return 0, fmt.Errorf("script start: status %d", resp.StatusCode)
 	}
 	f, err := client.Get(s.base + "/v1/runs/" + r.RunID + "/logs?stream=stdout&follow=true")
@@ -386,7 +391,9 @@ func run() error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	os.Chmod(dir, 0o711)
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return err
+	}
 	db := filepath.Join(dir, "exchange.db")
 	fmt.Fprintln(os.Stderr, "bench: writing demo data and a 1M-row table…")
 	w, err := kline.OpenWriter("sqlite", db)
@@ -442,9 +449,13 @@ func run() error {
 	// (f) script start → output readable, next to a bare subprocess
 	if only == "" || strings.Contains(only, "f") {
 		scripts := filepath.Join(dir, "scripts")
-		os.MkdirAll(scripts, 0o755)
 		hello := filepath.Join(scripts, "hello.py")
-		os.WriteFile(hello, []byte("print('hello', flush=True)\n"), 0o644)
+		if err := os.MkdirAll(scripts, 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(hello, []byte("print('hello', flush=True)\n"), 0o644); err != nil {
+			return err
+		}
 		s, err := start(dir, db, 1, "SCRIPT_SCRIPTS_PATH="+scripts)
 		if err != nil {
 			return err

@@ -187,7 +187,9 @@ print(jwt.encode({"iss": "%s", "aud": "%s", "sub": "user_12345", "type": "user",
 		req, _ := http.NewRequest("POST", s.base+"/v1/auth/admin/token", strings.NewReader(`{"secret":"`+adminSecret+`"}`))
 		req.Header.Set("Content-Type", "application/json")
 		resp, _ := http.DefaultClient.Do(req)
-		io.Copy(io.Discard, resp.Body)
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			t.Fatal(err)
+		}
 		resp.Body.Close()
 		retry, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
 		if resp.StatusCode != 429 || retry < 1 {

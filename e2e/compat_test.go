@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -130,7 +131,9 @@ func TestPythonRunnerClients(t *testing.T) {
 		}
 		st, rr := s.research("result = {'rows': len(df), 'last': int(df.start.iloc[-1]), 'vol': float(df.volume.iloc[-1])}",
 			map[string]any{"binSize": "5m", "start": seedStart, "end": seedStart + 3600})
-		json.Unmarshal(rr.Result, &got)
+		if err := json.Unmarshal(rr.Result, &got); err != nil {
+			t.Fatal(err)
+		}
 		if st != 200 || got.Rows != 12 || got.Last != seedStart+3300 {
 			t.Errorf("5m over an hour: %d %+v", st, got)
 		}
@@ -154,13 +157,23 @@ func TestPythonRunnerClients(t *testing.T) {
 // logs with tail_bytes=0 (the whole log), list, stop.
 func TestQuantScriptAPIClients(t *testing.T) {
 	root := writeScripts(t)
-	os.MkdirAll(filepath.Join(root, ".hidden"), 0o755)
-	os.WriteFile(filepath.Join(root, ".hidden", "x.py"), []byte("print('hidden ran')\n"), 0o644)
-	os.WriteFile(filepath.Join(root, "long.py"), []byte("import sys\nsys.stdout.write('x' * 100000 + '\\nend\\n')\n"), 0o644)
+	if err := os.MkdirAll(filepath.Join(root, ".hidden"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, ".hidden", "x.py"), []byte("print('hidden ran')\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "long.py"), []byte("import sys\nsys.stdout.write('x' * 100000 + '\\nend\\n')\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	envFile := filepath.Join(t.TempDir(), "keys.env")
-	os.WriteFile(envFile, []byte("# exchange keys\nBINANCE_SECRET='from-env-file'\n"), 0o600)
+	if err := os.WriteFile(envFile, []byte("# exchange keys\nBINANCE_SECRET='from-env-file'\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cwd := t.TempDir()
-	os.WriteFile(filepath.Join(cwd, ".env"), []byte("PYRUNNER_ENV_PASSTHROUGH=BINANCE_*,OKX_KEY\n"), 0o644)
+	if err := os.WriteFile(filepath.Join(cwd, ".env"), []byte("PYRUNNER_ENV_PASSTHROUGH=BINANCE_*,OKX_KEY\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	s := startStack(t, stackOpts{scripts: root, dir: cwd, env: map[string]string{
 		"SCRIPT_TERMINATE_TIMEOUT_SECONDS": "2", "SCRIPT_ENV_FILE": envFile,
 		"BINANCE_API_KEY": "bk", "BINANCE_X": "bx", "OKX_KEY": "ok", "OTHER_SECRET": "no"}})
@@ -292,7 +305,9 @@ func TestAPIDetails(t *testing.T) {
 			dbPath = v
 		}
 	}
-	os.WriteFile(yml, []byte("db:\n  readonly:\n    type: sqlite\n    uri: "+dbPath+"\n"), 0o644)
+	if err := os.WriteFile(yml, []byte("db:\n  readonly:\n    type: sqlite\n    uri: "+dbPath+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	var env []string
 	for _, kv := range s.env {
 		if !strings.HasPrefix(kv, "PYRUNNER_READONLY_") && !strings.HasPrefix(kv, "PYRUNNER_ZTRADE_CONFIG=") {
@@ -309,7 +324,7 @@ func TestAPIDetails(t *testing.T) {
 	})
 	// A taken port: the API exits with an error and never says ready.
 	cmd := exec.Command(filepath.Join(binDir, "pyrunner-api"))
-	cmd.Env = append(s.env, "PYRUNNER_LISTEN="+strings.TrimPrefix(s.base, "http://"))
+	cmd.Env = append(slices.Clone(s.env), "PYRUNNER_LISTEN="+strings.TrimPrefix(s.base, "http://"))
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "address already in use") || strings.Contains(string(out), "api ready") {
 		t.Errorf("api on a taken port: %v\n%s", err, out)

@@ -21,7 +21,9 @@ const botScript = "import time\ni = 0\nwhile True:\n    print(f'tick {i}', flush
 // writeBots writes bot_a.py and bot_b.py into a new scripts root.
 func writeBots(t *testing.T) (root string, paths []string) {
 	root = filepath.Join(reachableTempDir(t), "scripts")
-	os.MkdirAll(root, 0o755)
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for _, n := range []string{"bot_a.py", "bot_b.py"} {
 		p := filepath.Join(root, n)
 		if err := os.WriteFile(p, []byte(botScript), 0o644); err != nil {
@@ -51,7 +53,9 @@ func makeRunStack(t *testing.T, scripts string) (*stack, string) {
 				t.Logf("---- %s (tail) ----\n%s", f, tail(b, 6000))
 			}
 		}
-		mk("stop")
+		if _, err := mk("stop"); err != nil {
+			t.Fatal(err)
+		}
 	})
 	if out, err := mk("run"); err != nil {
 		t.Fatalf("make run: %v\n%s", err, out)

@@ -80,7 +80,9 @@ func statusWith(t *testing.T, c *http.Client, method, url, body, authz string) (
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
-	io.Copy(io.Discard, resp.Body)
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		t.Fatal(err)
+	}
 	resp.Body.Close()
 	return resp.StatusCode, resp.Header
 }
@@ -198,8 +200,9 @@ func newProxy(t *testing.T, target string) *proxy {
 			}
 			p.conns = append(p.conns, c, up)
 			p.mu.Unlock()
-			go func() { io.Copy(up, c); up.Close() }()
-			go func() { io.Copy(c, up); c.Close() }()
+			// Either side ending (or the proxy cutting it) ends both.
+			go func() { _, _ = io.Copy(up, c); up.Close() }()
+			go func() { _, _ = io.Copy(c, up); c.Close() }()
 		}
 	}()
 	return p

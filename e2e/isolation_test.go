@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -239,7 +240,9 @@ finally:
 		t.Errorf("six 250 MB files: %d %s %q", st, r.Status, r.errText())
 	}
 	var mb int
-	fmt.Sscanf(strings.TrimSpace(r.Stdout), "written_mb %d", &mb)
+	if _, err := fmt.Sscanf(strings.TrimSpace(r.Stdout), "written_mb %d", &mb); err != nil {
+		t.Fatal(err)
+	}
 	if mb == 0 || mb >= 600 {
 		t.Errorf("the run wrote %d MB before it was stopped (stdout %q), want under 600", mb, r.Stdout)
 	}
@@ -405,7 +408,7 @@ func TestSandboxFallback(t *testing.T) {
 	s.mustOK("result = 1", nil)
 
 	cmd := exec.Command(filepath.Join(binDir, "pyrunner-worker"))
-	cmd.Env = append(s.env, "PYRUNNER_SANDBOX=bwrap")
+	cmd.Env = append(slices.Clone(s.env), "PYRUNNER_SANDBOX=bwrap")
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "PYRUNNER_SANDBOX=bwrap but the sandbox does not work here") {
 		t.Errorf("a worker with PYRUNNER_SANDBOX=bwrap and no sandbox: err %v, output %s", err, out)

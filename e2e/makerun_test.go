@@ -17,9 +17,16 @@ func TestMakeRun(t *testing.T) {
 	port, redisPort := freePort(t), freePort(t)
 	env := append(os.Environ(), "PYRUNNER_RUN_DIR="+t.TempDir(), fmt.Sprintf("PYRUNNER_PORT=%d", port),
 		fmt.Sprintf("PYRUNNER_REDIS_PORT=%d", redisPort))
-	stop := exec.Command("make", "stop")
-	stop.Dir, stop.Env = "..", env
-	t.Cleanup(func() { stop.Run() })
+	makeStop := func() ([]byte, error) {
+		stop := exec.Command("make", "stop")
+		stop.Dir, stop.Env = "..", env
+		return stop.CombinedOutput()
+	}
+	t.Cleanup(func() { // a second stop (after the test's own) finds nothing to stop
+		if out, err := makeStop(); err != nil {
+			t.Errorf("make stop: %v\n%s", err, out)
+		}
+	})
 	cmd := exec.Command("make", "run")
 	cmd.Dir, cmd.Env = "..", env
 	out, err := cmd.CombinedOutput()
@@ -43,7 +50,7 @@ func TestMakeRun(t *testing.T) {
 	if err := json.Unmarshal(res, &body); err != nil || !body.OK || body.Result.Rows != 1441 {
 		t.Fatalf("printed curl answered %s", res)
 	}
-	if out, err := stop.CombinedOutput(); err != nil || !strings.Contains(string(out), "stopped") {
+	if out, err := makeStop(); err != nil || !strings.Contains(string(out), "stopped") {
 		t.Errorf("make stop: %v %s", err, out)
 	}
 	work := fmt.Sprintf("%s/pyrunner-stack-%d", os.TempDir(), port)
@@ -75,6 +82,8 @@ func TestMakeRunTakenPort(t *testing.T) {
 		}
 		stop := exec.Command("make", "stop")
 		stop.Dir, stop.Env = "..", env
-		stop.Run()
+		if err := stop.Run(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -89,8 +89,14 @@ func TestMetrics(t *testing.T) {
 	if st, body := healthz(); st != 200 || body != "ok\n" {
 		t.Errorf("worker /healthz: %d %q", st, body)
 	}
-	exec.Command("redis-cli", "-p", strconv.Itoa(s.redisPort), "client", "pause", "9000").Run()
-	defer exec.Command("redis-cli", "-p", strconv.Itoa(s.redisPort), "client", "unpause").Run()
+	if err := exec.Command("redis-cli", "-p", strconv.Itoa(s.redisPort), "client", "pause", "9000").Run(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := exec.Command("redis-cli", "-p", strconv.Itoa(s.redisPort), "client", "unpause").Run(); err != nil {
+			t.Error(err)
+		}
+	}()
 	waitUntil(t, 15*time.Second, "/healthz to say the heartbeats stopped", func() bool {
 		st, body := healthz()
 		return st == 503 && strings.Contains(body, "no heartbeat has reached redis")
@@ -158,7 +164,9 @@ func (s *stack) cli(t *testing.T, stdin string, env []string, args ...string) (s
 // TestCLI drives bin/pyrunner as a user would.
 func TestCLI(t *testing.T) {
 	root := writeScripts(t)
-	os.WriteFile(filepath.Join(root, "three.py"), []byte("import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(0.5)\n"), 0o644)
+	if err := os.WriteFile(filepath.Join(root, "three.py"), []byte("import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(0.5)\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	secret := "cli-secret"
 	s := startStack(t, stackOpts{scripts: root, env: map[string]string{"SCRIPT_JWT_AUTH": "true", "SCRIPT_JWT_SECRET": secret}})
 	tok, _, code := s.cli(t, "", []string{"SCRIPT_JWT_SECRET=" + secret}, "token", "--sub", "cli", "--scopes", "*")

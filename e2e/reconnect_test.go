@@ -34,7 +34,9 @@ func TestWaitSurvivesPubSubReconnect(t *testing.T) {
 			case <-stop:
 				return
 			case <-time.After(30 * time.Millisecond):
-				exec.Command("redis-cli", "-p", strconv.Itoa(s.redisPort), "CLIENT", "KILL", "TYPE", "pubsub").Run()
+				if err := exec.Command("redis-cli", "-p", strconv.Itoa(s.redisPort), "CLIENT", "KILL", "TYPE", "pubsub").Run(); err != nil {
+					t.Error(err)
+				}
 			}
 		}
 	}()

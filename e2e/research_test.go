@@ -63,7 +63,9 @@ func testSeedExample(t *testing.T, s *stack, written *frame.Frame, dbType string
 	var res struct {
 		Rows int `json:"rows"`
 	}
-	json.Unmarshal(r.Result, &res)
+	if err := json.Unmarshal(r.Result, &res); err != nil {
+		t.Fatal(err)
+	}
 	want := rowsIn(written, seedStart, seedEnd)
 	if want != 1441 || res.Rows != want {
 		t.Errorf("result.rows = %d, want %d (inclusive range)", res.Rows, want)
@@ -134,7 +136,9 @@ result = {"df": shape(df), "other": shape(other), "empty": shape(empty),
 	}
 	st, r := s.research(`result = {"columns": list(df.columns), "dtypes": [str(x) for x in df.dtypes], "rows": len(df)}`,
 		map[string]any{"start": 1, "end": 2})
-	json.Unmarshal(r.Result, &empty)
+	if err := json.Unmarshal(r.Result, &empty); err != nil {
+		t.Fatal(err)
+	}
 	if st != 200 || !r.ok() || empty.Rows != 0 || strings.Join(empty.Dtypes, ",") != wantTypes || strings.Join(empty.Columns, ",") != wantCols {
 		t.Errorf("empty df: %d %s", st, r.Result)
 	}
@@ -163,7 +167,9 @@ func testResample(t *testing.T, s *stack) {
 	}
 	st, r := s.research(`result = {"rows": len(df), "starts": df.start.head(3).tolist(), "open0": df.open.iloc[0], "vol0": df.volume.iloc[0]}`,
 		map[string]any{"binSize": "5m", "start": seedStart, "end": seedStart + 3600})
-	json.Unmarshal(r.Result, &got)
+	if err := json.Unmarshal(r.Result, &got); err != nil {
+		t.Fatal(err)
+	}
 	if st != 200 || !r.ok() || got.Rows != 12 || got.Starts[1] != seedStart+300 || r.Meta["source"] != "binance_BTCUSDT_1m resampled to 5m" {
 		t.Fatalf("5m: %d %+v meta %v", st, got, r.Meta)
 	}
@@ -577,7 +583,8 @@ func TestLargeFrameShared(t *testing.T) {
 	}
 	const rows = 150_000
 	f := kline.Generate(kline.DemoMarkets[0], seedStart, rows, 3)
-	if err := w.CreateTable(context.Background(), "binance_BTCUSDT_1m", true); err == nil {
+	err = w.CreateTable(context.Background(), "binance_BTCUSDT_1m", true)
+	if err == nil {
 		err = w.Insert(context.Background(), "binance_BTCUSDT_1m", f, true)
 	}
 	w.Close()

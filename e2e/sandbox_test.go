@@ -19,11 +19,17 @@ func TestSandbox(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { os.RemoveAll(dir) })
-			os.Chmod(dir, 0o777)
+			if err := os.Chmod(dir, 0o777); err != nil {
+				t.Fatal(err)
+			}
 			db, _ := demoSQLite(t, dir)
-			os.Chmod(db, 0o666)
+			if err := os.Chmod(db, 0o666); err != nil {
+				t.Fatal(err)
+			}
 			cfgPath := filepath.Join(dir, "ztrade.yaml")
-			os.WriteFile(cfgPath, []byte("db:\n  readonly:\n    type: sqlite\n    uri: "+db+"\n"), 0o644)
+			if err := os.WriteFile(cfgPath, []byte("db:\n  readonly:\n    type: sqlite\n    uri: "+db+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
 			env := map[string]string{"PYRUNNER_SANDBOX": "bwrap", "PYRUNNER_EXECUTOR": mode}
 			if mode == "none" {
 				env = map[string]string{"PYRUNNER_SANDBOX": "none"}

@@ -38,12 +38,20 @@ var scriptFiles = map[string]string{
 func writeScripts(t *testing.T) string {
 	root := filepath.Join(reachableTempDir(t), "scripts")
 	for p, body := range scriptFiles {
-		os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755)
-		os.WriteFile(filepath.Join(root, p), []byte(body), 0o644)
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, p), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	outside := t.TempDir()
-	os.WriteFile(filepath.Join(outside, "evil.py"), []byte("print('evil')\n"), 0o644)
-	os.Symlink(filepath.Join(outside, "evil.py"), filepath.Join(root, "link.py"))
+	if err := os.WriteFile(filepath.Join(outside, "evil.py"), []byte("print('evil')\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outside, "evil.py"), filepath.Join(root, "link.py")); err != nil {
+		t.Fatal(err)
+	}
 	return root
 }
 
@@ -135,14 +143,18 @@ func TestScripts(t *testing.T) {
 		if l.Root != root || l.Count != 8 || strings.Join(paths, ",") != "env.py,fail.py,hello.py,killed.py,polite.py,stubborn.py,sub/deep.py,ticker.py" || l.Scripts[0].SizeBytes == 0 {
 			t.Errorf("scripts = %+v", l)
 		}
-		os.WriteFile(filepath.Join(root, "new.py"), []byte("print(1)\n"), 0o644)
+		if err := os.WriteFile(filepath.Join(root, "new.py"), []byte("print(1)\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
 		var c struct {
 			Count int `json:"count"`
 		}
 		if st := s.do("POST", "/v1/scripts/rescan", "", &c); st != 200 || c.Count != 9 {
 			t.Errorf("rescan: %d %+v", st, c)
 		}
-		os.Remove(filepath.Join(root, "new.py"))
+		if err := os.Remove(filepath.Join(root, "new.py")); err != nil {
+			t.Fatal(err)
+		}
 		s.do("POST", "/v1/scripts/rescan", "", nil)
 	})
 
@@ -235,7 +247,9 @@ func TestScripts(t *testing.T) {
 		s.do("POST", "/v1/runs/"+r.RunID+"/stop", "", &stopped)
 		resp, _ = http.Get(s.base + "/v1/runs/" + r.RunID + "/logs?follow=true")
 		b := new(strings.Builder)
-		bufio.NewReader(resp.Body).WriteTo(b)
+		if _, err := bufio.NewReader(resp.Body).WriteTo(b); err != nil {
+			t.Fatal(err)
+		}
 		resp.Body.Close()
 		if !strings.Contains(b.String(), "event: end") || !strings.Contains(b.String(), "data: tick 0 ✓") {
 			t.Errorf("follow of an ended run: %q", b.String())

@@ -83,7 +83,9 @@ func (b *browser) shot(t *testing.T, name string) {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	os.MkdirAll(dir, 0o755)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	var png []byte
 	b.run(t, "screenshot", chromedp.FullScreenshot(&png, 100))
 	p := filepath.Join(dir, name+".png")
@@ -127,7 +129,9 @@ func waitText(sel, want string) chromedp.Action {
 // TestDashboard drives the dashboard in a real Chromium against the stack.
 func TestDashboard(t *testing.T) {
 	root := writeScripts(t)
-	os.WriteFile(filepath.Join(root, "slow.py"), []byte("import time\nfor i in range(300):\n    print(f'tick {i}', flush=True)\n    time.sleep(0.4)\n"), 0o644)
+	if err := os.WriteFile(filepath.Join(root, "slow.py"), []byte("import time\nfor i in range(300):\n    print(f'tick {i}', flush=True)\n    time.sleep(0.4)\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	s := startStack(t, stackOpts{scripts: root})
 	b := newBrowser(t)
 

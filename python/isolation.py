@@ -244,7 +244,9 @@ def _program(arch):
              (_JSET, "eperm", "allow", CLONE_NS_FLAGS)]
     prog += ["ioctl", (_LD_ABS, 0, 0, 24),  # low 32 bits of args[1]: the request
              (_JEQ, "eperm", 0, TIOCSTI), (_JEQ, "eperm", "allow", TIOCLINUX)]
-    prog += ["allow", (_RET, 0, 0, _ALLOW), "eperm", (_RET, 0, 0, _ERRNO | _EPERM), "enosys", (_RET, 0, 0, _ERRNO | _ENOSYS)]
+    prog += ["allow", (_RET, 0, 0, _ALLOW),
+             "eperm", (_RET, 0, 0, _ERRNO | _EPERM),
+             "enosys", (_RET, 0, 0, _ERRNO | _ENOSYS)]
     labels, out = {}, []
     for ins in prog:
         if isinstance(ins, str):

@@ -74,7 +74,7 @@ func TestReassertCarriesOutMissedStops(t *testing.T) {
 		if err := b.store.CreateRun(ctx, &run.Run{ID: id, Kind: run.KindScript, Status: run.StatusQueued, CreatedAt: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
-		go d.start(context.Background(), id, false)
+		goStart(t, d, context.Background(), id)
 	}
 	for d.busy() < 2 {
 		time.Sleep(5 * time.Millisecond)
@@ -137,8 +137,8 @@ func TestReassertRestoresWhatRedisLost(t *testing.T) {
 	scripts, researchD := newDispatcher(st, "w1", "scripts", 4, exec), newDispatcher(st, "w1", "research", 4, exec)
 	restored := make(chan string, 2)
 	scripts.restored = func(h *held) { restored <- h.record().ID }
-	go scripts.start(ctx, script.ID, false)
-	go researchD.start(ctx, research.ID, false)
+	goStart(t, scripts, ctx, script.ID)
+	goStart(t, researchD, ctx, research.ID)
 	waitFor := func(what string, ok func() bool) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)
@@ -200,4 +200,20 @@ func TestReassertRestoresWhatRedisLost(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the conflicting copy was not killed")
 	}
+}
+
+// goStart starts run id on d in the background; an error it returns
+// (other than from ctx ending) fails the test at its end.
+func goStart(t *testing.T, d *dispatcher, ctx context.Context, id string) {
+	done := make(chan error, 1)
+	go func() { done <- d.start(ctx, id, false) }()
+	t.Cleanup(func() {
+		select {
+		case err := <-done:
+			if err != nil && ctx.Err() == nil {
+				t.Errorf("start %s: %v", id, err)
+			}
+		default: // still running: it ends with the test's context
+		}
+	})
 }

@@ -56,7 +56,9 @@ func run() error {
 		}
 		// Written aside and renamed: a reader never sees half a file.
 		tmp := dsn + ".part"
-		os.Remove(tmp)
+		if err := os.Remove(tmp); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("remove %s: %w", tmp, err)
+		}
 		if err := write(ctx, typ, tmp, *from, *days, false); err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -35,9 +36,8 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	root := rootCmd()
-	err := root.ExecuteContext(ctx)
+	err := rootCmd().ExecuteContext(ctx)
+	stop()
 	var ee exitError
 	switch {
 	case errors.As(err, &ee):
@@ -173,10 +173,12 @@ stderr. It exits 1 when the snippet failed (ok: false).`,
 				fmt.Fprint(out, res.Stdout)
 				fmt.Fprint(cmd.ErrOrStderr(), res.Stderr)
 				if res.Succeeded() {
-					var v any
-					json.Unmarshal(res.Result, &v)
-					b, _ := json.MarshalIndent(v, "", "  ")
-					fmt.Fprintln(out, string(b))
+					var b bytes.Buffer
+					if json.Indent(&b, res.Result, "", "  ") != nil {
+						b.Reset()
+						b.Write(res.Result) // not JSON after all: as it came
+					}
+					fmt.Fprintln(out, b.String())
 				} else if res.Error != nil {
 					fmt.Fprintln(cmd.ErrOrStderr(), "error:", *res.Error)
 				}
@@ -197,9 +199,7 @@ stderr. It exits 1 when the snippet failed (ok: false).`,
 	f.IntVar(&req.TimeoutSec, "timeout", 0, "time limit in seconds (0: the server's default)")
 	f.BoolVar(&asJSON, "json", false, "print the whole response as JSON")
 	f.StringVar(&imagesDir, "images", "", "save the run's charts into this folder")
-	cmd.MarkFlagRequired("symbol")
-	cmd.MarkFlagRequired("start")
-	cmd.MarkFlagRequired("end")
+	required(cmd, "symbol", "start", "end")
 	return cmd
 }
 
@@ -431,7 +431,16 @@ and $SCRIPT_JWT_AUD when set.`,
 	cmd.Flags().StringVar(&sub, "sub", "", "subject: who the token is for (required)")
 	cmd.Flags().StringVar(&scopes, "scopes", "", "comma-separated scopes (required)")
 	cmd.Flags().DurationVar(&ttl, "ttl", time.Hour, "lifetime")
-	cmd.MarkFlagRequired("sub")
-	cmd.MarkFlagRequired("scopes")
+	required(cmd, "sub", "scopes")
 	return cmd
+}
+
+// required marks flags cmd must be given (a name it has no flag for is
+// a bug here, not a user's error).
+func required(cmd *cobra.Command, names ...string) {
+	for _, n := range names {
+		if err := cmd.MarkFlagRequired(n); err != nil {
+			panic(fmt.Sprintf("pyrunner: flag %q: %v", n, err))
+		}
+	}
 }

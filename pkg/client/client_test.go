@@ -44,7 +44,9 @@ func startStack() (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	os.Chmod(dir, 0o711)
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return nil, err
+	}
 	var procs []*exec.Cmd
 	stop = func() {
 		for i := len(procs) - 1; i >= 0; i-- {
@@ -70,8 +72,14 @@ func startStack() (stop func(), err error) {
 		return nil, err
 	}
 	scripts := filepath.Join(dir, "scripts")
-	os.MkdirAll(scripts, 0o755)
-	os.WriteFile(filepath.Join(scripts, "greet.py"), []byte("import sys\nprint('hello', sys.argv[1])\nprint('bye')\n"), 0o644)
+	if err := os.MkdirAll(scripts, 0o755); err != nil {
+		stop()
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(scripts, "greet.py"), []byte("import sys\nprint('hello', sys.argv[1])\nprint('bye')\n"), 0o644); err != nil {
+		stop()
+		return nil, err
+	}
 	rport, aport := freePort(), freePort()
 	redis := exec.Command("redis-server", "--port", strconv.Itoa(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 	if err := redis.Start(); err != nil {
@@ -110,7 +118,10 @@ func startStack() (stop func(), err error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	os.Setenv("PYRUNNER_URL", base)
+	if err := os.Setenv("PYRUNNER_URL", base); err != nil {
+		stop()
+		return nil, err
+	}
 	return stop, nil
 }
 
@@ -120,16 +131,22 @@ func startStack() (stop func(), err error) {
 func TestRetriesHonourRetryAfter(t *testing.T) {
 	var calls atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch n := calls.Add(1); {
-		case n == 1:
+		switch calls.Add(1) {
+		case 1:
 			w.Header().Set("Retry-After", "1")
 			w.WriteHeader(429)
-			w.Write([]byte(`{"detail":"the research queue is full"}`))
-		case n == 2:
+			if _, err := w.Write([]byte(`{"detail":"the research queue is full"}`)); err != nil {
+				t.Error(err)
+			}
+		case 2:
 			w.WriteHeader(503)
-			w.Write([]byte(`{"detail":"redis unavailable"}`))
+			if _, err := w.Write([]byte(`{"detail":"redis unavailable"}`)); err != nil {
+				t.Error(err)
+			}
 		default:
-			w.Write([]byte(`{"ok":true,"result":1,"status":"succeeded","id":"x"}`))
+			if _, err := w.Write([]byte(`{"ok":true,"result":1,"status":"succeeded","id":"x"}`)); err != nil {
+				t.Error(err)
+			}
 		}
 	}))
 	defer srv.Close()

@@ -434,11 +434,6 @@ func ReadDotenv(path string) (map[string]string, error) {
 	return out, nil
 }
 
-func lookup(getenv func(string) string, k string) (string, bool) {
-	v := getenv(k)
-	return v, v != ""
-}
-
 // readZtrade fills Readonly from ztrade.yaml's db.readonly section. A
 // missing file is fine (the environment may configure everything).
 func (c *Config) readZtrade(path string) error {

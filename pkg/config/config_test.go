@@ -13,7 +13,9 @@ func env(m map[string]string) func(string) string { return func(k string) string
 
 func TestPrecedenceFlagsOverEnvOverYAMLOverDefaults(t *testing.T) {
 	y := filepath.Join(t.TempDir(), "ztrade.yaml")
-	os.WriteFile(y, []byte("db:\n  type: mysql\n  uri: root:secret@tcp(prod:3306)/x\n  readonly:\n    type: sqlite\n    uri: /data/yaml.db\n    user: fromyaml\n"), 0o600)
+	if err := os.WriteFile(y, []byte("db:\n  type: mysql\n  uri: root:secret@tcp(prod:3306)/x\n  readonly:\n    type: sqlite\n    uri: /data/yaml.db\n    user: fromyaml\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	c, err := Load("t", []string{"--max-rows", "5"}, env(map[string]string{
 		"PYRUNNER_ZTRADE_CONFIG": y, "PYRUNNER_MAX_ROWS": "7", "PYRUNNER_MAX_IMAGES": "9", "PYRUNNER_READONLY_URI": "/data/env.db",
 	}), io.Discard)
@@ -58,7 +60,9 @@ func TestFlagForms(t *testing.T) {
 	noYAML := env(map[string]string{"PYRUNNER_ZTRADE_CONFIG": "/nonexistent"})
 	dir := t.TempDir()
 	yml := dir + "/z.yaml"
-	os.WriteFile(yml, []byte("db:\n  readonly:\n    uri: /data/x.db\n"), 0o644)
+	if err := os.WriteFile(yml, []byte("db:\n  readonly:\n    uri: /data/x.db\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, args := range [][]string{{"--ztrade-config", yml}, {"--ztrade-config=" + yml}} {
 		c, err := Load("pyrunner-worker", args, env(nil), io.Discard)
 		if err != nil || c.Readonly.URI != "/data/x.db" || c.ZtradeConfig != yml {
@@ -73,7 +77,9 @@ func TestFlagForms(t *testing.T) {
 		t.Errorf("worker --help lists the wrong flags or no defaults:\n%s", out.String())
 	}
 	out.Reset()
-	Load("pyrunner-api", []string{"--help"}, noYAML, &out)
+	if _, err := Load("pyrunner-api", []string{"--help"}, noYAML, &out); err != nil {
+		t.Fatal(err)
+	}
 	if !strings.Contains(out.String(), "--jwt-secret") || strings.Contains(out.String(), "--work-dir") {
 		t.Errorf("api --help lists the wrong flags:\n%s", out.String())
 	}
@@ -87,11 +93,13 @@ func TestFlagForms(t *testing.T) {
 // environment and ztrade.yaml.
 func TestDotenv(t *testing.T) {
 	dir := t.TempDir()
-	wd, _ := os.Getwd()
-	t.Cleanup(func() { os.Chdir(wd) })
-	os.Chdir(dir)
-	os.WriteFile(".env", []byte("# comment\nexport PYRUNNER_MAX_ROWS=7\nPYRUNNER_MAX_IMAGES='4'\nPYRUNNER_READONLY_URI=\"/from/dotenv.db\"\n"), 0o644)
-	os.WriteFile("z.yaml", []byte("db:\n  readonly:\n    uri: /from/yaml.db\n"), 0o644)
+	t.Chdir(dir)
+	if err := os.WriteFile(".env", []byte("# comment\nexport PYRUNNER_MAX_ROWS=7\nPYRUNNER_MAX_IMAGES='4'\nPYRUNNER_READONLY_URI=\"/from/dotenv.db\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile("z.yaml", []byte("db:\n  readonly:\n    uri: /from/yaml.db\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	c, err := Load("pyrunner-worker", nil, env(map[string]string{"PYRUNNER_ZTRADE_CONFIG": "z.yaml", "PYRUNNER_MAX_IMAGES": "9"}), io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +113,9 @@ func TestDotenv(t *testing.T) {
 // itself; a X_FILE that cannot be read is an error naming it.
 func TestFileVariables(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "redis.url")
-	os.WriteFile(f, []byte("redis://:s3cret@redis:6379/0\n"), 0o400)
+	if err := os.WriteFile(f, []byte("redis://:s3cret@redis:6379/0\n"), 0o400); err != nil {
+		t.Fatal(err)
+	}
 	c, err := Load("t", nil, env(map[string]string{"PYRUNNER_ZTRADE_CONFIG": "/nonexistent", "PYRUNNER_REDIS_URL_FILE": f}), io.Discard)
 	if err != nil || c.RedisURL != "redis://:s3cret@redis:6379/0" {
 		t.Fatalf("from the file: %v %q", err, c.RedisURL)
@@ -124,7 +134,9 @@ func TestFileVariables(t *testing.T) {
 // gives a MySQL DSN and no type: it is MySQL.
 func TestURIAboveYAMLNamesItsType(t *testing.T) {
 	y := filepath.Join(t.TempDir(), "ztrade.yaml")
-	os.WriteFile(y, []byte("db:\n  readonly:\n    type: sqlite\n    uri: /var/lib/pyrunner/klines/exchange.db\n"), 0o600)
+	if err := os.WriteFile(y, []byte("db:\n  readonly:\n    type: sqlite\n    uri: /var/lib/pyrunner/klines/exchange.db\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	c, err := Load("t", nil, env(map[string]string{"PYRUNNER_ZTRADE_CONFIG": y, "PYRUNNER_READONLY_URI": "ro:pw@tcp(mysql:3306)/exchange"}), io.Discard)
 	if err != nil || c.Readonly.DBType() != "mysql" {
 		t.Fatalf("type %q (%v), want mysql", c.Readonly.DBType(), err)

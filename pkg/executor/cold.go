@@ -154,7 +154,9 @@ func supervise(ctx context.Context, job Job, lim Limits, rs *runSetup, convDone 
 	// left in its group, and stop waiting on the channel.
 	syscall.Kill(-pid, syscall.SIGKILL)
 	if !haveConv {
-		conn.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		if err := conn.SetDeadline(time.Now().Add(100 * time.Millisecond)); err != nil {
+			conn.Close() // the conversation ends either way
+		}
 		conv = <-convDone
 	}
 	out := &Output{ExitCode: code}

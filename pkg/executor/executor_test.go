@@ -29,7 +29,9 @@ func setup(t *testing.T, mode string) *testBundle {
 	}
 	work := t.TempDir()
 	for p := work; p != os.TempDir(); p = filepath.Dir(p) {
-		os.Chmod(p, 0o711) // reachable by the run user, as a real work dir
+		if err := os.Chmod(p, 0o711); err != nil { // reachable by the run user, as a real work dir
+			t.Fatal(err)
+		}
 	}
 	opt := Options{Python: py, WorkDir: work, Limits: Limits{MaxOutputBytes: 1 << 20, MaxImages: 3, MaxImageBytes: 1 << 20,
 		MemoryBytes: 1 << 30, FileBytes: 16 << 20, OpenFiles: 256, Processes: 64}}
@@ -81,7 +83,9 @@ print("hello")`, 10*time.Second)
 		t.Fatalf("not ok: %s\n%s", out.Error, out.Stderr)
 	}
 	var r map[string]any
-	json.Unmarshal(out.Result, &r)
+	if err := json.Unmarshal(out.Result, &r); err != nil {
+		t.Fatal(err)
+	}
 	if r["rows"].(float64) != 5 || r["other"].(float64) != 7 || r["nan"] != nil || r["t"] != "2025-01-01T00:00:00+00:00" {
 		t.Errorf("result = %s", out.Result)
 	}
@@ -226,10 +230,10 @@ func TestDiedText(t *testing.T) {
 // absolute place, not looked for under the sandbox's read-only root.
 func TestSandboxHidesRelativePaths(t *testing.T) {
 	dir := t.TempDir()
-	wd, _ := os.Getwd()
-	t.Cleanup(func() { os.Chdir(wd) })
-	os.Chdir(dir)
-	os.Mkdir("state", 0o755)
+	t.Chdir(dir)
+	if err := os.Mkdir("state", 0o755); err != nil {
+		t.Fatal(err)
+	}
 	args := strings.Join(sandboxArgs(Options{Sandbox: "bwrap", Hide: []string{"state"}}, nil, nil, []string{"true"}), " ")
 	if !strings.Contains(args, "--tmpfs "+filepath.Join(dir, "state")+" ") {
 		t.Errorf("bwrap args %q do not mask %s", args, filepath.Join(dir, "state"))

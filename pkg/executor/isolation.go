@@ -83,7 +83,9 @@ func prepareWorkDir(opt Options) (pyDir, mplDir string, err error) {
 	if err := os.MkdirAll(opt.WorkDir, 0o711); err != nil {
 		return "", "", fmt.Errorf("executor: make work dir: %w", err)
 	}
-	os.Chmod(opt.WorkDir, 0o711)
+	if err := os.Chmod(opt.WorkDir, 0o711); err != nil {
+		return "", "", fmt.Errorf("executor: work dir: %w", err)
+	}
 	if os.Geteuid() == 0 {
 		for p := filepath.Dir(opt.WorkDir); p != "/" && p != "."; p = filepath.Dir(p) {
 			if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o001 == 0 {
@@ -114,12 +116,16 @@ func prepareWorkDir(opt Options) (pyDir, mplDir string, err error) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		slog.Warn("matplotlib font cache not built", "err", err, "output", string(out))
 	}
-	filepath.Walk(mplDir, func(p string, info os.FileInfo, err error) error {
-		if err == nil {
-			os.Chmod(p, info.Mode()|0o444|(info.Mode()&0o100)>>2|(info.Mode()&0o100)>>4)
+	// Readable by the users runs are (and the folders traversable).
+	err = filepath.Walk(mplDir, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
 		}
-		return nil
+		return os.Chmod(p, info.Mode()|0o444|(info.Mode()&0o100)>>2|(info.Mode()&0o100)>>4)
 	})
+	if err != nil {
+		return "", "", fmt.Errorf("executor: matplotlib dir: %w", err)
+	}
 	return pyDir, mplDir, nil
 }
 

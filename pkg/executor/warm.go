@@ -287,7 +287,7 @@ func (w *Warm) zygoteLocked() (*zygote, error) {
 func (z *zygote) read(ready chan<- error) {
 	defer func() {
 		z.ctl.Close()
-		z.cmd.Wait()
+		_ = z.cmd.Wait() // how it ended is logged by its reader
 		z.mu.Lock()
 		for _, c := range z.ready {
 			c.conn.Close()
@@ -548,7 +548,12 @@ func (w *Warm) runOnce(ctx context.Context, job Job) (*Output, error) {
 		b *capBuffer
 	}{{outR, stdout}, {errR, stderr}} {
 		copies.Add(1)
-		go func() { io.Copy(p.b, p.r); copies.Done() }()
+		go func() {
+			defer copies.Done()
+			// A read error ends the output like its end: the run's
+			// outcome comes from its result and exit, not its pipes.
+			_, _ = io.Copy(p.b, p.r)
+		}()
 	}
 	go func() { copies.Wait(); close(outputClosed) }()
 	var zygoteDied atomic.Bool

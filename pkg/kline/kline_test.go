@@ -185,12 +185,15 @@ func TestSQLiteFastPathIsTaken(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	conn.Raw(func(dc any) error {
+	err = conn.Raw(func(dc any) error {
 		if sqliteHandle(dc) == nil {
 			t.Errorf("no sqlite3 handle in %T: the range read takes the slow path", dc)
 		}
 		return nil
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestLargeSQLiteReads: a range over most of a large table is read in

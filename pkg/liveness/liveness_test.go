@@ -58,10 +58,18 @@ func TestRestartedEndsThePreviousProcessRuns(t *testing.T) {
 	st := redistest.Start(t).Store(t)
 	ctx := context.Background()
 	const worker = "0c272eaff4b6:7"
-	st.CreateRun(ctx, &run.Run{ID: "r1", Kind: run.KindResearch, Status: run.StatusRunning, Worker: worker, CreatedAt: time.Now(), StartedAt: time.Now()})
-	st.CreateRun(ctx, &run.Run{ID: "r2", Kind: run.KindScript, Status: run.StatusRunning, Worker: "other:7", CreatedAt: time.Now(), StartedAt: time.Now()})
-	st.HoldRun(ctx, worker, "r1")
-	st.HoldRun(ctx, "other:7", "r2")
+	if err := st.CreateRun(ctx, &run.Run{ID: "r1", Kind: run.KindResearch, Status: run.StatusRunning, Worker: worker, CreatedAt: time.Now(), StartedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateRun(ctx, &run.Run{ID: "r2", Kind: run.KindScript, Status: run.StatusRunning, Worker: "other:7", CreatedAt: time.Now(), StartedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.HoldRun(ctx, worker, "r1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.HoldRun(ctx, "other:7", "r2"); err != nil {
+		t.Fatal(err)
+	}
 	n, err := liveness.Restarted(ctx, st, worker)
 	if err != nil || n != 1 {
 		t.Fatalf("Restarted: %d runs, %v; want 1", n, err)

@@ -30,7 +30,9 @@ func TestEnqueueServeDrop(t *testing.T) {
 	if err := c.Enqueue(ctx, "nope", "run-x", 0); err == nil {
 		t.Error("an unknown queue was accepted")
 	}
-	c.Enqueue(ctx, queue.QueueScripts, "run-2", 0)
+	if err := c.Enqueue(ctx, queue.QueueScripts, "run-2", 0); err != nil {
+		t.Fatal(err)
+	}
 	if got := c.Sizes(queue.QueueScripts)[queue.QueueScripts].Pending; got != 2 {
 		t.Errorf("pending %d, want 2", got)
 	}

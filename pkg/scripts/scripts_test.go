@@ -13,16 +13,26 @@ func setup(t *testing.T) (*Folder, string) {
 	root := t.TempDir()
 	outside := t.TempDir()
 	w := func(p string) {
-		os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755)
-		os.WriteFile(filepath.Join(root, p), []byte("print(1)\n"), 0o644)
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, p), []byte("print(1)\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, p := range []string{"hello.py", "sub/b.py", "_private.py", "notes.txt", "__pycache__/c.py", ".git/d.py",
 		"venv/e.py", ".hidden/f.py", "node_modules/g.py", "env/h.py", ".i.py"} {
 		w(p)
 	}
-	os.WriteFile(filepath.Join(outside, "evil.py"), []byte("print(2)"), 0o644)
-	os.Symlink(filepath.Join(outside, "evil.py"), filepath.Join(root, "link.py"))
-	os.Symlink(outside, filepath.Join(root, "outdir"))
+	if err := os.WriteFile(filepath.Join(outside, "evil.py"), []byte("print(2)"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outside, "evil.py"), filepath.Join(root, "link.py")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(root, "outdir")); err != nil {
+		t.Fatal(err)
+	}
 	f, err := New(root)
 	if err != nil {
 		t.Fatal(err)

@@ -60,7 +60,7 @@ func TestKeys(t *testing.T) {
 	b := setup(t)
 	s, id := b.store, ids[0]
 	runScoped := []string{s.RunKey(id), s.ResultKey(id), s.LogKey(id, "stdout"), s.LogKey(id, "stderr"), s.LogTotalKey(id, "stdout")}
-	all := append(runScoped, s.RunsKey(), s.DoneChannel(), s.WorkersKey(), s.WorkerKey("w"), s.WorkerRunsKey("w"),
+	all := append(slices.Clone(runScoped), s.RunsKey(), s.DoneChannel(), s.WorkersKey(), s.WorkerKey("w"), s.WorkerRunsKey("w"),
 		s.CancelChannel(), s.WakeKey("research"), s.WakeKey("scripts"), s.ActiveKey(), s.LogChannel())
 	seen := map[string]bool{}
 	for _, k := range all {
@@ -153,7 +153,9 @@ func TestStop(t *testing.T) {
 		t.Error("stopping a queued run woke no waiter")
 	}
 	b.queued(t, ids[1])
-	b.store.Claim(b.ctx, ids[1], "w", time.Now())
+	if _, err := b.store.Claim(b.ctx, ids[1], "w", time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	if out, _ := b.store.RequestStop(b.ctx, ids[1]); out != store.StopActive || b.status(t, ids[1]) != run.StatusStopping {
 		t.Errorf("active: %v %s", out, b.status(t, ids[1]))
 	}
@@ -192,7 +194,9 @@ func TestUpdate(t *testing.T) {
 	unregister()
 	ended, unregister := w.Register(ids[0])
 	defer unregister()
-	b.store.Update(b.ctx, ids[0], &run.Run{Status: run.StatusSucceeded, FinishedAt: time.Now()})
+	if _, err := b.store.Update(b.ctx, ids[0], &run.Run{Status: run.StatusSucceeded, FinishedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case <-ended:
 	case <-time.After(5 * time.Second):
@@ -205,9 +209,15 @@ func TestUpdate(t *testing.T) {
 		t.Errorf("an ended run is still in the active set")
 	}
 	b.queued(t, ids[1])
-	b.store.Claim(b.ctx, ids[1], "w", time.Now())
-	b.store.RequestStop(b.ctx, ids[1])
-	b.store.Update(b.ctx, ids[1], &run.Run{Status: run.StatusRunning})
+	if _, err := b.store.Claim(b.ctx, ids[1], "w", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.RequestStop(b.ctx, ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.Update(b.ctx, ids[1], &run.Run{Status: run.StatusRunning}); err != nil {
+		t.Fatal(err)
+	}
 	if b.status(t, ids[1]) != run.StatusStopping {
 		t.Errorf("a stopping run went back to %s", b.status(t, ids[1]))
 	}
@@ -220,7 +230,9 @@ func TestFinish(t *testing.T) {
 	b := setup(t)
 	w, _ := b.store.NewWaiter(b.ctx)
 	b.queued(t, ids[0])
-	b.store.Claim(b.ctx, ids[0], "w", time.Now())
+	if _, err := b.store.Claim(b.ctx, ids[0], "w", time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	ended, unregister := w.Register(ids[0])
 	defer unregister()
 	if err := b.store.Finish(b.ctx, ids[0], []byte(`{"ok":true}`), &run.Run{Status: run.StatusSucceeded, FinishedAt: time.Now()}); err != nil {
@@ -238,7 +250,9 @@ func TestFinish(t *testing.T) {
 		t.Errorf("the result has TTL %s, want the records' TTL", ttl)
 	}
 	b.queued(t, ids[1])
-	b.store.Claim(b.ctx, ids[1], "w", time.Now())
+	if _, err := b.store.Claim(b.ctx, ids[1], "w", time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	b.srv.CLI(t, "config", "set", "proto-max-bulk-len", "1mb")
 	if err := b.store.Finish(b.ctx, ids[1], make([]byte, 2<<20), &run.Run{Status: run.StatusSucceeded}); err == nil {
 		t.Error("a result over Redis's limit was taken")
@@ -268,8 +282,12 @@ func TestCreateScriptRun(t *testing.T) {
 	if err := mk(ids[2], true); err != nil {
 		t.Errorf("duplicate allowed: %v", err)
 	}
-	b.store.Update(b.ctx, ids[0], &run.Run{Status: run.StatusStopped})
-	b.store.Update(b.ctx, ids[2], &run.Run{Status: run.StatusStopped})
+	if _, err := b.store.Update(b.ctx, ids[0], &run.Run{Status: run.StatusStopped}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.Update(b.ctx, ids[2], &run.Run{Status: run.StatusStopped}); err != nil {
+		t.Fatal(err)
+	}
 	if err := mk(ids[3], false); err != nil {
 		t.Errorf("after the others ended: %v", err)
 	}
@@ -308,12 +326,18 @@ func TestWorkersAndReaper(t *testing.T) {
 	if _, err := b.store.Heartbeat(b.ctx, store.WorkerInfo{ID: "alive"}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	b.store.Heartbeat(b.ctx, store.WorkerInfo{ID: "lost"}, time.Minute)
+	if _, err := b.store.Heartbeat(b.ctx, store.WorkerInfo{ID: "lost"}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
 	b.srv.CLI(t, "zadd", b.store.WorkersKey(), fmt.Sprint(time.Now().Add(-time.Minute).UnixMilli()), "lost")
 	b.queued(t, ids[0])
-	b.store.Claim(b.ctx, ids[0], "lost", time.Now())
+	if _, err := b.store.Claim(b.ctx, ids[0], "lost", time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	b.queued(t, ids[1])
-	b.store.Claim(b.ctx, ids[1], "alive", time.Now())
+	if _, err := b.store.Claim(b.ctx, ids[1], "alive", time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	ws, err := b.store.Workers(b.ctx, liveness.Stale)
 	if err != nil || len(ws) != 1 || ws[0].ID != "alive" {
 		t.Errorf("fresh workers: %+v %v", ws, err)
@@ -345,7 +369,9 @@ func TestRedisURLParsedOnce(t *testing.T) {
 	q := queue.NewClient(rds)
 	defer q.Close()
 	ctx := context.Background()
-	st.CreateRun(ctx, &run.Run{ID: ids[0], Kind: run.KindResearch, Status: run.StatusQueued, CreatedAt: time.Now()})
+	if err := st.CreateRun(ctx, &run.Run{ID: ids[0], Kind: run.KindResearch, Status: run.StatusQueued, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
 	if err := q.Enqueue(ctx, queue.QueueResearch, ids[0], time.Minute); err != nil {
 		t.Fatal(err)
 	}

@@ -120,7 +120,8 @@ def test_serve_whole_job_with_load_kline():
     t.start()
     harness.serve(theirs)
     t.join(5)
-    assert got["request"] == {"type": "load_kline", "exchange": "a", "symbol": "b", "binSize": "1m", "start": 0, "end": 10, "limit": 0}
+    assert got["request"] == {"type": "load_kline", "exchange": "a", "symbol": "b", "binSize": "1m",
+                              "start": 0, "end": 10, "limit": 0}
     assert got["result"]["ok"] is True and got["result"]["result"] == {"df": 3, "x": 2}
 
 

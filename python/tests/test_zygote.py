@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -92,7 +91,8 @@ def run_in_child(w, tmp_path, code):
 
 def test_a_ready_child_runs_and_its_exit_is_reported(zygote, tmp_path):
     w, _ = zygote
-    _, result, code, stdout = run_in_child(w, tmp_path, "import os\nprint('hi')\nresult = [len(df), os.environ['X'], os.getcwd()]")
+    code = "import os\nprint('hi')\nresult = [len(df), os.environ['X'], os.getcwd()]"
+    _, result, code, stdout = run_in_child(w, tmp_path, code)
     assert result["ok"] is True and result["result"] == [2, "1", str(tmp_path)]
     assert stdout == "hi\n"
     assert code == 0

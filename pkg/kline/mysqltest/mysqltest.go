@@ -75,9 +75,12 @@ func New(t testing.TB) *DB {
 		}
 	}
 	t.Cleanup(func() {
-		root.Exec(ctx, "DROP DATABASE IF EXISTS `"+d.Name+"`")
-		root.Exec(ctx, "DROP USER IF EXISTS '"+d.User+"'@'localhost'")
-		root.Exec(ctx, "DROP USER IF EXISTS '"+d.User+"'@'127.0.0.1'")
+		for _, q := range []string{"DROP DATABASE IF EXISTS `" + d.Name + "`",
+			"DROP USER IF EXISTS '" + d.User + "'@'localhost'", "DROP USER IF EXISTS '" + d.User + "'@'127.0.0.1'"} {
+			if err := root.Exec(ctx, q); err != nil {
+				t.Errorf("clean up: %s: %v", q, err)
+			}
+		}
 		root.Close()
 	})
 	base := strings.TrimSuffix(dsn, "/")
