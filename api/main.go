@@ -22,7 +22,6 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 
 	"github.com/ztrade/pyrunner/pkg/auth"
-	"github.com/ztrade/pyrunner/pkg/backoff"
 	"github.com/ztrade/pyrunner/pkg/config"
 	"github.com/ztrade/pyrunner/pkg/liveness"
 	"github.com/ztrade/pyrunner/pkg/metrics"
@@ -77,23 +76,12 @@ func start() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	rds, err := store.ParseRedisURL(cfg.RedisURL) // parsed once: the store and asynq share it
-	if err != nil {
-		return fmt.Errorf("refusing to start: %w", err)
-	}
-	var st *store.Store
-	err = backoff.Retry(ctx, backoff.Startup("connect to redis"), func() (err error) {
-		st, err = store.Open(ctx, rds, cfg.KeyPrefix, cfg.ResultTTL)
-		return err
-	})
+	st, rds, err := store.Connect(ctx, store.ConnectOptions{URL: cfg.RedisURL, Prefix: cfg.KeyPrefix, TTL: cfg.ResultTTL,
+		RecoveryWindow: liveness.RecoveryWindow, RequireDurable: cfg.RequireDurableRedis})
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
 	defer st.Close()
-	st.SetRecoveryWindow(liveness.RecoveryWindow)
-	if err := st.CheckDurable(ctx, cfg.RequireDurableRedis); err != nil {
-		return fmt.Errorf("refusing to start: %w", err)
-	}
 	q := queue.NewClient(rds)
 	defer q.Close()
 	bg, cancelBg := context.WithCancel(context.Background())

@@ -24,6 +24,7 @@ import (
 // worker holds what the task handlers share.
 type worker struct {
 	id      string
+	host    string
 	cfg     *config.Config
 	db      *kline.DB
 	exec    executor.Executor
@@ -95,17 +96,7 @@ func (w *worker) handleResearch(ctx context.Context, h *held) error {
 	execStart := time.Now()
 	out, err := w.exec.Run(ctx, executor.Job{
 		RunID: id, Code: req.Code, Timeout: time.Duration(req.TimeoutSec) * time.Second, Frame: f,
-		LoadKline: func(ctx context.Context, lr executor.LoadRequest) (*frame.Frame, error) {
-			if err := research.ValidateMarket(lr.Exchange, lr.Symbol, lr.BinSize); err != nil {
-				return nil, err
-			}
-			if lr.Start < 0 || lr.End < lr.Start || lr.Limit < 0 {
-				return nil, run.Errorf(run.ECodeInvalid, "load_kline needs 0 <= start <= end and limit >= 0")
-			}
-			f, _, err := w.db.Load(ctx, kline.Query{Exchange: lr.Exchange, Symbol: lr.Symbol, BinSize: lr.BinSize,
-				Start: lr.Start, End: lr.End, Limit: lr.Limit})
-			return f, err
-		},
+		LoadKline: w.loadKline,
 	})
 	meta.ExecMs = time.Since(execStart).Milliseconds()
 	if errors.Is(err, executor.ErrCancelled) || ctx.Err() != nil {
@@ -115,19 +106,37 @@ func (w *worker) handleResearch(ctx context.Context, h *held) error {
 	if err != nil {
 		return finish(research.Failure(fmt.Sprintf("could not run python: %v", err), meta), run.StatusFailed)
 	}
-	meta.Warnings = append(meta.Warnings, out.Warnings...)
-	res := withOutput(&research.Result{OK: out.OK, Result: out.Result, Meta: meta, Images: out.Images}, out)
-	status := run.StatusSucceeded
-	if !out.OK {
-		msg := out.Error
-		res.Error = &msg
-		status = run.StatusFailed
-		if out.TimedOut {
-			status = run.StatusTimeout
-		}
-	}
+	res, status := outcome(out, meta)
 	r.ReturnCode = &out.ExitCode
 	return finish(res, status)
+}
+
+// loadKline serves user code's load_kline calls, with the API's rules.
+func (w *worker) loadKline(ctx context.Context, lr executor.LoadRequest) (*frame.Frame, error) {
+	if err := research.ValidateMarket(lr.Exchange, lr.Symbol, lr.BinSize); err != nil {
+		return nil, err
+	}
+	if lr.Start < 0 || lr.End < lr.Start || lr.Limit < 0 {
+		return nil, run.Errorf(run.ECodeInvalid, "load_kline needs 0 <= start <= end and limit >= 0")
+	}
+	f, _, err := w.db.Load(ctx, kline.Query{Exchange: lr.Exchange, Symbol: lr.Symbol, BinSize: lr.BinSize,
+		Start: lr.Start, End: lr.End, Limit: lr.Limit})
+	return f, err
+}
+
+// outcome is the result and status of a run Python finished.
+func outcome(out *executor.Output, meta *research.Meta) (*research.Result, run.Status) {
+	meta.Warnings = append(meta.Warnings, out.Warnings...)
+	res := withOutput(&research.Result{OK: out.OK, Result: out.Result, Meta: meta, Images: out.Images}, out)
+	if out.OK {
+		return res, run.StatusSucceeded
+	}
+	msg := out.Error
+	res.Error = &msg
+	if out.TimedOut {
+		return res, run.StatusTimeout
+	}
+	return res, run.StatusFailed
 }
 
 // interrupted explains a run whose context was cancelled: a client asked

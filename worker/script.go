@@ -83,31 +83,40 @@ func (w *worker) handleScript(ctx context.Context, h *held) error {
 		return end(run.StatusFailed, nil, err.Error())
 	}
 	code := res.ExitCode
+	st, msg := w.scriptOutcome(ctx, id, res, req.TimeoutSec)
+	return end(st, &code, msg)
+}
+
+// scriptOutcome is the status and message of a script that ran and
+// ended as res says (ctx was its run's context).
+func (w *worker) scriptOutcome(ctx context.Context, id string, res scriptrun.Result, timeoutSec int) (run.Status, string) {
+	code := res.ExitCode
 	switch {
 	case res.Fenced:
-		return end(run.StatusTerminated, &code, fmt.Sprintf("terminated: its keeper killed it: worker %s did not renew its lease within %s (frozen, cut off from redis, or dead)",
-			w.id, liveness.Fence))
+		return run.StatusTerminated, fmt.Sprintf("terminated: its keeper killed it: worker %s did not renew its lease within %s (frozen, cut off from redis, or dead)",
+			w.id, liveness.Fence)
 	case res.Stopped && errors.Is(context.Cause(ctx), scriptrun.ErrKill):
-		return end(run.StatusTerminated, &code, fmt.Sprintf("terminated: worker %s killed it: %v", w.id, context.Cause(ctx)))
+		return run.StatusTerminated, fmt.Sprintf("terminated: worker %s killed it: %v", w.id, context.Cause(ctx))
 	case res.Stopped:
 		how := "stopped by request"
 		if res.Killed {
 			how += fmt.Sprintf(" (killed after the %ds grace)", w.cfg.TerminateTimeoutSeconds)
 		}
+		bg := context.WithoutCancel(ctx)
 		var cur *run.Run
 		err := w.store.Retry(bg, redisWrite(9), func() (err error) { cur, err = w.store.GetRun(bg, id); return err })
 		if err == nil && cur.StopRequested {
-			return end(run.StatusStopped, &code, how)
+			return run.StatusStopped, how
 		}
-		return end(run.StatusTerminated, &code, fmt.Sprintf("terminated: worker %s shut down", w.id))
+		return run.StatusTerminated, fmt.Sprintf("terminated: worker %s shut down", w.id)
 	case res.TimedOut:
-		return end(run.StatusTimeout, &code, fmt.Sprintf("timeout after %ds", req.TimeoutSec))
+		return run.StatusTimeout, fmt.Sprintf("timeout after %ds", timeoutSec)
 	case code == 0:
-		return end(run.StatusSucceeded, &code, "")
+		return run.StatusSucceeded, ""
 	case code < 0:
-		return end(run.StatusFailed, &code, fmt.Sprintf("killed by signal %s", syscall.Signal(-code)))
+		return run.StatusFailed, fmt.Sprintf("killed by signal %s", syscall.Signal(-code))
 	default:
-		return end(run.StatusFailed, &code, fmt.Sprintf("exited with code %d", code))
+		return run.StatusFailed, fmt.Sprintf("exited with code %d", code)
 	}
 }
 

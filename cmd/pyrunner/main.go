@@ -127,62 +127,26 @@ stderr. It exits 1 when the snippet failed (ok: false).`,
   pyrunner research --json --symbol BTCUSDT --start 1735689600 --end 1735776000 snippet.py`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var code []byte
 			var err error
-			if args[0] == "-" {
-				code, err = io.ReadAll(cmd.InOrStdin())
-			} else {
-				code, err = os.ReadFile(args[0])
-			}
-			if err != nil {
+			if req.Code, err = readCode(cmd, args[0]); err != nil {
 				return err
 			}
-			req.Code = string(code)
 			if req.Start, err = parseTime(start); err != nil {
 				return fmt.Errorf("--start: %w", err)
 			}
 			if req.End, err = parseTime(end); err != nil {
 				return fmt.Errorf("--end: %w", err)
 			}
-			done := waiting("running")
-			res, err := newClient().Research(cmd.Context(), req)
-			done()
+			res, err := research(cmd.Context(), req)
 			if err != nil {
 				return err
-			}
-			if !res.Finished() { // past the API's wait cap: keep waiting
-				done = waiting("running")
-				for !res.Finished() && err == nil {
-					res, err = newClient().ResearchRun(cmd.Context(), res.ID, 60*time.Second)
-				}
-				done()
-				if err != nil {
-					return err
-				}
 			}
 			if imagesDir != "" {
 				if err := saveImages(imagesDir, res.Images); err != nil {
 					return err
 				}
 			}
-			out := cmd.OutOrStdout()
-			if asJSON {
-				b, _ := json.MarshalIndent(res, "", "  ")
-				fmt.Fprintln(out, string(b))
-			} else {
-				fmt.Fprint(out, res.Stdout)
-				fmt.Fprint(cmd.ErrOrStderr(), res.Stderr)
-				if res.Succeeded() {
-					var b bytes.Buffer
-					if json.Indent(&b, res.Result, "", "  ") != nil {
-						b.Reset()
-						b.Write(res.Result) // not JSON after all: as it came
-					}
-					fmt.Fprintln(out, b.String())
-				} else if res.Error != nil {
-					fmt.Fprintln(cmd.ErrOrStderr(), "error:", *res.Error)
-				}
-			}
+			printResearch(cmd, res, asJSON)
 			if !res.Succeeded() {
 				return exitError{1}
 			}
@@ -201,6 +165,52 @@ stderr. It exits 1 when the snippet failed (ok: false).`,
 	f.StringVar(&imagesDir, "images", "", "save the run's charts into this folder")
 	required(cmd, "symbol", "start", "end")
 	return cmd
+}
+
+// readCode reads the snippet in file, or stdin for "-".
+func readCode(cmd *cobra.Command, file string) (string, error) {
+	var code []byte
+	var err error
+	if file == "-" {
+		code, err = io.ReadAll(cmd.InOrStdin())
+	} else {
+		code, err = os.ReadFile(file)
+	}
+	return string(code), err
+}
+
+// research runs req and waits for it to finish, past the API's wait cap.
+func research(ctx context.Context, req client.ResearchRequest) (*client.ResearchResult, error) {
+	done := waiting("running")
+	defer done()
+	res, err := newClient().Research(ctx, req)
+	for err == nil && !res.Finished() {
+		res, err = newClient().ResearchRun(ctx, res.ID, 60*time.Second)
+	}
+	return res, err
+}
+
+// printResearch prints a finished run: its stdout, its stderr to
+// stderr, then its result (or its error); or all of it as JSON.
+func printResearch(cmd *cobra.Command, res *client.ResearchResult, asJSON bool) {
+	out := cmd.OutOrStdout()
+	if asJSON {
+		b, _ := json.MarshalIndent(res, "", "  ")
+		fmt.Fprintln(out, string(b))
+		return
+	}
+	fmt.Fprint(out, res.Stdout)
+	fmt.Fprint(cmd.ErrOrStderr(), res.Stderr)
+	if res.Succeeded() {
+		var b bytes.Buffer
+		if json.Indent(&b, res.Result, "", "  ") != nil {
+			b.Reset()
+			b.Write(res.Result) // not JSON after all: as it came
+		}
+		fmt.Fprintln(out, b.String())
+	} else if res.Error != nil {
+		fmt.Fprintln(cmd.ErrOrStderr(), "error:", *res.Error)
+	}
 }
 
 func saveImages(dir string, images []client.Image) error {

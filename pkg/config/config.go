@@ -302,11 +302,56 @@ func Version() string {
 func Load(name string, args []string, getenv func(string) string, usageOut io.Writer) (*Config, error) {
 	c := &Config{}
 	ss := c.settings()
+	fs, err := c.parseFlags(name, ss, args, usageOut)
+	if err != nil {
+		return nil, err
+	}
+	dotenv, err := ReadDotenv(".env")
+	if err != nil {
+		return nil, err
+	}
+	src := &sources{flags: fs, getenv: getenv, dotenv: dotenv}
+	path := c.ZtradeConfig
+	if v, ok := src.get("PYRUNNER_ZTRADE_CONFIG"); ok {
+		path = v
+	}
+	if err := c.readZtrade(path); err != nil {
+		return nil, err
+	}
+	// A URI given above ztrade.yaml names its own type: the yaml's type
+	// (say sqlite for the demo) must not bend a MySQL DSN from .env.
+	if _, uri := src.get("PYRUNNER_READONLY_URI"); uri {
+		if _, typ := src.get("PYRUNNER_READONLY_TYPE"); !typ {
+			c.Readonly.Type = ""
+		}
+	}
+	for _, s := range ss {
+		if v, ok := src.get(s.env); ok {
+			if err := s.set(v); err != nil {
+				return nil, fmt.Errorf("config: %s=%q: %w", s.env, v, err)
+			}
+		}
+	}
+	if src.fileErr != nil {
+		return nil, src.fileErr
+	}
+	c.ZtradeConfig = path
+	if c.LogsDir == "" {
+		c.LogsDir = c.StateDir + "/logs"
+	}
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// parseFlags sets every setting to its default and parses args as the
+// flags of program name. --help and --version return ErrHelp.
+func (c *Config) parseFlags(name string, ss []setting, args []string, usageOut io.Writer) (*pflag.FlagSet, error) {
 	prog := programOf(name)
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(usageOut)
 	fs.SortFlags = false
-	flags := map[string]*setting{}
 	for i := range ss {
 		s := &ss[i]
 		if err := s.set(s.def); err != nil {
@@ -314,7 +359,6 @@ func Load(name string, args []string, getenv func(string) string, usageOut io.Wr
 		}
 		if s.who&prog != 0 {
 			fs.String(FlagName(s.env), s.def, s.usage+" (env "+s.env+")")
-			flags[FlagName(s.env)] = s
 		}
 	}
 	version := fs.Bool("version", false, "print the version and exit")
@@ -333,74 +377,57 @@ func Load(name string, args []string, getenv func(string) string, usageOut io.Wr
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("config: unexpected argument %q", fs.Arg(0))
 	}
-	dotenv, err := ReadDotenv(".env")
-	if err != nil {
-		return nil, err
+	return fs, nil
+}
+
+// sources looks a setting up where Load's precedence says: a flag given,
+// the environment, X_FILE, .env. A X_FILE that cannot be read is kept in
+// fileErr.
+type sources struct {
+	flags   *pflag.FlagSet
+	getenv  func(string) string
+	dotenv  map[string]string
+	fileErr error
+}
+
+func (src *sources) get(k string) (string, bool) {
+	if f := src.flags.Lookup(FlagName(k)); f != nil && f.Changed {
+		return f.Value.String(), true
 	}
-	var fileErr error
-	get := func(k string) (string, bool) {
-		if f := fs.Lookup(FlagName(k)); f != nil && f.Changed {
-			return f.Value.String(), true
+	if v := src.getenv(k); v != "" {
+		return v, true
+	}
+	if f := src.getenv(k + "_FILE"); f != "" { // a Docker secret
+		b, err := os.ReadFile(f)
+		if err != nil {
+			src.fileErr = errors.Join(src.fileErr, fmt.Errorf("config: %s_FILE: %w", k, err))
+			return "", false
 		}
-		if v := getenv(k); v != "" {
-			return v, true
-		}
-		if f := getenv(k + "_FILE"); f != "" { // a Docker secret
-			b, err := os.ReadFile(f)
-			if err != nil {
-				fileErr = errors.Join(fileErr, fmt.Errorf("config: %s_FILE: %w", k, err))
-				return "", false
-			}
-			return strings.TrimRight(string(b), "\r\n"), true
-		}
-		v, ok := dotenv[k]
-		return v, ok && v != ""
+		return strings.TrimRight(string(b), "\r\n"), true
 	}
-	path := c.ZtradeConfig
-	if v, ok := get("PYRUNNER_ZTRADE_CONFIG"); ok {
-		path = v
-	}
-	if err := c.readZtrade(path); err != nil {
-		return nil, err
-	}
-	// A URI given above ztrade.yaml names its own type: the yaml's type
-	// (say sqlite for the demo) must not bend a MySQL DSN from .env.
-	if _, uri := get("PYRUNNER_READONLY_URI"); uri {
-		if _, typ := get("PYRUNNER_READONLY_TYPE"); !typ {
-			c.Readonly.Type = ""
-		}
-	}
-	for _, s := range ss {
-		if v, ok := get(s.env); ok {
-			if err := s.set(v); err != nil {
-				return nil, fmt.Errorf("config: %s=%q: %w", s.env, v, err)
-			}
-		}
-	}
-	if fileErr != nil {
-		return nil, fileErr
-	}
-	c.ZtradeConfig = path
-	if c.LogsDir == "" {
-		c.LogsDir = c.StateDir + "/logs"
-	}
+	v, ok := src.dotenv[k]
+	return v, ok && v != ""
+}
+
+// check refuses values no setting may have.
+func (c *Config) check() error {
 	if c.ResearchConcurrency < 1 {
-		return nil, errors.New("config: PYRUNNER_RESEARCH_CONCURRENCY must be at least 1")
+		return errors.New("config: PYRUNNER_RESEARCH_CONCURRENCY must be at least 1")
 	}
 	switch c.Executor {
 	case "warm", "cold":
 	default:
-		return nil, fmt.Errorf("config: PYRUNNER_EXECUTOR must be warm or cold, not %q", c.Executor)
+		return fmt.Errorf("config: PYRUNNER_EXECUTOR must be warm or cold, not %q", c.Executor)
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
-		return nil, fmt.Errorf("config: PYRUNNER_LOG_FORMAT must be text or json, not %q", c.LogFormat)
+		return fmt.Errorf("config: PYRUNNER_LOG_FORMAT must be text or json, not %q", c.LogFormat)
 	}
 	switch c.Sandbox {
 	case "auto", "bwrap", "none":
 	default:
-		return nil, fmt.Errorf("config: PYRUNNER_SANDBOX must be auto, bwrap or none, not %q", c.Sandbox)
+		return fmt.Errorf("config: PYRUNNER_SANDBOX must be auto, bwrap or none, not %q", c.Sandbox)
 	}
-	return c, nil
+	return nil
 }
 
 // ReadDotenv reads a dotenv file as quant-script-api does: KEY=value

@@ -77,8 +77,8 @@ func TestFlagForms(t *testing.T) {
 		t.Errorf("worker --help lists the wrong flags or no defaults:\n%s", out.String())
 	}
 	out.Reset()
-	if _, err := Load("pyrunner-api", []string{"--help"}, noYAML, &out); err != nil {
-		t.Fatal(err)
+	if _, err := Load("pyrunner-api", []string{"--help"}, noYAML, &out); !errors.Is(err, ErrHelp) {
+		t.Fatalf("--help: %v", err)
 	}
 	if !strings.Contains(out.String(), "--jwt-secret") || strings.Contains(out.String(), "--work-dir") {
 		t.Errorf("api --help lists the wrong flags:\n%s", out.String())

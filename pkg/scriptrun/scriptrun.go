@@ -105,66 +105,97 @@ type Result struct {
 // Run starts the script under its keeper and waits for it. It returns an
 // error only when the script could not be started.
 func Run(ctx context.Context, s Spec) (Result, error) {
-	for _, p := range []string{s.StdoutPath, s.StderrPath} {
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return Result{}, fmt.Errorf("scriptrun: logs dir: %w", err)
-		}
-	}
-	outFile, err := os.Create(s.StdoutPath)
-	if err != nil {
-		return Result{}, fmt.Errorf("scriptrun: %w", err)
-	}
-	defer outFile.Close()
-	errFile, err := os.Create(s.StderrPath)
-	if err != nil {
-		return Result{}, fmt.Errorf("scriptrun: %w", err)
-	}
-	defer errFile.Close()
 	if s.Keeper == "" || s.Lease == nil {
 		return Result{}, errors.New("scriptrun: a script needs a keeper and a lease")
 	}
+	k, err := startKeeper(s)
+	if err != nil {
+		return Result{}, err
+	}
+	defer k.close()
+	return k.follow(ctx, s), nil
+}
+
+// keeperProc is a started keeper: its process, the control pipe the
+// worker writes to (fd 3 in the keeper), the lines it reports (fd 4),
+// and where the script's output goes.
+type keeperProc struct {
+	cmd        *exec.Cmd
+	ctl        *os.File
+	reports    chan string
+	files      []*os.File // the full stdout and stderr logs
+	outB, errB *batcher
+	until      time.Time       // the lease the keeper holds now
+	renewed    <-chan struct{} // closed when the lease is renewed
+}
+
+// startKeeper opens the script's log files and starts its keeper.
+func startKeeper(s Spec) (*keeperProc, error) {
+	k := &keeperProc{reports: make(chan string, 4)}
+	for _, p := range []string{s.StdoutPath, s.StderrPath} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			k.close()
+			return nil, fmt.Errorf("scriptrun: logs dir: %w", err)
+		}
+		f, err := os.Create(p)
+		if err != nil {
+			k.close()
+			return nil, fmt.Errorf("scriptrun: %w", err)
+		}
+		k.files = append(k.files, f)
+	}
 	ctlR, ctlW, err := os.Pipe()
 	if err != nil {
-		return Result{}, fmt.Errorf("scriptrun: %w", err)
+		k.close()
+		return nil, fmt.Errorf("scriptrun: %w", err)
 	}
-	defer ctlW.Close()
+	k.ctl = ctlW
 	repR, repW, err := os.Pipe()
 	if err != nil {
 		ctlR.Close()
-		return Result{}, fmt.Errorf("scriptrun: %w", err)
+		k.close()
+		return nil, fmt.Errorf("scriptrun: %w", err)
 	}
-	defer repR.Close()
-
-	until, renewed := s.Lease.state()
-	cmd := exec.Command(s.Keeper, append([]string{strconv.FormatInt(time.Until(until).Milliseconds(), 10)}, s.Argv()...)...)
+	k.until, k.renewed = s.Lease.state()
+	cmd := exec.Command(s.Keeper, append([]string{strconv.FormatInt(time.Until(k.until).Milliseconds(), 10)}, s.Argv()...)...)
 	cmd.Dir, cmd.Env = s.Dir, s.Env
 	// Its own group: a stop signal to the worker's group (or a debugger
 	// that freezes it) does not reach the keeper, which must go on.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.ExtraFiles = []*os.File{ctlR, repW}
-	outB := newBatcher("stdout", s.OnOutput, s.FlushEvery)
-	errB := newBatcher("stderr", s.OnOutput, s.FlushEvery)
-	cmd.Stdout = io.MultiWriter(outFile, outB)
-	cmd.Stderr = io.MultiWriter(errFile, errB)
+	k.outB = newBatcher("stdout", s.OnOutput, s.FlushEvery)
+	k.errB = newBatcher("stderr", s.OnOutput, s.FlushEvery)
+	cmd.Stdout = io.MultiWriter(k.files[0], k.outB)
+	cmd.Stderr = io.MultiWriter(k.files[1], k.errB)
 	cmd.WaitDelay = 2 * time.Second
 	err = cmd.Start()
 	ctlR.Close()
 	repW.Close()
 	if err != nil {
-		return Result{}, fmt.Errorf("scriptrun: start the keeper of %s: %w", s.Script, err)
+		repR.Close()
+		k.close()
+		return nil, fmt.Errorf("scriptrun: start the keeper of %s: %w", s.Script, err)
 	}
-	reports := make(chan string, 4)
+	k.cmd = cmd
 	go func() {
+		defer repR.Close()
 		sc := bufio.NewScanner(repR)
 		for sc.Scan() {
-			reports <- sc.Text()
+			k.reports <- sc.Text()
 		}
-		close(reports)
+		close(k.reports)
 	}()
-	tell := func(line string) { fmt.Fprintln(ctlW, line) }
+	return k, nil
+}
 
-	var res Result
-	res.ExitCode = -int(syscall.SIGKILL) // unless the keeper says otherwise
+// tell sends the keeper one control line. A keeper that is gone cannot
+// read it, and its end is reported on the other pipe.
+func (k *keeperProc) tell(line string) { fmt.Fprintln(k.ctl, line) }
+
+// follow relays stops, the time limit and lease renewals to the keeper
+// and reads its reports until the script has ended.
+func (k *keeperProc) follow(ctx context.Context, s Spec) Result {
+	res := Result{ExitCode: -int(syscall.SIGKILL)} // unless the keeper says otherwise
 	var timeout <-chan time.Time
 	if s.Timeout > 0 {
 		t := time.NewTimer(s.Timeout)
@@ -175,37 +206,29 @@ func Run(ctx context.Context, s Spec) (Result, error) {
 	var graceTimer *time.Timer
 	stop := func() {
 		if graceTimer == nil {
-			tell(msgTerm)
+			k.tell(msgTerm)
 			graceTimer = time.NewTimer(s.Grace)
 			grace = graceTimer.C
 		}
 	}
+	defer func() {
+		if graceTimer != nil {
+			graceTimer.Stop()
+		}
+	}()
 	done := ctx.Done()
 	for ended := false; !ended; {
 		select {
-		case line, open := <-reports:
-			if !open {
-				ended = true // the keeper died: its script died with it (parent-death signal)
-				break
-			}
-			word, arg, _ := strings.Cut(line, " ")
-			switch word {
-			case msgPID:
-				if pid, err := strconv.Atoi(arg); err == nil && s.OnStart != nil {
-					s.OnStart(pid)
-				}
-			case msgFenced, msgOrphaned:
-				res.Fenced, res.Killed = true, true
-			case msgExit:
-				res.ExitCode, _ = strconv.Atoi(arg)
-				ended = true
-			}
+		case line, open := <-k.reports:
+			// A closed pipe: the keeper died, and its script with it
+			// (parent-death signal).
+			ended = !open || k.report(line, s, &res)
 		case <-done:
 			done = nil
 			res.Stopped = true
 			if errors.Is(context.Cause(ctx), ErrKill) {
 				res.Killed = true
-				tell(msgKill)
+				k.tell(msgKill)
 			} else {
 				stop()
 			}
@@ -216,19 +239,50 @@ func Run(ctx context.Context, s Spec) (Result, error) {
 		case <-grace:
 			grace = nil
 			res.Killed = true
-			tell(msgKill)
-		case <-renewed:
-			until, renewed = s.Lease.state()
-			tell(fmt.Sprintf("%s %d", msgRenew, time.Until(until).Milliseconds()))
+			k.tell(msgKill)
+		case <-k.renewed:
+			k.until, k.renewed = s.Lease.state()
+			k.tell(fmt.Sprintf("%s %d", msgRenew, time.Until(k.until).Milliseconds()))
 		}
 	}
-	if graceTimer != nil {
-		graceTimer.Stop()
+	return res
+}
+
+// report takes one line the keeper reported into res; it says whether
+// the script has ended.
+func (k *keeperProc) report(line string, s Spec, res *Result) (ended bool) {
+	word, arg, _ := strings.Cut(line, " ")
+	switch word {
+	case msgPID:
+		if pid, err := strconv.Atoi(arg); err == nil && s.OnStart != nil {
+			s.OnStart(pid)
+		}
+	case msgFenced, msgOrphaned:
+		res.Fenced, res.Killed = true, true
+	case msgExit:
+		if code, err := strconv.Atoi(arg); err == nil {
+			res.ExitCode = code
+		}
+		return true
 	}
-	cmd.Wait()
-	outB.close()
-	errB.close()
-	return res, nil
+	return false
+}
+
+// close reaps the keeper and flushes and closes the script's output.
+func (k *keeperProc) close() {
+	if k.cmd != nil {
+		_ = k.cmd.Wait() // the exit that matters is the script's, reported by the keeper
+	}
+	if k.outB != nil {
+		k.outB.close()
+		k.errB.close()
+	}
+	if k.ctl != nil {
+		k.ctl.Close()
+	}
+	for _, f := range k.files {
+		f.Close()
+	}
 }
 
 // batcher collects output and hands it to sink at most every interval, so

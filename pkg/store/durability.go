@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -170,4 +171,40 @@ func (s *Store) Retry(ctx context.Context, p backoff.Policy, write func() error)
 		}
 		return err
 	})
+}
+
+// ConnectOptions say how a process connects to pyrunner's Redis.
+type ConnectOptions struct {
+	URL    string        // PYRUNNER_REDIS_URL
+	Prefix string        // the start of every key
+	TTL    time.Duration // how long run records live
+	// RecoveryWindow is how long after a Redis start script starts and
+	// claims wait for workers to re-assert their runs (SetRecoveryWindow).
+	RecoveryWindow time.Duration
+	// RequireDurable refuses a Redis that could lose runs (CheckDurable).
+	RequireDurable bool
+}
+
+// Connect opens the Store the API and the workers share, waiting out a
+// Redis that is still starting (compose starts everything at once), and
+// checks its durability. It returns the parsed Redis too, for asynq.
+func Connect(ctx context.Context, o ConnectOptions) (*Store, Redis, error) {
+	rds, err := ParseRedisURL(o.URL) // parsed once: the store and asynq share it
+	if err != nil {
+		return nil, Redis{}, err
+	}
+	var st *Store
+	err = backoff.Retry(ctx, backoff.Startup("connect to redis"), func() (err error) {
+		st, err = Open(ctx, rds, o.Prefix, o.TTL)
+		return err
+	})
+	if err != nil {
+		return nil, Redis{}, err
+	}
+	st.SetRecoveryWindow(o.RecoveryWindow)
+	if err := st.CheckDurable(ctx, o.RequireDurable); err != nil {
+		st.Close()
+		return nil, Redis{}, err
+	}
+	return st, rds, nil
 }
