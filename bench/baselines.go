@@ -20,7 +20,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ztrade/pyrunner/pkg/kline"
+	"github.com/ztrade/pyrunner/pkg/demodata"
 )
 
 // forkFloorScript forks a warm interpreter (numpy and pandas imported)
@@ -155,7 +155,7 @@ func (k *stepper) close() {
 func mysqlBig(ctx context.Context) (dsn string, pyArgs []string, cleanup func(), err error) {
 	root := envOr("PYRUNNER_BENCH_MYSQL", "root:@tcp(127.0.0.1:3306)/")
 	const db, user = "pyrunner_bench", "pyrunner_bench_ro"
-	w, err := kline.OpenWriter("mysql", root)
+	w, err := demodata.OpenWriter("mysql", root)
 	if err != nil {
 		return "", nil, nil, err
 	}
@@ -167,7 +167,7 @@ func mysqlBig(ctx context.Context) (dsn string, pyArgs []string, cleanup func(),
 		return "", nil, nil, fmt.Errorf("mysql: %w", err)
 	}
 	cleanup = func() {
-		if w, err := kline.OpenWriter("mysql", root); err == nil {
+		if w, err := demodata.OpenWriter("mysql", root); err == nil {
 			for _, q := range []string{"DROP DATABASE IF EXISTS " + db, "DROP USER IF EXISTS '" + user + "'@'%'"} {
 				if err := w.Exec(context.Background(), q); err != nil {
 					fmt.Fprintln(os.Stderr, "bench: mysql cleanup:", err)
@@ -176,7 +176,7 @@ func mysqlBig(ctx context.Context) (dsn string, pyArgs []string, cleanup func(),
 			w.Close()
 		}
 	}
-	dbw, err := kline.OpenWriter("mysql", strings.TrimSuffix(root, "/")+"/"+db)
+	dbw, err := demodata.OpenWriter("mysql", strings.TrimSuffix(root, "/")+"/"+db)
 	if err != nil {
 		cleanup()
 		return "", nil, nil, err
@@ -184,7 +184,7 @@ func mysqlBig(ctx context.Context) (dsn string, pyArgs []string, cleanup func(),
 	defer dbw.Close()
 	err = dbw.CreateTable(ctx, "bench_BIG_1m", true)
 	if err == nil {
-		err = dbw.Insert(ctx, "bench_BIG_1m", kline.Generate(kline.DemoMarkets[0], t0, bigRows, 7), true)
+		err = dbw.Insert(ctx, "bench_BIG_1m", demodata.Generate(demodata.DemoMarkets[0], t0, bigRows, 7), true)
 	}
 	b := make([]byte, 12)
 	rand.Read(b)

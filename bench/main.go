@@ -42,7 +42,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ztrade/pyrunner/pkg/kline"
+	"github.com/ztrade/pyrunner/pkg/demodata"
 )
 
 const (
@@ -396,7 +396,7 @@ func run() error {
 	}
 	db := filepath.Join(dir, "exchange.db")
 	fmt.Fprintln(os.Stderr, "bench: writing demo data and a 1M-row table…")
-	w, err := kline.OpenWriter("sqlite", db)
+	w, err := demodata.OpenWriter("sqlite", db)
 	if err != nil {
 		return err
 	}
@@ -407,7 +407,7 @@ func run() error {
 	if err := w.CreateTable(ctx, "bench_BIG_1m", true); err != nil {
 		return err
 	}
-	if err := w.Insert(ctx, "bench_BIG_1m", kline.Generate(kline.DemoMarkets[0], t0, bigRows, 7), true); err != nil {
+	if err := w.Insert(ctx, "bench_BIG_1m", demodata.Generate(demodata.DemoMarkets[0], t0, bigRows, 7), true); err != nil {
 		return err
 	}
 	w.Close()

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ztrade/pyrunner/pkg/kline"
+	"github.com/ztrade/pyrunner/pkg/demodata"
 	"github.com/ztrade/pyrunner/pkg/kline/mysqltest"
 )
 
@@ -17,7 +17,7 @@ func TestResearchMySQL(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := startStack(t, stackOpts{dbEnv: d.Env()})
-	written := kline.Generate(kline.DemoMarkets[0], dataFrom, dataDays*1440, 1)
+	written := demodata.Generate(demodata.DemoMarkets[0], dataFrom, dataDays*1440, 1)
 	testSeedExample(t, s, written, "mysql")
 	var got struct {
 		Rows     int  `json:"rows"`

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ztrade/pyrunner/pkg/demodata"
 	"github.com/ztrade/pyrunner/pkg/frame"
-	"github.com/ztrade/pyrunner/pkg/kline"
 )
 
 // rowsIn counts the candles of f with start in [a, b].
@@ -546,7 +546,7 @@ func TestKlineCache(t *testing.T) {
 	if c1 != "miss" || c2 != "hit" || fmt.Sprint(first) != fmt.Sprint(second) {
 		t.Fatalf("repeat: %s %v then %s %v", c1, first, c2, second)
 	}
-	w, err := kline.OpenWriter("sqlite", db)
+	w, err := demodata.OpenWriter("sqlite", db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -577,12 +577,12 @@ func TestKlineCache(t *testing.T) {
 func TestLargeFrameShared(t *testing.T) {
 	dir := reachableTempDir(t)
 	db := filepath.Join(dir, "big.db")
-	w, err := kline.OpenWriter("sqlite", db)
+	w, err := demodata.OpenWriter("sqlite", db)
 	if err != nil {
 		t.Fatal(err)
 	}
 	const rows = 150_000
-	f := kline.Generate(kline.DemoMarkets[0], seedStart, rows, 3)
+	f := demodata.Generate(demodata.DemoMarkets[0], seedStart, rows, 3)
 	err = w.CreateTable(context.Background(), "binance_BTCUSDT_1m", true)
 	if err == nil {
 		err = w.Insert(context.Background(), "binance_BTCUSDT_1m", f, true)

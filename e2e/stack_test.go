@@ -20,8 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ztrade/pyrunner/pkg/demodata"
 	"github.com/ztrade/pyrunner/pkg/frame"
-	"github.com/ztrade/pyrunner/pkg/kline"
 )
 
 var binDir string
@@ -169,7 +169,7 @@ func freePort(t *testing.T) int {
 func demoSQLite(t *testing.T, dir string) (string, *frame.Frame) {
 	t.Helper()
 	path := filepath.Join(dir, "exchange.db")
-	w, err := kline.OpenWriter("sqlite", path)
+	w, err := demodata.OpenWriter("sqlite", path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func demoSQLite(t *testing.T, dir string) (string, *frame.Frame) {
 	if err := w.WriteDemo(context.Background(), dataFrom, dataDays); err != nil {
 		t.Fatal(err)
 	}
-	return path, kline.Generate(kline.DemoMarkets[0], dataFrom, dataDays*1440, 1)
+	return path, demodata.Generate(demodata.DemoMarkets[0], dataFrom, dataDays*1440, 1)
 }
 
 func startStack(t *testing.T, o stackOpts) *stack {

@@ -114,7 +114,9 @@ func (a *app) close() {
 		a.cancelBg()
 	}
 	if a.metrics != nil {
-		a.metrics.Close()
+		if err := a.metrics.Close(); err != nil {
+			slog.Warn("closing the worker metrics server", "err", err)
+		}
 	}
 	for i := len(a.closers) - 1; i >= 0; i-- {
 		a.closers[i]()

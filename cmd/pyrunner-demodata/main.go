@@ -19,6 +19,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/ztrade/pyrunner/pkg/demodata"
 	"github.com/ztrade/pyrunner/pkg/kline"
 )
 
@@ -73,20 +74,20 @@ func run() error {
 			return err
 		}
 	}
-	slog.Info("demo data ready", "db_type", typ, "markets", len(kline.DemoMarkets), "days", *days, "elapsed_ms", time.Since(t0).Milliseconds())
+	slog.Info("demo data ready", "db_type", typ, "markets", len(demodata.DemoMarkets), "days", *days, "elapsed_ms", time.Since(t0).Milliseconds())
 	return nil
 }
 
 // write writes the demo markets, or with ifMissing leaves them when the
 // last one is complete.
 func write(ctx context.Context, typ, dsn string, from int64, days int, ifMissing bool) error {
-	w, err := kline.OpenWriter(typ, dsn)
+	w, err := demodata.OpenWriter(typ, dsn)
 	if err != nil {
 		return err
 	}
 	defer w.Close()
 	if ifMissing {
-		last := kline.DemoMarkets[len(kline.DemoMarkets)-1]
+		last := demodata.DemoMarkets[len(demodata.DemoMarkets)-1]
 		if n, err := w.Count(ctx, kline.TableName(last.Exchange, last.Symbol, "1m")); err == nil && n == int64(days*1440) {
 			slog.Info("demo data already there", "db_type", typ)
 			return nil
@@ -95,7 +96,7 @@ func write(ctx context.Context, typ, dsn string, from int64, days int, ifMissing
 	if err := w.WriteDemo(ctx, from, days); err != nil {
 		return err
 	}
-	for _, m := range kline.DemoMarkets {
+	for _, m := range demodata.DemoMarkets {
 		fmt.Printf("wrote %s (%d candles)\n", kline.TableName(m.Exchange, m.Symbol, "1m"), days*1440)
 	}
 	return nil
@@ -107,7 +108,7 @@ func readonlyUser(ctx context.Context, dsn, user, password string) error {
 	if password == "" {
 		return errors.New("--readonly-user needs PYRUNNER_DEMO_READONLY_PASSWORD")
 	}
-	w, err := kline.OpenWriter("mysql", dsn)
+	w, err := demodata.OpenWriter("mysql", dsn)
 	if err != nil {
 		return err
 	}

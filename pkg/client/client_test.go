@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/ztrade/pyrunner/pkg/client"
-	"github.com/ztrade/pyrunner/pkg/kline"
+	"github.com/ztrade/pyrunner/pkg/demodata"
 	"github.com/ztrade/pyrunner/pkg/scriptrun"
 )
 
@@ -62,7 +62,7 @@ func startStack() (stop func(), err error) {
 		}
 	}
 	db := filepath.Join(dir, "exchange.db")
-	w, err := kline.OpenWriter("sqlite", db)
+	w, err := demodata.OpenWriter("sqlite", db)
 	if err == nil {
 		err = w.WriteDemo(context.Background(), 1735689600-86400, 3)
 		w.Close()

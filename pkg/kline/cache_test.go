@@ -1,4 +1,4 @@
-package kline
+package kline_test
 
 import (
 	"context"
@@ -6,15 +6,17 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/ztrade/pyrunner/pkg/demodata"
 	"github.com/ztrade/pyrunner/pkg/frame"
+	"github.com/ztrade/pyrunner/pkg/kline"
 )
 
-// cacheBundle is a SQLite file of one market and a cached read-only DB.
-func cacheBundle(t *testing.T, rows int, cacheBytes int64) (*Writer, *DB, *Cache) {
+// cacheBundle is a SQLite file of one market and a cached read-only kline.DB.
+func cacheBundle(t *testing.T, rows int, cacheBytes int64) (*demodata.Writer, *kline.DB, *kline.Cache) {
 	t.Helper()
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "exchange.db")
-	w, err := OpenWriter("sqlite", path)
+	w, err := demodata.OpenWriter("sqlite", path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,12 +27,12 @@ func cacheBundle(t *testing.T, rows int, cacheBytes int64) (*Writer, *DB, *Cache
 	}
 	must(t, w.CreateTable(ctx, "c_X_1m", true))
 	must(t, w.Insert(ctx, "c_X_1m", f, true))
-	db, err := Open(Config{Type: "sqlite", URI: path}, 1_000_000)
+	db, err := kline.Open(kline.Config{Type: "sqlite", URI: path}, 1_000_000)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	c := NewCache(cacheBytes)
+	c := kline.NewCache(cacheBytes)
 	db.UseCache(c)
 	return w, db, c
 }
@@ -41,7 +43,7 @@ func cacheBundle(t *testing.T, rows int, cacheBytes int64) (*Writer, *DB, *Cache
 func TestCacheIsNeverStale(t *testing.T) {
 	w, db, c := cacheBundle(t, 100, 1<<20)
 	ctx := context.Background()
-	q := Query{Exchange: "c", Symbol: "X", BinSize: "1m", Start: t0, End: t0 + 10_000*60}
+	q := kline.Query{Exchange: "c", Symbol: "X", BinSize: "1m", Start: t0, End: t0 + 10_000*60}
 	f, _, hit, err := db.LoadCached(ctx, q)
 	if err != nil || hit || f.Len() != 100 {
 		t.Fatalf("first load: %d rows hit=%v %v", f.Len(), hit, err)
@@ -60,21 +62,21 @@ func TestCacheIsNeverStale(t *testing.T) {
 		t.Fatalf("after writes: %d rows, closes %v, hit=%v", f.Len(), f.Close[98:], hit)
 	}
 	// A sub-range and a limit are served from the grown entry.
-	f, _, hit, _ = db.LoadCached(ctx, Query{Exchange: "c", Symbol: "X", BinSize: "1m", Start: t0 + 10*60, End: t0 + 19*60})
+	f, _, hit, _ = db.LoadCached(ctx, kline.Query{Exchange: "c", Symbol: "X", BinSize: "1m", Start: t0 + 10*60, End: t0 + 19*60})
 	if !hit || f.Len() != 10 || f.Start[0] != t0+10*60 {
 		t.Errorf("sub-range: %d rows from %v hit=%v", f.Len(), f.Start, hit)
 	}
-	f, _, _, _ = db.LoadCached(ctx, Query{Exchange: "c", Symbol: "X", BinSize: "1m", Start: t0, End: t0 + 10_000*60, Limit: 5})
+	f, _, _, _ = db.LoadCached(ctx, kline.Query{Exchange: "c", Symbol: "X", BinSize: "1m", Start: t0, End: t0 + 10_000*60, Limit: 5})
 	if f.Len() != 5 || f.Start[4] != t0+4*60 {
 		t.Errorf("limit: %d rows", f.Len())
 	}
 	// A resampled load goes through the cache of its finer table.
-	f, src, hit, _ := db.LoadCached(ctx, Query{Exchange: "c", Symbol: "X", BinSize: "5m", Start: t0, End: t0 + 10_000*60})
+	f, src, hit, _ := db.LoadCached(ctx, kline.Query{Exchange: "c", Symbol: "X", BinSize: "5m", Start: t0, End: t0 + 10_000*60})
 	if !hit || f.Len() != 20 || src != "c_X_1m resampled to 5m" {
 		t.Errorf("resampled: %d rows hit=%v %s", f.Len(), hit, src)
 	}
 	// What came from memory is not disturbed by what a caller does with it.
-	f, _, _, _ = db.LoadCached(ctx, Query{Exchange: "c", Symbol: "X", BinSize: "1m", Start: t0, End: t0 + 49*60})
+	f, _, _, _ = db.LoadCached(ctx, kline.Query{Exchange: "c", Symbol: "X", BinSize: "1m", Start: t0, End: t0 + 49*60})
 	f.AppendFrame(nf)
 	f, _, _, _ = db.LoadCached(ctx, q)
 	if f.Len() != 101 || f.Start[50] != t0+50*60 {
@@ -91,7 +93,7 @@ func TestCacheIsNeverStale(t *testing.T) {
 func TestCacheStaysWithinItsBound(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "many.db")
-	w, err := OpenWriter("sqlite", path)
+	w, err := demodata.OpenWriter("sqlite", path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,25 +106,25 @@ func TestCacheStaysWithinItsBound(t *testing.T) {
 		must(t, w.CreateTable(ctx, fmt.Sprintf("m_S%d_1m", m), true))
 		must(t, w.Insert(ctx, fmt.Sprintf("m_S%d_1m", m), f, true))
 	}
-	db, err := Open(Config{Type: "sqlite", URI: path}, 1_000_000)
+	db, err := kline.Open(kline.Config{Type: "sqlite", URI: path}, 1_000_000)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	c := NewCache(512 << 10) // room for 8 markets
+	c := kline.NewCache(512 << 10) // room for 8 markets
 	db.UseCache(c)
 	for m := 0; m < 40; m++ {
-		if _, _, _, err := db.LoadCached(ctx, Query{Exchange: "m", Symbol: fmt.Sprintf("S%d", m), BinSize: "1m", Start: t0, End: t0 + 1000*60}); err != nil {
+		if _, _, _, err := db.LoadCached(ctx, kline.Query{Exchange: "m", Symbol: fmt.Sprintf("S%d", m), BinSize: "1m", Start: t0, End: t0 + 1000*60}); err != nil {
 			t.Fatal(err)
 		}
 		if _, _, used := c.Stats(); used > 512<<10 {
 			t.Fatalf("after %d markets the cache holds %d bytes, over its 512 KiB", m+1, used)
 		}
 	}
-	if _, _, hit, _ := db.LoadCached(ctx, Query{Exchange: "m", Symbol: "S39", BinSize: "1m", Start: t0, End: t0 + 1000*60}); !hit {
+	if _, _, hit, _ := db.LoadCached(ctx, kline.Query{Exchange: "m", Symbol: "S39", BinSize: "1m", Start: t0, End: t0 + 1000*60}); !hit {
 		t.Error("the most recent market was evicted")
 	}
-	if _, _, hit, _ := db.LoadCached(ctx, Query{Exchange: "m", Symbol: "S0", BinSize: "1m", Start: t0, End: t0 + 1000*60}); hit {
+	if _, _, hit, _ := db.LoadCached(ctx, kline.Query{Exchange: "m", Symbol: "S0", BinSize: "1m", Start: t0, End: t0 + 1000*60}); hit {
 		t.Error("the least recent market is still cached")
 	}
 }

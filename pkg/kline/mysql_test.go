@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ztrade/pyrunner/pkg/demodata"
 	"github.com/ztrade/pyrunner/pkg/kline"
 	"github.com/ztrade/pyrunner/pkg/kline/mysqltest"
 )
@@ -55,7 +56,7 @@ func TestMySQLLargeRead(t *testing.T) {
 	d := mysqltest.New(t)
 	ctx := context.Background()
 	const n = 160_000
-	want := kline.Generate(kline.DemoMarkets[0], 1_000_020, n, 3)
+	want := demodata.Generate(demodata.DemoMarkets[0], 1_000_020, n, 3)
 	if err := d.Admin.CreateTable(ctx, "binance_BTCUSDT_1m", true); err != nil {
 		t.Fatal(err)
 	}

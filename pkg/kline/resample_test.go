@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/ztrade/pyrunner/pkg/demodata"
 	"github.com/ztrade/pyrunner/pkg/frame"
 	"github.com/ztrade/pyrunner/pkg/kline"
 	"github.com/ztrade/pyrunner/pkg/kline/mysqltest"
@@ -125,7 +126,7 @@ func TestLoadResamplesLikeKlineMerge(t *testing.T) {
 	}
 	t.Run("sqlite", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "gaps.db")
-		w, err := kline.OpenWriter("sqlite", path)
+		w, err := demodata.OpenWriter("sqlite", path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -150,7 +151,7 @@ func TestLoadResamplesLikeKlineMerge(t *testing.T) {
 	})
 }
 
-func writeGaps(t *testing.T, w *kline.Writer, f *frame.Frame) {
+func writeGaps(t *testing.T, w *demodata.Writer, f *frame.Frame) {
 	t.Helper()
 	ctx := context.Background()
 	if err := w.CreateTable(ctx, "gaps_X_1m", true); err != nil {

@@ -13,12 +13,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ztrade/pyrunner/pkg/demodata"
 	"github.com/ztrade/pyrunner/pkg/kline"
 )
 
 // DB is a fresh database with a user that may only read it.
 type DB struct {
-	Admin    *kline.Writer // root connection to the test database
+	Admin    *demodata.Writer // root connection to the test database
 	Host     string
 	Port     int
 	Name     string
@@ -52,7 +53,7 @@ func New(t testing.TB) *DB {
 		dsn = "root:@tcp(127.0.0.1:3306)/"
 	}
 	ctx := context.Background()
-	root, err := kline.OpenWriter("mysql", dsn)
+	root, err := demodata.OpenWriter("mysql", dsn)
 	if err == nil {
 		err = root.Exec(ctx, "SELECT 1")
 	}
@@ -87,7 +88,7 @@ func New(t testing.TB) *DB {
 	if i := strings.LastIndex(base, "/"); i > strings.Index(base, ")") {
 		base = base[:i]
 	}
-	admin, err := kline.OpenWriter("mysql", base+"/"+d.Name)
+	admin, err := demodata.OpenWriter("mysql", base+"/"+d.Name)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,8 @@
-package kline
+// Package demodata writes K-line tables in ztrade's exact schema: the demo
+// data (cmd/pyrunner-demodata) and the tables tests and benchmarks read.
+// It is the only package that writes K-lines; pyrunner itself (pkg/kline)
+// only reads.
+package demodata
 
 import (
 	"context"
@@ -14,6 +18,7 @@ import (
 	"gorm.io/gorm/logger"
 
 	"github.com/ztrade/pyrunner/pkg/frame"
+	"github.com/ztrade/pyrunner/pkg/kline"
 )
 
 // Writer creates and fills K-line tables in ztrade's exact schema. It is
@@ -33,11 +38,11 @@ func OpenWriter(typ, dsn string) (*Writer, error) {
 	case "mysql":
 		dial = mysql.Open(dsn)
 	default:
-		return nil, fmt.Errorf("kline: unknown database type %q", typ)
+		return nil, fmt.Errorf("demodata: unknown database type %q", typ)
 	}
 	g, err := gorm.Open(dial, &gorm.Config{Logger: logger.Discard, SkipDefaultTransaction: true})
 	if err != nil {
-		return nil, fmt.Errorf("kline: open %s for writing: %w", typ, err)
+		return nil, fmt.Errorf("demodata: open %s for writing: %w", typ, err)
 	}
 	return &Writer{gorm: g, typ: typ}, nil
 }
@@ -71,10 +76,10 @@ var identifier = regexp.MustCompile(`^[A-Za-z0-9_]{1,64}$`)
 func (w *Writer) GrantReadOnly(ctx context.Context, user, password string) (string, error) {
 	var db string
 	if err := w.gorm.WithContext(ctx).Raw("SELECT DATABASE()").Scan(&db).Error; err != nil {
-		return "", fmt.Errorf("kline: which database: %w", err)
+		return "", fmt.Errorf("demodata: which database: %w", err)
 	}
 	if !identifier.MatchString(user) || !identifier.MatchString(db) {
-		return "", fmt.Errorf("kline: user %q and database %q must be letters, digits and _", user, db)
+		return "", fmt.Errorf("demodata: user %q and database %q must be letters, digits and _", user, db)
 	}
 	// IDENTIFIED BY takes no placeholder: the password is a quoted literal.
 	pw := "'" + strings.NewReplacer(`\`, `\\`, "'", "''").Replace(password) + "'"
@@ -84,7 +89,7 @@ func (w *Writer) GrantReadOnly(ctx context.Context, user, password string) (stri
 		"GRANT SELECT ON `" + db + "`.* TO '" + user + "'@'%'",
 	} {
 		if err := w.Exec(ctx, q); err != nil {
-			return "", fmt.Errorf("kline: read-only user %s: %w", user, err)
+			return "", fmt.Errorf("demodata: read-only user %s: %w", user, err)
 		}
 	}
 	return db, nil
@@ -95,7 +100,7 @@ func (w *Writer) GrantReadOnly(ctx context.Context, user, password string) (stri
 func (w *Writer) CreateTable(ctx context.Context, table string, withTurnover bool) error {
 	g := w.gorm.WithContext(ctx)
 	if err := g.Exec("DROP TABLE IF EXISTS `" + table + "`").Error; err != nil {
-		return fmt.Errorf("kline: drop %s: %w", table, err)
+		return fmt.Errorf("demodata: drop %s: %w", table, err)
 	}
 	var ddl []string
 	if w.typ == "mysql" {
@@ -118,7 +123,7 @@ func (w *Writer) CreateTable(ctx context.Context, table string, withTurnover boo
 	}
 	for _, s := range ddl {
 		if err := g.Exec(s).Error; err != nil {
-			return fmt.Errorf("kline: create %s: %w", table, err)
+			return fmt.Errorf("demodata: create %s: %w", table, err)
 		}
 	}
 	return nil
@@ -156,7 +161,7 @@ func (w *Writer) Insert(ctx context.Context, table string, f *frame.Frame, withT
 				args = append(args, f.Trades[i])
 			}
 			if err := tx.Exec(sb.String(), args...).Error; err != nil {
-				return fmt.Errorf("kline: insert into %s: %w", table, err)
+				return fmt.Errorf("demodata: insert into %s: %w", table, err)
 			}
 		}
 		return nil
@@ -214,7 +219,7 @@ func Generate(m Market, start int64, n int, seed uint64) *frame.Frame {
 // from start.
 func (w *Writer) WriteDemo(ctx context.Context, start int64, days int) error {
 	for i, m := range DemoMarkets {
-		table := TableName(m.Exchange, m.Symbol, "1m")
+		table := kline.TableName(m.Exchange, m.Symbol, "1m")
 		f := Generate(m, start, days*1440, uint64(i+1))
 		if err := w.CreateTable(ctx, table, !m.NoTurnover); err != nil {
 			return err
