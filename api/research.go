@@ -15,6 +15,7 @@ import (
 	"github.com/ztrade/pyrunner/pkg/research"
 	"github.com/ztrade/pyrunner/pkg/run"
 	"github.com/ztrade/pyrunner/pkg/store"
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
 // queueAllowance is how long past its own time limit a synchronous call
@@ -135,11 +136,11 @@ func (s *server) answerResearch(c echo.Context, id string, d time.Duration, with
 	if err != nil {
 		return err
 	}
-	var req *research.Request
+	var req *wire.ResearchRequest
 	if withRequest { // GET shows what was asked (the dashboard shows the code)
 		var st research.Stored
 		if json.Unmarshal([]byte(r.Request), &st) == nil {
-			req = &st.Request
+			req = &st.Request.ResearchRequest
 		}
 	}
 	if !r.Status.Terminal() {
@@ -147,7 +148,7 @@ func (s *server) answerResearch(c echo.Context, id string, d time.Duration, with
 		resp.Request = req
 		return c.JSON(http.StatusAccepted, resp)
 	}
-	res := &research.Result{}
+	res := &wire.ResearchResult{}
 	if b == nil || json.Unmarshal(b, res) != nil {
 		res = research.Failure(r.Error, nil) // ended by a reaper: no result was written
 	}

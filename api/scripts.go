@@ -14,58 +14,17 @@ import (
 
 	"github.com/ztrade/pyrunner/pkg/queue"
 	"github.com/ztrade/pyrunner/pkg/run"
-	"github.com/ztrade/pyrunner/pkg/scripts"
 	"github.com/ztrade/pyrunner/pkg/store"
 	"github.com/ztrade/pyrunner/pkg/utf8cut"
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
-// runRecord is a run as the script API shows it: quant-script-api's
-// fields, snake_case, plus kind, worker and owner.
-type runRecord struct {
-	RunID      string   `json:"run_id"`
-	Kind       string   `json:"kind"`
-	Script     *string  `json:"script"`
-	Argv       []string `json:"argv"`
-	Status     string   `json:"status"`
-	PID        *int     `json:"pid"`
-	ReturnCode *int     `json:"return_code"`
-	CreatedAt  *string  `json:"created_at"`
-	StartedAt  *string  `json:"started_at"`
-	FinishedAt *string  `json:"finished_at"`
-	StdoutPath *string  `json:"stdout_path"`
-	StderrPath *string  `json:"stderr_path"`
-	Error      *string  `json:"error"`
-	Worker     *string  `json:"worker"`
-	Owner      *string  `json:"owner"`
-}
-
+// strPtr is s, or nil (JSON null) when it is empty.
 func strPtr(s string) *string {
 	if s == "" {
 		return nil
 	}
 	return &s
-}
-
-func record(r *run.Run) runRecord {
-	rec := runRecord{RunID: r.ID, Kind: string(r.Kind), Script: strPtr(r.Script), Argv: r.Argv, Status: string(r.Status),
-		ReturnCode: r.ReturnCode, CreatedAt: run.TimePtr(r.CreatedAt), StartedAt: run.TimePtr(r.StartedAt),
-		FinishedAt: run.TimePtr(r.FinishedAt), StdoutPath: strPtr(r.StdoutPath), StderrPath: strPtr(r.StderrPath),
-		Error: strPtr(r.Error), Worker: strPtr(r.Worker), Owner: strPtr(r.Owner)}
-	if r.PID != 0 {
-		rec.PID = &r.PID
-	}
-	if rec.Argv == nil {
-		rec.Argv = []string{}
-	}
-	return rec
-}
-
-func records(rs []*run.Run) []runRecord {
-	out := make([]runRecord, 0, len(rs))
-	for _, r := range rs {
-		out = append(out, record(r))
-	}
-	return out
 }
 
 // listScripts is GET /v1/scripts.
@@ -88,7 +47,7 @@ func (s *server) rescanScripts(c echo.Context) error {
 
 // startRun is POST /v1/runs.
 func (s *server) startRun(c echo.Context) error {
-	var req scripts.RunRequest
+	var req wire.ScriptRequest
 	if err := json.NewDecoder(c.Request().Body).Decode(&req); err != nil {
 		return run.Errorf(run.ECodeInvalid, "invalid JSON body: %v", err)
 	}
@@ -104,7 +63,7 @@ func (s *server) startRun(c echo.Context) error {
 	if started, err := s.waitUntil(ctx, r.ID, wait, startedOrEnded); err == nil {
 		r = started
 	}
-	return c.JSON(http.StatusOK, record(r))
+	return c.JSON(http.StatusOK, wire.RunOf(r))
 }
 
 // startedOrEnded is true once a run is past queued and starting.
@@ -113,7 +72,7 @@ func startedOrEnded(r *run.Run) bool {
 }
 
 // newScriptRun validates, records and queues one script run.
-func (s *server) newScriptRun(ctx context.Context, req scripts.RunRequest, owner string) (*run.Run, error) {
+func (s *server) newScriptRun(ctx context.Context, req wire.ScriptRequest, owner string) (*run.Run, error) {
 	if req.TimeoutSec < 0 {
 		return nil, run.Errorf(run.ECodeInvalid, "timeout_sec must not be negative")
 	}
@@ -164,7 +123,7 @@ func (s *server) listRuns(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, map[string]any{"count": len(rs), "runs": records(rs), "next_cursor": strPtr(next)})
+	return c.JSON(http.StatusOK, map[string]any{"count": len(rs), "runs": wire.RunsOf(rs), "next_cursor": strPtr(next)})
 }
 
 // activeRuns is GET /v1/runs/active.
@@ -173,7 +132,7 @@ func (s *server) activeRuns(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, map[string]any{"count": len(rs), "runs": records(rs)})
+	return c.JSON(http.StatusOK, map[string]any{"count": len(rs), "runs": wire.RunsOf(rs)})
 }
 
 // startAll is POST /v1/runs/all: every scanned script, skipping those
@@ -185,7 +144,7 @@ func (s *server) startAll(c echo.Context) error {
 	}
 	results := []map[string]any{}
 	for _, sc := range list {
-		r, err := s.newScriptRun(c.Request().Context(), scripts.RunRequest{Script: sc.Path}, owner(c))
+		r, err := s.newScriptRun(c.Request().Context(), wire.ScriptRequest{Script: sc.Path}, owner(c))
 		switch {
 		case err == nil:
 			results = append(results, map[string]any{"script": sc.Path, "status": "started", "run_id": r.ID})
@@ -260,7 +219,7 @@ func (s *server) getRun(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, record(r))
+	return c.JSON(http.StatusOK, wire.RunOf(r))
 }
 
 // stopRun is POST /v1/runs/{run_id}/stop: SIGTERM to the script's process
@@ -279,7 +238,7 @@ func (s *server) stopRun(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, record(r))
+	return c.JSON(http.StatusOK, wire.RunOf(r))
 }
 
 // runLogs is GET /v1/runs/{run_id}/logs.
@@ -378,7 +337,7 @@ func (s *server) followLogs(c echo.Context, id string, streams []string, tail in
 		first = false
 		if r.Status.Terminal() {
 			unregister()
-			b, _ := json.Marshal(record(r))
+			b, _ := json.Marshal(wire.RunOf(r))
 			fmt.Fprintf(bw, "event: end\ndata: %s\n\n", b)
 			if err := bw.Flush(); err != nil {
 				return nil // the reader has gone: nothing to tell it

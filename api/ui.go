@@ -2,6 +2,7 @@ package main
 
 import (
 	"embed"
+	"encoding/json"
 	"net/http"
 	"path"
 	"strings"
@@ -36,7 +37,8 @@ func (s *server) ui(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	page := strings.ReplaceAll(string(b), "{{SCRIPT_API_PREFIX}}", s.cfg.APIPrefix)
+	page := strings.NewReplacer("{{SCRIPT_API_PREFIX}}", s.cfg.APIPrefix,
+		"{{STATUSES}}", uiStatuses, "{{TERMINAL_STATUSES}}", uiTerminal).Replace(string(b))
 	c.Response().Header().Set("Cache-Control", "no-cache")
 	return c.HTML(http.StatusOK, page)
 }
@@ -53,3 +55,10 @@ func (s *server) markets(c echo.Context) error {
 	}
 	return c.JSONBlob(http.StatusOK, append(append([]byte(`{"markets":`), b...), '}'))
 }
+
+// The dashboard's lists of statuses, from pkg/run's (JSON arrays).
+var uiStatuses, uiTerminal = func() (string, string) {
+	all, _ := json.Marshal(run.Statuses)
+	terminal, _ := json.Marshal(run.TerminalStatuses)
+	return string(all), string(terminal)
+}()

@@ -162,7 +162,7 @@ func TestDurability(t *testing.T) {
 		for _, bot := range []runRec{a, b} {
 			var r runRec
 			if st := s.do("GET", "/v1/runs/"+bot.RunID, "", &r); st != 200 || r.Status != "running" || r.PID == nil || *r.PID != *bot.PID {
-				t.Errorf("script %s after the crash: %d %+v (pid was %d)", bot.Script, st, r, *bot.PID)
+				t.Errorf("script %s after the crash: %d %+v (pid was %d)", deref(bot.Script), st, r, *bot.PID)
 			}
 		}
 		if st, r := s.startScript(`{"script":"bot_a.py"}`); st != 409 {

@@ -283,7 +283,7 @@ func testErrorsTimeoutFlood(t *testing.T, s *stack) {
 func testAsyncAndPoll(t *testing.T, s *stack) {
 	var acc result
 	body := strings.Replace(seedBody, `"limit"`, `"wait":false,"limit"`, 1)
-	if st := s.do("POST", "/v1/research/run", body, &acc); st != 202 || acc.ID == "" || acc.Poll != "/v1/research/runs/"+acc.ID || acc.OK != nil {
+	if st := s.do("POST", "/v1/research/run", body, &acc); st != 202 || acc.ID == "" || acc.Poll != "/v1/research/runs/"+acc.ID || acc.ResearchResult != nil {
 		t.Fatalf("wait:false → %d %+v", st, acc)
 	}
 	var polled result
@@ -314,7 +314,7 @@ func testAsyncAndPoll(t *testing.T, s *stack) {
 	var long result
 	s.do("POST", "/v1/research/run?wait=false", strings.Replace(seedBody, `result = {\"rows\": len(df)}`, `import time; time.sleep(3)`, 1), &long)
 	var mid result
-	if st := s.do("GET", "/v1/research/runs/"+long.ID+"?wait=0.5", "", &mid); st != 202 || mid.OK != nil || mid.Status == "succeeded" {
+	if st := s.do("GET", "/v1/research/runs/"+long.ID+"?wait=0.5", "", &mid); st != 202 || mid.ResearchResult != nil || mid.Status == "succeeded" {
 		t.Errorf("long-poll before the end: %d %+v", st, mid)
 	}
 	if st := s.do("GET", "/v1/research/runs/"+long.ID+"?wait=30", "", &mid); st != 200 || !mid.ok() {

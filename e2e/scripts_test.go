@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ztrade/pyrunner/pkg/liveness"
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
 // scriptFiles are the scripts the tests write into a scripts root.
@@ -55,21 +56,10 @@ func writeScripts(t *testing.T) string {
 	return root
 }
 
+// runRec is a run record (pkg/wire's), or an error's detail.
 type runRec struct {
-	RunID      string   `json:"run_id"`
-	Script     string   `json:"script"`
-	Argv       []string `json:"argv"`
-	Status     string   `json:"status"`
-	PID        *int     `json:"pid"`
-	ReturnCode *int     `json:"return_code"`
-	CreatedAt  *string  `json:"created_at"`
-	StartedAt  *string  `json:"started_at"`
-	FinishedAt *string  `json:"finished_at"`
-	StdoutPath *string  `json:"stdout_path"`
-	StderrPath *string  `json:"stderr_path"`
-	Error      *string  `json:"error"`
-	Worker     *string  `json:"worker"`
-	Detail     string   `json:"detail"`
+	wire.Run
+	Detail string `json:"detail"`
 }
 
 func (s *stack) startScript(body string) (int, runRec) {
@@ -110,13 +100,7 @@ func (s *stack) waitStatus(id string, d time.Duration, pred func(runRec) bool) r
 	return r
 }
 
-func ended(r runRec) bool {
-	switch r.Status {
-	case "succeeded", "failed", "stopped", "timeout", "terminated":
-		return true
-	}
-	return false
-}
+func ended(r runRec) bool { return r.Ended() }
 
 func TestScripts(t *testing.T) {
 	root := writeScripts(t)
@@ -162,7 +146,7 @@ func TestScripts(t *testing.T) {
 		st, r := s.startScript(`{"script":"hello.py","args":["--foo","bar"]}`)
 		// Answered once started, as quant-script-api: running (or, for a
 		// script this short, already ended), with its pid and log paths.
-		if st != 200 || (r.Status != "running" && r.Status != "succeeded") || r.Script != "hello.py" || r.RunID == "" || r.CreatedAt == nil ||
+		if st != 200 || (r.Status != "running" && r.Status != "succeeded") || deref(r.Script) != "hello.py" || r.RunID == "" || r.CreatedAt == nil ||
 			r.PID == nil || r.StartedAt == nil || r.StdoutPath == nil || r.StderrPath == nil {
 			t.Fatalf("start: %d %+v", st, r)
 		}
@@ -389,13 +373,13 @@ func TestScripts(t *testing.T) {
 			NextCursor *string  `json:"next_cursor"`
 		}
 		s.do("GET", "/v1/runs?script=ticker.py&limit=2", "", &page)
-		if page.Count != 2 || page.NextCursor == nil || page.Runs[0].Script != "ticker.py" || *page.Runs[0].CreatedAt < *page.Runs[1].CreatedAt {
+		if page.Count != 2 || page.NextCursor == nil || deref(page.Runs[0].Script) != "ticker.py" || *page.Runs[0].CreatedAt < *page.Runs[1].CreatedAt {
 			t.Fatalf("page 1: %+v", page)
 		}
 		seen := map[string]bool{page.Runs[0].RunID: true, page.Runs[1].RunID: true}
 		s.do("GET", "/v1/runs?script=ticker.py&limit=2&cursor="+*page.NextCursor, "", &page)
 		for _, r := range page.Runs {
-			if seen[r.RunID] || r.Script != "ticker.py" {
+			if seen[r.RunID] || deref(r.Script) != "ticker.py" {
 				t.Errorf("page 2 repeats or mismatches: %+v", r)
 			}
 		}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/ztrade/pyrunner/pkg/demodata"
 	"github.com/ztrade/pyrunner/pkg/frame"
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
 var binDir string
@@ -393,33 +394,19 @@ func (s *stack) getJSON(path string, out any) int {
 	return resp.StatusCode
 }
 
-// result is the research response body.
+// result is the research response body (pkg/wire's), with meta kept as
+// the raw object: tests look at its keys as a client sees them.
 type result struct {
-	OK              *bool           `json:"ok"`
-	Error           *string         `json:"error"`
-	Stdout          string          `json:"stdout"`
-	StdoutTruncated bool            `json:"stdoutTruncated"`
-	Stderr          string          `json:"stderr"`
-	StderrTruncated bool            `json:"stderrTruncated"`
-	Result          json.RawMessage `json:"result"`
-	Meta            map[string]any  `json:"meta"`
-	Images          []struct {
-		Name     string `json:"name"`
-		MimeType string `json:"mimeType"`
-		Data     string `json:"data"`
-	} `json:"images"`
-	ID         string  `json:"id"`
-	Status     string  `json:"status"`
-	Poll       string  `json:"poll"`
-	CreatedAt  *string `json:"createdAt"`
-	StartedAt  *string `json:"startedAt"`
-	FinishedAt *string `json:"finishedAt"`
+	wire.ResearchResponse
+	Meta map[string]any `json:"meta"`
+	// Detail is the error body's.
+	Detail string `json:"detail"`
 }
 
-func (r *result) ok() bool { return r.OK != nil && *r.OK }
+func (r *result) ok() bool { return r.Succeeded() }
 
 func (r *result) errText() string {
-	if r.Error == nil {
+	if r.ResearchResult == nil || r.Error == nil {
 		return ""
 	}
 	return *r.Error

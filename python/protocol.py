@@ -42,6 +42,7 @@ FIELDS = {
 }
 OPTIONAL = {
     JOB: ("uid", "gid", "processes", "isolate"),
+    LOAD_KLINE: ("binSize", "limit"),  # as in a research request: 1m, and the server's maximum
     RUN: ("isolate",),
 }
 # The fields of a job's (and a run's) "isolate".

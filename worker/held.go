@@ -6,7 +6,7 @@ import (
 	"sync"
 
 	"github.com/ztrade/pyrunner/pkg/run"
-	"github.com/ztrade/pyrunner/pkg/scripts"
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
 // held is a run this worker executes: how to end it, and its record as
@@ -45,7 +45,7 @@ func (h *held) duplicate() bool {
 	if r.Kind != run.KindScript {
 		return true
 	}
-	var req scripts.RunRequest
+	var req wire.ScriptRequest
 	return json.Unmarshal([]byte(r.Request), &req) == nil && req.Duplicate
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/ztrade/pyrunner/pkg/scriptrun"
 	"github.com/ztrade/pyrunner/pkg/scripts"
 	"github.com/ztrade/pyrunner/pkg/store"
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
 // worker holds what the task handlers share.
@@ -56,12 +57,12 @@ func (w *worker) handleResearch(ctx context.Context, h *held) error {
 		return w.finishResearch(bg, r, research.Failure("bad request in run record: "+err.Error(), nil), run.StatusFailed)
 	}
 	req := stored.Request
-	meta := &research.Meta{
+	meta := &wire.Meta{
 		Exchange: req.Exchange, Symbol: req.Symbol, BinSize: req.BinSize, Start: req.Start, End: req.End,
 		DBType: w.db.Type(), DBReadonly: true, RunID: id, Worker: w.id, Warnings: append([]string{}, stored.Warnings...),
 		QueueMs: started.Sub(r.CreatedAt).Milliseconds(),
 	}
-	finish := func(res *research.Result, st run.Status) error {
+	finish := func(res *wire.ResearchResult, st run.Status) error {
 		meta.TotalMs = time.Since(r.CreatedAt).Milliseconds()
 		return w.finishResearch(bg, r, res, st)
 	}
@@ -112,7 +113,7 @@ func (w *worker) handleResearch(ctx context.Context, h *held) error {
 }
 
 // loadKline serves user code's load_kline calls, with the API's rules.
-func (w *worker) loadKline(ctx context.Context, lr executor.LoadRequest) (*frame.Frame, error) {
+func (w *worker) loadKline(ctx context.Context, lr wire.Market) (*frame.Frame, error) {
 	if err := research.ValidateMarket(lr.Exchange, lr.Symbol, lr.BinSize); err != nil {
 		return nil, err
 	}
@@ -125,9 +126,9 @@ func (w *worker) loadKline(ctx context.Context, lr executor.LoadRequest) (*frame
 }
 
 // outcome is the result and status of a run Python finished.
-func outcome(out *executor.Output, meta *research.Meta) (*research.Result, run.Status) {
+func outcome(out *executor.Output, meta *wire.Meta) (*wire.ResearchResult, run.Status) {
 	meta.Warnings = append(meta.Warnings, out.Warnings...)
-	res := withOutput(&research.Result{OK: out.OK, Result: out.Result, Meta: meta, Images: out.Images}, out)
+	res := withOutput(&wire.ResearchResult{OK: out.OK, Result: out.Result, Meta: meta, Images: out.Images}, out)
 	if out.OK {
 		return res, run.StatusSucceeded
 	}
@@ -141,7 +142,7 @@ func outcome(out *executor.Output, meta *research.Meta) (*research.Result, run.S
 
 // interrupted explains a run whose context was cancelled: a client asked
 // to stop it, or the worker is shutting down under it.
-func (w *worker) interrupted(ctx context.Context, id string, meta *research.Meta, out *executor.Output) (*research.Result, run.Status) {
+func (w *worker) interrupted(ctx context.Context, id string, meta *wire.Meta, out *executor.Output) (*wire.ResearchResult, run.Status) {
 	if cur, err := w.store.GetRun(ctx, id); err == nil && cur.StopRequested {
 		return withOutput(research.Failure("stopped by request", meta), out), run.StatusStopped
 	}
@@ -149,7 +150,7 @@ func (w *worker) interrupted(ctx context.Context, id string, meta *research.Meta
 }
 
 // withOutput copies a run's captured output into a result.
-func withOutput(res *research.Result, out *executor.Output) *research.Result {
+func withOutput(res *wire.ResearchResult, out *executor.Output) *wire.ResearchResult {
 	if out != nil {
 		res.Stdout, res.StdoutTruncated = out.Stdout, out.StdoutTruncated
 		res.Stderr, res.StderrTruncated = out.Stderr, out.StderrTruncated
@@ -163,9 +164,9 @@ func withOutput(res *research.Result, out *executor.Output) *research.Result {
 // result Redis will not take (too large for it) is replaced by a small
 // failure record that says why, so the run ends failed instead of
 // staying running.
-func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *research.Result, st run.Status) error {
+func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *wire.ResearchResult, st run.Status) error {
 	if res.Images == nil {
-		res.Images = []research.Image{}
+		res.Images = []wire.Image{}
 	}
 	end := func(st run.Status) *run.Run {
 		change := &run.Run{Status: st, FinishedAt: time.Now(), ReturnCode: r.ReturnCode}
@@ -201,7 +202,7 @@ func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *research.R
 }
 
 // finished logs and counts a research run that has ended.
-func (w *worker) finished(r *run.Run, res *research.Result, st run.Status) {
+func (w *worker) finished(r *run.Run, res *wire.ResearchResult, st run.Status) {
 	slog.Info("research run finished", "run_id", r.ID, "status", st, "rows", metaRows(res.Meta))
 	if w.metrics != nil {
 		w.metrics.Finished.WithLabelValues(string(run.KindResearch), string(st)).Inc()
@@ -229,7 +230,7 @@ func cacheResult(on, hit bool) string {
 	return "miss"
 }
 
-func metaRows(m *research.Meta) int {
+func metaRows(m *wire.Meta) int {
 	if m == nil {
 		return 0
 	}

@@ -19,7 +19,7 @@ import (
 	"github.com/ztrade/pyrunner/pkg/proc"
 	"github.com/ztrade/pyrunner/pkg/run"
 	"github.com/ztrade/pyrunner/pkg/scriptrun"
-	"github.com/ztrade/pyrunner/pkg/scripts"
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
 // handleScript runs one script run, claimed by this worker (see
@@ -43,7 +43,7 @@ func (w *worker) handleScript(ctx context.Context, h *held) error {
 		}
 		return err
 	}
-	var req scripts.RunRequest
+	var req wire.ScriptRequest
 	if err := json.Unmarshal([]byte(r.Request), &req); err != nil {
 		return end(run.StatusFailed, nil, "bad request in run record: "+err.Error())
 	}

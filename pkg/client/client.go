@@ -9,8 +9,8 @@
 // an *Error carrying the API's {"detail"}.
 //
 //	c := client.New("http://127.0.0.1:9000", client.WithToken(os.Getenv("PYRUNNER_TOKEN")))
-//	res, err := c.Research(ctx, client.ResearchRequest{Exchange: "binance", Symbol: "BTCUSDT",
-//		BinSize: "1h", Start: 1735689600, End: 1735776000, Code: "result = len(df)"})
+//	res, err := c.Research(ctx, client.ResearchRequest{Market: client.Market{Exchange: "binance",
+//		Symbol: "BTCUSDT", BinSize: "1h", Start: 1735689600, End: 1735776000}, Code: "result = len(df)"})
 package client
 
 import (
@@ -27,6 +27,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
 // Client talks to one pyrunner API. Its zero value is not usable: make
@@ -176,50 +178,27 @@ func errorOf(resp *http.Response, b []byte) *Error {
 	return e
 }
 
-// ResearchRequest is the body of POST /v1/research/run (python-runner's).
-type ResearchRequest struct {
-	Exchange   string `json:"exchange"`
-	Symbol     string `json:"symbol"`
-	BinSize    string `json:"binSize,omitempty"`
-	Start      int64  `json:"start"`
-	End        int64  `json:"end"`
-	Limit      int64  `json:"limit,omitempty"`
-	TimeoutSec int    `json:"timeoutSec,omitempty"`
-	Code       string `json:"code"`
-}
-
-// Image is a chart a run produced, base64 in Data.
-type Image struct {
-	Name     string `json:"name"`
-	MimeType string `json:"mimeType"`
-	Data     string `json:"data"`
-}
-
-// ResearchResult is a research run as the API answers it: the seed's
-// body, and the run's id, status and times. OK is nil while it has not
-// finished.
-type ResearchResult struct {
-	OK              *bool           `json:"ok"`
-	Error           *string         `json:"error"`
-	Stdout          string          `json:"stdout"`
-	StdoutTruncated bool            `json:"stdoutTruncated"`
-	Stderr          string          `json:"stderr"`
-	StderrTruncated bool            `json:"stderrTruncated"`
-	Result          json.RawMessage `json:"result"`
-	Meta            map[string]any  `json:"meta"`
-	Images          []Image         `json:"images"`
-	ID              string          `json:"id"`
-	Status          string          `json:"status"`
-	CreatedAt       *string         `json:"createdAt"`
-	StartedAt       *string         `json:"startedAt"`
-	FinishedAt      *string         `json:"finishedAt"`
-}
-
-// Finished reports whether the run has ended (its result fields are set).
-func (r *ResearchResult) Finished() bool { return r.OK != nil }
-
-// Succeeded reports whether the run ended with ok: true.
-func (r *ResearchResult) Succeeded() bool { return r.OK != nil && *r.OK }
+// The API's bodies, as pkg/wire defines them for the server and the
+// client alike.
+type (
+	// Market is a K-line series and range: the market part of a
+	// ResearchRequest.
+	Market = wire.Market
+	// ResearchRequest is the body of POST /v1/research/run.
+	ResearchRequest = wire.ResearchRequest
+	// ResearchResult is a research run as the API answers it: its
+	// result (nil until it has finished: see Finished), then its id,
+	// status and times.
+	ResearchResult = wire.ResearchResponse
+	// Image is a chart a run produced, base64 in Data.
+	Image = wire.Image
+	// ScriptRequest is the body of POST /v1/runs.
+	ScriptRequest = wire.ScriptRequest
+	// Run is a run record of the script API (either kind).
+	Run = wire.Run
+	// Script is one script of the scripts folder.
+	Script = wire.Script
+)
 
 // Research runs code and waits for the result (the API's wait=true). A
 // run that outlasts the API's wait cap comes back unfinished: wait on it
@@ -256,44 +235,6 @@ func (c *Client) Cancel(ctx context.Context, id string) (*ResearchResult, error)
 	var r ResearchResult
 	_, err := c.do(ctx, http.MethodPost, "/v1/research/runs/"+url.PathEscape(id)+"/cancel", nil, &r, http.StatusOK, http.StatusAccepted)
 	return &r, err
-}
-
-// ScriptRequest is the body of POST /v1/runs (quant-script-api's).
-type ScriptRequest struct {
-	Script     string            `json:"script"`
-	Args       []string          `json:"args,omitempty"`
-	Env        map[string]string `json:"env,omitempty"`
-	Cwd        string            `json:"cwd,omitempty"`
-	Duplicate  bool              `json:"duplicate,omitempty"`
-	TimeoutSec int               `json:"timeout_sec,omitempty"`
-}
-
-// Run is a run record of the script API.
-type Run struct {
-	RunID      string   `json:"run_id"`
-	Kind       string   `json:"kind"`
-	Script     *string  `json:"script"`
-	Argv       []string `json:"argv"`
-	Status     string   `json:"status"`
-	PID        *int     `json:"pid"`
-	ReturnCode *int     `json:"return_code"`
-	CreatedAt  *string  `json:"created_at"`
-	StartedAt  *string  `json:"started_at"`
-	FinishedAt *string  `json:"finished_at"`
-	StdoutPath *string  `json:"stdout_path"`
-	StderrPath *string  `json:"stderr_path"`
-	Error      *string  `json:"error"`
-	Worker     *string  `json:"worker"`
-	Owner      *string  `json:"owner"`
-}
-
-// Ended reports whether the run has a final status.
-func (r *Run) Ended() bool {
-	switch r.Status {
-	case "succeeded", "failed", "stopped", "timeout", "terminated":
-		return true
-	}
-	return false
 }
 
 // Start starts a script and returns its record once a worker started it.
@@ -351,13 +292,6 @@ func (c *Client) List(ctx context.Context, f Filter) ([]Run, string, error) {
 		next = *out.NextCursor
 	}
 	return out.Runs, next, err
-}
-
-// Script is one script of the scripts folder.
-type Script struct {
-	Path      string  `json:"path"`
-	SizeBytes int64   `json:"size_bytes"`
-	Mtime     float64 `json:"mtime"`
 }
 
 // Scripts lists the scanned scripts folder.

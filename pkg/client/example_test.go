@@ -18,7 +18,7 @@ import (
 func Example_research() {
 	c := client.New(os.Getenv("PYRUNNER_URL"), client.WithToken(os.Getenv("PYRUNNER_TOKEN")))
 	res, err := c.Research(context.Background(), client.ResearchRequest{
-		Exchange: "binance", Symbol: "BTCUSDT", BinSize: "1h", Start: 1735689600, End: 1735776000,
+		Market: client.Market{Exchange: "binance", Symbol: "BTCUSDT", BinSize: "1h", Start: 1735689600, End: 1735776000},
 		Code: "print('candles:', len(df))\nresult = {'rows': len(df), 'first': int(df.start.iloc[0])}",
 	})
 	if err != nil {
@@ -36,7 +36,7 @@ func Example_research() {
 func ExampleClient_Submit() {
 	ctx := context.Background()
 	c := client.New(os.Getenv("PYRUNNER_URL"))
-	id, err := c.Submit(ctx, client.ResearchRequest{Exchange: "binance", Symbol: "ETHUSDT", Start: 1735689600, End: 1735693200,
+	id, err := c.Submit(ctx, client.ResearchRequest{Market: client.Market{Exchange: "binance", Symbol: "ETHUSDT", Start: 1735689600, End: 1735693200},
 		Code: "result = {'rows': len(df), 'moved': bool(df.close.pct_change().std() > 0)}"})
 	if err != nil {
 		fmt.Println("error:", err)

@@ -109,7 +109,7 @@ func serveLoadKline(ctx context.Context, conn net.Conn, w *bufio.Writer, job Job
 	var req loadKlineMsg
 	f, err := (*frame.Frame)(nil), decodeStrict(h, &req)
 	if err == nil {
-		f, err = job.LoadKline(ctx, req.LoadRequest)
+		f, err = job.LoadKline(ctx, req.Market)
 	}
 	if err != nil {
 		return writeMsg(w, errorMsg{Type: msgError, Error: err.Error()}, 0, nil)

@@ -19,18 +19,8 @@ import (
 
 	"github.com/ztrade/pyrunner/pkg/frame"
 	"github.com/ztrade/pyrunner/pkg/proc"
-	"github.com/ztrade/pyrunner/pkg/research"
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
-
-// LoadRequest is what user code passed to load_kline.
-type LoadRequest struct {
-	Exchange string `json:"exchange"`
-	Symbol   string `json:"symbol"`
-	BinSize  string `json:"binSize"`
-	Start    int64  `json:"start"`
-	End      int64  `json:"end"`
-	Limit    int64  `json:"limit"`
-}
 
 // Job is one research run.
 type Job struct {
@@ -39,7 +29,7 @@ type Job struct {
 	Timeout time.Duration
 	Frame   *frame.Frame
 	// LoadKline serves load_kline calls from user code.
-	LoadKline func(ctx context.Context, r LoadRequest) (*frame.Frame, error)
+	LoadKline func(ctx context.Context, m wire.Market) (*frame.Frame, error)
 }
 
 // Output is what a run produced.
@@ -48,7 +38,7 @@ type Output struct {
 	Error           string
 	TimedOut        bool
 	Result          json.RawMessage
-	Images          []research.Image
+	Images          []wire.Image
 	Warnings        []string
 	Stdout          string
 	StdoutTruncated bool

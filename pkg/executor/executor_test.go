@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ztrade/pyrunner/pkg/frame"
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
 // testBundle holds an executor on the machine's Python with pandas.
@@ -66,7 +67,7 @@ func sampleFrame(n int) *frame.Frame {
 func (b *testBundle) run(t *testing.T, code string, timeout time.Duration) *Output {
 	t.Helper()
 	out, err := b.exec.Run(context.Background(), Job{RunID: "t", Code: code, Timeout: timeout, Frame: sampleFrame(5),
-		LoadKline: func(ctx context.Context, r LoadRequest) (*frame.Frame, error) { return sampleFrame(int(r.Limit)), nil }})
+		LoadKline: func(ctx context.Context, r wire.Market) (*frame.Frame, error) { return sampleFrame(int(r.Limit)), nil }})
 	if err != nil {
 		t.Fatal(err)
 	}

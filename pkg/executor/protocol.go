@@ -9,7 +9,7 @@ import (
 	"io"
 
 	"github.com/ztrade/pyrunner/pkg/frame"
-	"github.com/ztrade/pyrunner/pkg/research"
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
 // This file is the one Go side of the protocol between the worker and
@@ -77,10 +77,11 @@ type isolateMsg struct {
 	DiskBytes int64 `json:"diskBytes"`
 }
 
-// loadKlineMsg is user code's load_kline call.
+// loadKlineMsg is user code's load_kline call: the market and range it
+// asked for, in the research request's names.
 type loadKlineMsg struct {
 	Type string `json:"type"`
-	LoadRequest
+	wire.Market
 }
 
 // frameMsg answers load_kline with a frame.
@@ -97,13 +98,13 @@ type errorMsg struct {
 
 // resultMsg is how the run ended, as the harness saw it.
 type resultMsg struct {
-	Type     string           `json:"type"`
-	OK       bool             `json:"ok"`
-	Error    *string          `json:"error"`
-	TimedOut bool             `json:"timedOut"`
-	Result   json.RawMessage  `json:"result"`
-	Images   []research.Image `json:"images"`
-	Warnings []string         `json:"warnings"`
+	Type     string          `json:"type"`
+	OK       bool            `json:"ok"`
+	Error    *string         `json:"error"`
+	TimedOut bool            `json:"timedOut"`
+	Result   json.RawMessage `json:"result"`
+	Images   []wire.Image    `json:"images"`
+	Warnings []string        `json:"warnings"`
 }
 
 // framed is the frame header of a message whose body is a frame.

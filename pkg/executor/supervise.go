@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ztrade/pyrunner/pkg/research"
+	"github.com/ztrade/pyrunner/pkg/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -114,7 +114,7 @@ func assemble(job Job, conv convResult, code int, stdout, stderr *capBuffer, can
 		out.Error = diedText(out.ExitCode, conv.err, oom)
 	}
 	if out.Images == nil {
-		out.Images = []research.Image{}
+		out.Images = []wire.Image{}
 	}
 	if len(out.Result) == 0 {
 		out.Result = []byte("null")

@@ -14,21 +14,13 @@ import (
 
 	"github.com/ztrade/pyrunner/pkg/kline/binsize"
 	"github.com/ztrade/pyrunner/pkg/run"
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
 // Request is the body of POST /v1/research/run, exactly as python-runner
 // takes it, plus Wait.
 type Request struct {
-	Exchange   string `json:"exchange"`
-	Symbol     string `json:"symbol"`
-	BinSize    string `json:"binSize"`
-	Start      int64  `json:"start"`
-	End        int64  `json:"end"`
-	Limit      int64  `json:"limit"`
-	TimeoutSec int    `json:"timeoutSec"`
-	Code       string `json:"code"`
-	// Wait asks the API to answer with the finished result (the default).
-	Wait *bool `json:"wait,omitempty"`
+	wire.ResearchRequest
 
 	missing []string // required fields the body lacked (start, end)
 }
@@ -53,7 +45,8 @@ func (r *Request) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return err
 	}
-	*r = Request{Exchange: raw.Exchange, Symbol: raw.Symbol, BinSize: "1m", Code: raw.Code, Wait: raw.Wait}
+	*r = Request{}
+	r.Exchange, r.Symbol, r.BinSize, r.Code, r.Wait = raw.Exchange, raw.Symbol, "1m", raw.Code, raw.Wait
 	if raw.BinSize != nil {
 		r.BinSize = *raw.BinSize
 	}
@@ -188,80 +181,23 @@ func ValidateMarket(exchange, symbol, bin string) error {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
-// Image is one image in a response, base64-encoded.
-type Image struct {
-	Name     string `json:"name"`
-	MimeType string `json:"mimeType"`
-	Data     string `json:"data"`
-}
-
-// Meta describes the data a run saw and how long each part took.
-type Meta struct {
-	Exchange   string `json:"exchange"`
-	Symbol     string `json:"symbol"`
-	BinSize    string `json:"binSize"`
-	Start      int64  `json:"start"`
-	End        int64  `json:"end"`
-	Rows       int    `json:"rows"`
-	DBType     string `json:"dbType"`
-	DBReadonly bool   `json:"dbReadonly"`
-	RunID      string `json:"runId"`
-	Worker     string `json:"worker"`
-	Source     string `json:"source"`
-	QueueMs    int64  `json:"queueMs"`
-	LoadMs     int64  `json:"loadMs"`
-	ExecMs     int64  `json:"execMs"`
-	TotalMs    int64  `json:"totalMs"`
-	// KlineCache says whether df's closed history came from the worker's
-	// K-line cache: "hit", "miss" or "off".
-	KlineCache string   `json:"klineCache,omitempty"`
-	Warnings   []string `json:"warnings"`
-}
-
-// Result is what a finished run produced: the seed's response body.
-type Result struct {
-	OK              bool            `json:"ok"`
-	Error           *string         `json:"error"`
-	Stdout          string          `json:"stdout"`
-	StdoutTruncated bool            `json:"stdoutTruncated"`
-	Stderr          string          `json:"stderr"`
-	StderrTruncated bool            `json:"stderrTruncated"`
-	Result          json.RawMessage `json:"result"`
-	Meta            *Meta           `json:"meta"`
-	Images          []Image         `json:"images"`
-}
-
-// Response is the body the API sends: the seed's fields, then the run's
-// id, status and times. Result fields are absent while the run is not done.
-type Response struct {
-	*Result
-	ID         string  `json:"id"`
-	Status     string  `json:"status"`
-	CreatedAt  *string `json:"createdAt"`
-	StartedAt  *string `json:"startedAt"`
-	FinishedAt *string `json:"finishedAt"`
-	Poll       string  `json:"poll,omitempty"`
-	// Request is what the run was asked to do (GET of a run only).
-	Request *Request `json:"request,omitempty"`
-}
-
 // NewResponse combines a run record and its result (nil while pending).
-func NewResponse(r *run.Run, res *Result, poll string) Response {
-	return Response{
-		Result:     res,
-		ID:         r.ID,
-		Status:     string(r.Status),
-		CreatedAt:  run.TimePtr(r.CreatedAt),
-		StartedAt:  run.TimePtr(r.StartedAt),
-		FinishedAt: run.TimePtr(r.FinishedAt),
-		Poll:       poll,
+func NewResponse(r *run.Run, res *wire.ResearchResult, poll string) wire.ResearchResponse {
+	return wire.ResearchResponse{
+		ResearchResult: res,
+		ID:             r.ID,
+		Status:         string(r.Status),
+		CreatedAt:      run.TimePtr(r.CreatedAt),
+		StartedAt:      run.TimePtr(r.StartedAt),
+		FinishedAt:     run.TimePtr(r.FinishedAt),
+		Poll:           poll,
 	}
 }
 
 // Failure builds the result of a run that ended without user output, e.g.
 // an unknown market, a lost worker or a cancel.
-func Failure(msg string, meta *Meta) *Result {
-	return &Result{OK: false, Error: &msg, Result: json.RawMessage("null"), Meta: meta, Images: []Image{}}
+func Failure(msg string, meta *wire.Meta) *wire.ResearchResult {
+	return &wire.ResearchResult{OK: false, Error: &msg, Result: json.RawMessage("null"), Meta: meta, Images: []wire.Image{}}
 }
 
 // Stored is what the run record keeps of a research request: the

@@ -7,16 +7,18 @@ import (
 	"time"
 
 	"github.com/ztrade/pyrunner/pkg/run"
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
 func TestNormalizeDefaultsAndCaps(t *testing.T) {
 	l := Limits{MaxCodeBytes: 10, DefaultTimeoutSec: 60, MaxTimeoutSec: 600, MaxRows: 1000}
-	r := Request{Exchange: "okx", Symbol: "BTC-USDT-SWAP", BinSize: "1m", Start: 5, Code: "x=1", TimeoutSec: 9999, Limit: 5000}
+	r := Request{ResearchRequest: wire.ResearchRequest{Market: wire.Market{Exchange: "okx", Symbol: "BTC-USDT-SWAP", BinSize: "1m",
+		Start: 5, Limit: 5000}, Code: "x=1", TimeoutSec: 9999}}
 	w, err := r.Normalize(l, time.Unix(100, 0))
 	if err != nil || r.End != 100 || r.TimeoutSec != 600 || r.Limit != 1000 || len(w) != 2 {
 		t.Fatalf("%+v %v %v", r, w, err)
 	}
-	r = Request{Exchange: "okx", Symbol: "X", BinSize: "5m", Code: "01234567890"}
+	r = Request{ResearchRequest: wire.ResearchRequest{Market: wire.Market{Exchange: "okx", Symbol: "X", BinSize: "5m"}, Code: "01234567890"}}
 	if _, err := r.Normalize(l, time.Now()); run.ErrorCode(err) != run.ECodeTooLarge {
 		t.Errorf("long code: %v", err)
 	}

@@ -51,13 +51,19 @@ func (s Status) Terminal() bool {
 	return false
 }
 
+// Statuses lists every status, in the order of a run's life: the one
+// list the store's Lua scripts, the API, the clients and the dashboard
+// take theirs from.
+var Statuses = append([]Status{StatusQueued, StatusStarting, StatusRunning, StatusStopping}, TerminalStatuses...)
+
 // Valid reports whether s is one of the known statuses.
 func (s Status) Valid() bool {
-	switch s {
-	case StatusQueued, StatusStarting, StatusRunning, StatusStopping:
-		return true
+	for _, v := range Statuses {
+		if s == v {
+			return true
+		}
 	}
-	return s.Terminal()
+	return false
 }
 
 // Run is the record of one run. The store keeps it as a flat hash of

@@ -16,14 +16,8 @@ import (
 	"time"
 
 	"github.com/ztrade/pyrunner/pkg/run"
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
-
-// Script is one runnable script, as GET /v1/scripts lists it.
-type Script struct {
-	Path      string  `json:"path"` // relative to the root, with forward slashes
-	SizeBytes int64   `json:"size_bytes"`
-	MTime     float64 `json:"mtime"` // unix seconds, as Python's os.stat
-}
 
 // skipDirs are folder names never scanned.
 var skipDirs = map[string]bool{"__pycache__": true, ".git": true, ".venv": true, "venv": true, "env": true, "node_modules": true}
@@ -49,7 +43,7 @@ type Folder struct {
 	root string
 
 	mu      sync.Mutex
-	scanned []Script
+	scanned []wire.Script
 	at      time.Time
 }
 
@@ -66,7 +60,7 @@ func New(root string) (*Folder, error) {
 func (f *Folder) Root() string { return f.root }
 
 // Scripts returns the last scan, scanning first if there was none.
-func (f *Folder) Scripts() ([]Script, error) {
+func (f *Folder) Scripts() ([]wire.Script, error) {
 	f.mu.Lock()
 	done := !f.at.IsZero()
 	list := f.scanned
@@ -78,8 +72,8 @@ func (f *Folder) Scripts() ([]Script, error) {
 }
 
 // Rescan walks the root again.
-func (f *Folder) Rescan() ([]Script, error) {
-	var list []Script
+func (f *Folder) Rescan() ([]wire.Script, error) {
+	var list []wire.Script
 	realRoot, err := filepath.EvalSymlinks(f.root)
 	if err != nil {
 		return nil, run.Errorf(run.ECodeUnavailable, "scripts root %s is not readable: %v", f.root, err)
@@ -109,7 +103,7 @@ func (f *Folder) Rescan() ([]Script, error) {
 		if err != nil || !fi.Mode().IsRegular() {
 			return nil
 		}
-		list = append(list, Script{Path: rel, SizeBytes: fi.Size(), MTime: float64(fi.ModTime().UnixNano()) / 1e9})
+		list = append(list, wire.Script{Path: rel, SizeBytes: fi.Size(), MTime: float64(fi.ModTime().UnixNano()) / 1e9})
 		return nil
 	})
 	if err != nil {
@@ -117,7 +111,7 @@ func (f *Folder) Rescan() ([]Script, error) {
 	}
 	sort.Slice(list, func(i, j int) bool { return list[i].Path < list[j].Path })
 	if list == nil {
-		list = []Script{}
+		list = []wire.Script{}
 	}
 	f.mu.Lock()
 	f.scanned, f.at = list, time.Now()
@@ -204,16 +198,4 @@ func (f *Folder) ResolveDir(cwd string) (string, error) {
 		return "", run.Errorf(run.ECodeInvalid, "cwd %q is not a folder", rel)
 	}
 	return abs, nil
-}
-
-// RunRequest is the body of POST /v1/runs (quant-script-api's fields, plus
-// timeout_sec). The run record keeps it, env included, for the worker.
-type RunRequest struct {
-	Script    string            `json:"script"`
-	Args      []string          `json:"args"`
-	Env       map[string]string `json:"env"`
-	Cwd       string            `json:"cwd"`
-	Duplicate bool              `json:"duplicate"`
-	// TimeoutSec stops the script after this long; 0 (the default) never.
-	TimeoutSec int `json:"timeout_sec,omitempty"`
 }

@@ -36,14 +36,16 @@ local function recovering(window)
 end
 `
 
-// luaActiveCopy defines activeCopy(activeKey, prefix, script): the id of
-// a run of script that has not ended (false if none), pruning ended runs
-// from the active set on the way. It is the per-script lock behind the
-// 409 of a second start.
+// luaActiveCopy defines activeCopy(activeKey, runKeyOf, script): the id
+// of a run of script that has not ended (false if none), pruning ended
+// runs from the active set on the way. It is the per-script lock behind
+// the 409 of a second start. The runs' keys are found at run time (they
+// are the active set's members), so they cannot come in KEYS: runKeyOf is
+// Store.RunKey(""), and a run's key is it followed by the run's id.
 const luaActiveCopy = `
-local function activeCopy(activeKey, prefix, script)
+local function activeCopy(activeKey, runKeyOf, script)
   for _, id in ipairs(redis.call('SMEMBERS', activeKey)) do
-    local f = redis.call('HMGET', prefix .. 'run:' .. id, 'status', 'script')
+    local f = redis.call('HMGET', runKeyOf .. id, 'status', 'script')
     if not f[1] or terminal[f[1]] then
       redis.call('SREM', activeKey, id)
     elseif f[2] == script then

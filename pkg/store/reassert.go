@@ -45,7 +45,7 @@ const (
 // KEYS[2] active set
 // KEYS[3] runs sorted set
 // KEYS[4] the worker's held runs
-// ARGV[1] key prefix, ARGV[2] run id, ARGV[3] script ("" for research),
+// ARGV[1] RunKey(""), ARGV[2] run id, ARGV[3] script ("" for research),
 // ARGV[4] "1" when duplicates are allowed, ARGV[5] TTL seconds,
 // ARGV[6] created score (ms), ARGV[7] worker id, ARGV[8..] field, value pairs
 // Output: {outcome, detail, stop_requested}: held, restored, ended (detail:
@@ -83,7 +83,7 @@ func (s *Store) Reassert(ctx context.Context, worker string, r *run.Run, duplica
 	}
 	rec := *r
 	rec.Worker = worker
-	args := []any{s.prefix, r.ID, r.Script, dup, int(s.ttl.Seconds()), r.CreatedAt.UnixMilli(), worker}
+	args := []any{s.RunKey(""), r.ID, r.Script, dup, int(s.ttl.Seconds()), r.CreatedAt.UnixMilli(), worker}
 	for k, v := range rec.Fields() {
 		args = append(args, k, v)
 	}

@@ -162,7 +162,7 @@ func (s *Store) CreateRun(ctx context.Context, r *run.Run) error {
 // KEYS[1] run hash
 // KEYS[2] active set
 // KEYS[3] runs sorted set
-// ARGV[1] key prefix, ARGV[2] run id, ARGV[3] script, ARGV[4] "1" to allow duplicates
+// ARGV[1] RunKey(""), ARGV[2] run id, ARGV[3] script, ARGV[4] "1" to allow duplicates
 // ARGV[5] TTL seconds, ARGV[6] created score (ms), ARGV[7] recovery window (s)
 // ARGV[8..] field, value pairs
 // Output: {"created"}, {"conflict", id of the active run}, or {"wait", seconds}.
@@ -190,7 +190,7 @@ func (s *Store) CreateScriptRun(ctx context.Context, r *run.Run, duplicate bool)
 	if duplicate {
 		dup = "1"
 	}
-	args := []any{s.prefix, r.ID, r.Script, dup, int(s.ttl.Seconds()), r.CreatedAt.UnixMilli(), int(s.recovery.Seconds())}
+	args := []any{s.RunKey(""), r.ID, r.Script, dup, int(s.ttl.Seconds()), r.CreatedAt.UnixMilli(), int(s.recovery.Seconds())}
 	for k, v := range r.Fields() {
 		args = append(args, k, v)
 	}

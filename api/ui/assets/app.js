@@ -90,7 +90,7 @@
 
   function runsPage() {
     var f = { kind: el('select', { id: 'f-kind' }, ['', 'research', 'script'].map(function (k) { return el('option', { value: k, text: k || 'any kind' }); })),
-      status: el('select', { id: 'f-status' }, ['', 'queued', 'running', 'stopping', 'succeeded', 'failed', 'stopped', 'timeout', 'terminated'].map(function (k) { return el('option', { value: k, text: k || 'any status' }); })),
+      status: el('select', { id: 'f-status' }, [''].concat(window.PYRUNNER.statuses).map(function (k) { return el('option', { value: k, text: k || 'any status' }); })),
       script: el('input', { id: 'f-script', placeholder: 'script' }) };
     var body = el('tbody', { id: 'runs' });
     main.appendChild(el('h1', { text: 'Runs' }));
@@ -213,7 +213,7 @@
     function update(r) {
       status.innerHTML = ''; status.appendChild(badge(r.status));
       rc.textContent = r.return_code == null ? '–' : String(r.return_code);
-      var ended = ['succeeded', 'failed', 'stopped', 'timeout', 'terminated'].indexOf(r.status) >= 0;
+      var ended = window.PYRUNNER.terminal.indexOf(r.status) >= 0;
       stop.disabled = ended;
       if (r.error) errBox.textContent = r.error;
     }
