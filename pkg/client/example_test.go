@@ -19,7 +19,7 @@ func Example_research() {
 	c := client.New(os.Getenv("PYRUNNER_URL"), client.WithToken(os.Getenv("PYRUNNER_TOKEN")))
 	res, err := c.Research(context.Background(), client.ResearchRequest{
 		Market: client.Market{Exchange: "binance", Symbol: "BTCUSDT", BinSize: "1h", Start: 1735689600, End: 1735776000},
-		Code: "print('candles:', len(df))\nresult = {'rows': len(df), 'first': int(df.start.iloc[0])}",
+		Code:   "print('candles:', len(df))\nresult = {'rows': len(df), 'first': int(df.start.iloc[0])}",
 	})
 	if err != nil {
 		fmt.Println("error:", err)
