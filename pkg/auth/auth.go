@@ -89,7 +89,7 @@ func reason(err error) string {
 			return "Invalid token: signing algorithm not allowed (HS256 only)"
 		}
 		return "Invalid token: signature verification failed"
-	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing) && strings.Contains(err.Error(), "exp"):
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing) && strings.Contains(err.Error(), "exp claim"):
 		return "Invalid token: no exp claim (tokens must expire; SCRIPT_JWT_REQUIRE_EXP=false allows them)"
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return "Token expired"
@@ -99,8 +99,12 @@ func reason(err error) string {
 		return "Token issued in the future (iat)"
 	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
 		return "Invalid token issuer"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing) && strings.Contains(err.Error(), "iss claim"):
+		return "Invalid token issuer: no iss claim"
 	case errors.Is(err, jwt.ErrTokenInvalidAudience):
 		return "Invalid token audience"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing) && strings.Contains(err.Error(), "aud claim"):
+		return "Invalid token audience: no aud claim"
 	}
 	return "Invalid token: " + err.Error()
 }

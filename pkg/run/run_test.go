@@ -28,3 +28,22 @@ func TestMerge(t *testing.T) {
 		t.Errorf("merged: %+v", r)
 	}
 }
+
+// TestStatuses: every status is valid, and is either active or terminal.
+func TestStatuses(t *testing.T) {
+	terminal := 0
+	for _, s := range Statuses {
+		if !s.Valid() || s.Active() == s.Terminal() {
+			t.Errorf("%s: valid %v, active %v, terminal %v", s, s.Valid(), s.Active(), s.Terminal())
+		}
+		if s.Terminal() {
+			terminal++
+		}
+	}
+	if terminal != len(TerminalStatuses) {
+		t.Errorf("Statuses holds %d terminal statuses, TerminalStatuses %d", terminal, len(TerminalStatuses))
+	}
+	if Status("bogus").Valid() || Status("").Valid() {
+		t.Error("an unknown status is valid")
+	}
+}
