@@ -20,4 +20,5 @@ if ! /usr/bin/python3 -m flake8 --version >/dev/null 2>&1; then
 fi
 "$bin/golangci-lint" run ./...
 /usr/bin/python3 -m flake8 $(git ls-files '*.py')
+/usr/bin/python3 tools/check-links.py
 echo "lint: clean"
