@@ -24,41 +24,24 @@ func (s *server) require(scope string) echo.MiddlewareFunc {
 	research := scope == auth.ScopeResearchRun
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
-			if !s.cfg.JWTAuth && (!research || s.cfg.Token == "") {
+			if s.open(scope) {
 				return next(c)
 			}
-			c.Response().Header().Set("WWW-Authenticate", "Bearer")
-			client := clientIP(c)
-			if wait := s.tokenThrottle.blocked(client); wait > 0 {
-				return run.TooMany(wait, "Too many bad tokens from this client; retry in %ds", int(wait.Seconds()+0.999))
+			tok, err := s.bearer(c)
+			if err != nil {
+				return err
 			}
-			h := c.Request().Header.Get("Authorization")
-			scheme, tok, _ := strings.Cut(h, " ")
-			tok = strings.TrimSpace(tok)
-			if h == "" {
+			if tok == "" {
 				return run.Errorf(run.ECodeUnauthorized, "Missing bearer token (Authorization: Bearer <token>)")
 			}
-			if !strings.EqualFold(scheme, "Bearer") || tok == "" {
-				return run.Errorf(run.ECodeUnauthorized, "Invalid authorization header: expected 'Bearer <token>'")
-			}
-			if research && s.cfg.Token != "" && auth.Equal(tok, s.cfg.Token) {
-				s.tokenThrottle.reset(client)
+			if research && s.isStaticToken(c, tok) {
 				c.Set(principalKey, auth.Principal{Scopes: []string{auth.ScopeResearchRun}})
 				return next(c)
 			}
-			// A wrong token slows its client down (never another client).
-			badToken := func(detail string) error {
-				time.Sleep(s.tokenThrottle.fail(client))
-				return run.Errorf(run.ECodeUnauthorized, "%s", detail)
-			}
-			if s.verifier == nil {
-				return badToken("Invalid token")
-			}
-			p, err := s.verifier.Verify(tok)
+			p, err := s.verifyJWT(c, tok)
 			if err != nil {
-				return badToken(err.Error())
+				return err
 			}
-			s.tokenThrottle.reset(client)
 			if !p.Allows(scope) {
 				return run.Errorf(run.ECodeForbidden, "Insufficient scopes")
 			}
@@ -66,6 +49,96 @@ func (s *server) require(scope string) echo.MiddlewareFunc {
 			return next(c)
 		}
 	}
+}
+
+// open reports whether scope needs no credentials: no JWT auth, and for
+// research no PYRUNNER_TOKEN either.
+func (s *server) open(scope string) bool {
+	return !s.cfg.JWTAuth && (scope != auth.ScopeResearchRun || s.cfg.Token == "")
+}
+
+// bearer is the request's bearer token ("" when it sent no
+// Authorization header). A client blocked for bad tokens gets 429, a
+// header that is not "Bearer <token>" 401.
+func (s *server) bearer(c echo.Context) (string, error) {
+	c.Response().Header().Set("WWW-Authenticate", "Bearer")
+	if wait := s.tokenThrottle.blocked(clientIP(c)); wait > 0 {
+		return "", run.TooMany(wait, "Too many bad tokens from this client; retry in %ds", int(wait.Seconds()+0.999))
+	}
+	h := c.Request().Header.Get("Authorization")
+	if h == "" {
+		return "", nil
+	}
+	scheme, tok, _ := strings.Cut(h, " ")
+	tok = strings.TrimSpace(tok)
+	if !strings.EqualFold(scheme, "Bearer") || tok == "" {
+		return "", run.Errorf(run.ECodeUnauthorized, "Invalid authorization header: expected 'Bearer <token>'")
+	}
+	return tok, nil
+}
+
+// isStaticToken reports whether tok is PYRUNNER_TOKEN.
+func (s *server) isStaticToken(c echo.Context, tok string) bool {
+	if s.cfg.Token == "" || !auth.Equal(tok, s.cfg.Token) {
+		return false
+	}
+	s.tokenThrottle.reset(clientIP(c))
+	return true
+}
+
+// verifyJWT checks tok as a JWT. A wrong token slows its client down
+// (never another client) and is 401 naming the failed check.
+func (s *server) verifyJWT(c echo.Context, tok string) (auth.Principal, error) {
+	client := clientIP(c)
+	badToken := func(detail string) error {
+		time.Sleep(s.tokenThrottle.fail(client))
+		return run.Errorf(run.ECodeUnauthorized, "%s", detail)
+	}
+	if s.verifier == nil {
+		return auth.Principal{}, badToken("Invalid token")
+	}
+	p, err := s.verifier.Verify(tok)
+	if err != nil {
+		return auth.Principal{}, badToken(err.Error())
+	}
+	s.tokenThrottle.reset(client)
+	return p, nil
+}
+
+// apiScopes are the scopes the routes require, one each.
+var apiScopes = []string{auth.ScopeResearchRun, auth.ScopeScriptsRead, auth.ScopeScriptsRun, auth.ScopeLogsRead}
+
+// grants is every scope the request may use, by require's rules: /mcp
+// lists only the tools these allow. No credentials where some are needed
+// is 401, credentials that allow nothing 403.
+func (s *server) grants(c echo.Context) ([]string, auth.Principal, error) {
+	var p auth.Principal
+	tok, err := s.bearer(c)
+	if err != nil {
+		return nil, p, err
+	}
+	switch {
+	case tok == "":
+	case s.isStaticToken(c, tok):
+		p = auth.Principal{Scopes: []string{auth.ScopeResearchRun}}
+	default:
+		if p, err = s.verifyJWT(c, tok); err != nil {
+			return nil, p, err
+		}
+	}
+	var out []string
+	for _, scope := range apiScopes {
+		if s.open(scope) || p.Allows(scope) {
+			out = append(out, scope)
+		}
+	}
+	switch {
+	case len(out) > 0:
+		return out, p, nil
+	case tok == "":
+		return nil, p, run.Errorf(run.ECodeUnauthorized, "Missing bearer token (Authorization: Bearer <token>)")
+	}
+	return nil, p, run.Errorf(run.ECodeForbidden, "Insufficient scopes")
 }
 
 // owner is the subject of the request's token ("" without one).

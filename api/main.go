@@ -62,6 +62,9 @@ type server struct {
 	throttle  *throttle    // admin secret exchange failures, per client
 	// tokenThrottle is bad bearer tokens (static or JWT), per client.
 	tokenThrottle *throttle
+	// echo is the router (routes), through which MCP tools call the
+	// endpoints they wrap.
+	echo *echo.Echo
 }
 
 func start() error {
@@ -216,6 +219,14 @@ func (s *server) routes() *echo.Echo {
 	e.GET(p+"/runs/:run_id", s.getRun, read)
 	e.POST(p+"/runs/:run_id/stop", s.stopRun, runs)
 	e.GET(p+"/runs/:run_id/logs", s.runLogs, logs)
+
+	// The Model Context Protocol: its own auth (a session lists only the
+	// tools its token allows), and each tool calls a route above.
+	m := newMCPEndpoint(s)
+	for _, method := range []string{http.MethodPost, http.MethodGet, http.MethodDelete} {
+		e.Add(method, "/mcp", m.serve)
+	}
+	s.echo = e
 	return e
 }
 

@@ -5,6 +5,7 @@
 package research
 
 import (
+	_ "embed"
 	"encoding/json"
 	"math"
 	"regexp"
@@ -94,6 +95,13 @@ func lenientInt(name string, raw json.RawMessage) (n int64, ok bool, err error) 
 	}
 	return int64(f), true, nil
 }
+
+// Environment is what research code sees, for people and models alike:
+// the README says it in these words (TestREADMESaysTheEnvironment), and
+// the MCP endpoint serves it as a resource.
+//
+//go:embed environment.md
+var Environment string
 
 // Limits are the server settings validation needs.
 type Limits struct {

@@ -2,6 +2,7 @@ package research
 
 import (
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -66,5 +67,18 @@ func TestLenientBody(t *testing.T) {
 		if err := json.Unmarshal([]byte(body), &r); run.ErrorCode(err) != run.ECodeInvalid {
 			t.Errorf("%s: %v", body, err)
 		}
+	}
+}
+
+// TestREADMESaysTheEnvironment: the README's paragraph on what research
+// code sees is environment.md, word for word (the MCP resource serves it).
+func TestREADMESaysTheEnvironment(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	norm := func(s string) string { return strings.Join(strings.Fields(s), " ") }
+	if !strings.Contains(norm(string(readme)), norm(Environment)) {
+		t.Errorf("README.md does not say what pkg/research/environment.md says:\n%s", Environment)
 	}
 }
