@@ -30,7 +30,8 @@ test-go:
 	$(GO) test -count=1 -timeout 40m ./...
 
 test-python:
-	cd python && /usr/bin/python3 -m pytest -q tests
+	cd python && /usr/bin/python3 -m pytest -q -p no:cacheprovider tests
+	cd clients/python && PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/test_unit.py
 
 # golangci-lint (.golangci.yml) and flake8 (setup.cfg), pinned and
 # installed by the script.

@@ -153,7 +153,8 @@ func TestDashboard(t *testing.T) {
 			waitText("#market", "binance BTCUSDT"), waitText("#globals", "load_kline"),
 			chromedp.SetValue("#code", "import matplotlib.pyplot as plt\nplt.plot(df.time, df.close)\nresult = {'rows': len(df)}", chromedp.ByQuery),
 			chromedp.Click("#run", chromedp.ByQuery),
-			chromedp.WaitVisible("#answer .images img", chromedp.ByQuery), waitText("#run-result", `"rows": 1441`))
+			chromedp.WaitVisible("#answer .images img", chromedp.ByQuery), waitText("#run-result", `"rows": 1441`),
+			waitText("#python-call", `.research(code, exchange="binance", symbol="BTCUSDT", bin_size="1m"`))
 		var src string
 		var natural int
 		b.run(t, "read the chart", chromedp.AttributeValue("#answer .images img", "src", &src, nil, chromedp.ByQuery),

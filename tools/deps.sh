@@ -13,6 +13,9 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v chromium >/dev/null || need+=(chromium)   # the dashboard's browser tests
+# clients/python's tests: installed into a virtualenv offline, a notebook run by nbclient
+/usr/bin/python3 -c 'import requests, setuptools, wheel, venv, ensurepip' 2>/dev/null || need+=(python3-requests python3-setuptools python3-wheel python3-venv)
+/usr/bin/python3 -c 'import ipykernel, jupyter_client, nbclient, nbformat' 2>/dev/null || need+=(python3-ipykernel python3-jupyter-client python3-nbclient python3-nbformat)
 if [ "${1:-}" = bench ]; then # make bench's baselines: a Jupyter kernel, pandas.read_sql on MariaDB
   /usr/bin/python3 -c 'import ipykernel, jupyter_client' 2>/dev/null || need+=(python3-ipykernel python3-jupyter-client)
   /usr/bin/python3 -c 'import pymysql' 2>/dev/null || need+=(python3-pymysql)

@@ -244,12 +244,23 @@
     code.value = "import matplotlib.pyplot as plt\nplt.plot(df.time, df.close)\nresult = df.close.describe()";
     var run = el('button', { id: 'run', text: 'Run' });
     var box = el('div', { 'class': 'card', id: 'answer' });
+    // The same run from Python (clients/python), with this form's values.
+    var pyCall = el('pre', { id: 'python-call', 'class': 'muted' });
+    function showPython() {
+      var parts = market.value.split(' '), q = JSON.stringify;
+      pyCall.textContent = 'from pyrunner import Client  # pip install ./clients/python; in Jupyter: %load_ext pyrunner\n' +
+        'r = Client(' + q(location.origin + ROOT) + ').research(code, exchange=' + q(parts[0] || 'binance') +
+        ', symbol=' + q(parts[1] || '') + ', bin_size=' + q(binSize.value) + ',\n    start=' + q(start.value.replace('T', ' ')) +
+        ', end=' + q(end.value.replace('T', ' ')) + ')';
+    }
+    [market, binSize, start, end].forEach(function (x) { x.addEventListener('change', showPython); });
     main.appendChild(el('div', { 'class': 'card' }, [
       el('div', { 'class': 'row' }, [el('label', {}, ['Market', market]), el('label', {}, ['Candles', binSize]), el('label', {}, ['From (UTC)', start]), el('label', {}, ['To (UTC)', end])]),
       el('p', { 'class': 'muted help', id: 'globals' }, ['Your code sees ', el('code', { text: 'df' }), ' (start, open, high, low, close, volume, turnover, trades, time), ', el('code', { text: 'pd' }), ', ', el('code', { text: 'np' }),
         ' and ', el('code', { text: 'load_kline(exchange, symbol, binSize, start, end, limit=0)' }), '. Set ', el('code', { text: 'result' }), ' to return JSON; open matplotlib figures come back as charts.']),
-      code, el('div', { 'class': 'row' }, [run])]));
+      code, el('div', { 'class': 'row' }, [run]), pyCall]));
     main.appendChild(box);
+    showPython();
     api('GET', ROOT + '/v1/research/markets').then(function (d) {
       var seen = {};
       (d.markets || []).forEach(function (m) {
@@ -259,10 +270,12 @@
         if (m.last) { end.value = dt(m.last); start.value = dt(m.last - 86400); }
       });
       if (!market.options.length) market.appendChild(el('option', { value: '', text: 'no markets reported by the workers' }));
+      showPython();
     }).catch(function () {});
     function unix(v) { return Math.floor(new Date(v + 'Z').getTime() / 1000); }
     run.addEventListener('click', function () {
       var parts = market.value.split(' ');
+      showPython();
       run.disabled = true;
       box.textContent = 'Running…';
       api('POST', ROOT + '/v1/research/run', { exchange: parts[0], symbol: parts[1], binSize: binSize.value, start: unix(start.value), end: unix(end.value), code: code.value })
