@@ -15,6 +15,7 @@ import (
 type redisHealth struct {
 	Status string `json:"status"` // ok or unreachable
 	store.Durability
+	store.Topology
 }
 
 // health is GET /health and GET /v1/health: Redis and its durability,
@@ -31,10 +32,10 @@ func (s *server) health(c echo.Context) error {
 	}
 	d, err := s.store.Durability(ctx)
 	if err != nil {
-		body["status"], body["redis"] = "error", redisHealth{Status: "unreachable"}
+		body["status"], body["redis"] = "error", redisHealth{Status: "unreachable", Topology: s.store.Topology(ctx)}
 		return c.JSON(http.StatusServiceUnavailable, body)
 	}
-	body["redis"] = redisHealth{Status: "ok", Durability: d}
+	body["redis"] = redisHealth{Status: "ok", Durability: d, Topology: s.store.Topology(ctx)}
 	if ws, err := s.store.Workers(ctx, liveness.Stale); err == nil {
 		body["workers"] = ws
 	}

@@ -79,7 +79,7 @@ func start() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	st, rds, err := store.Connect(ctx, store.ConnectOptions{URL: cfg.RedisURL, Prefix: cfg.KeyPrefix, TTL: cfg.ResultTTL,
+	st, rds, err := store.Connect(ctx, store.ConnectOptions{URL: cfg.RedisURL, SentinelPassword: cfg.RedisSentinelPassword, Prefix: cfg.KeyPrefix, TTL: cfg.ResultTTL,
 		RecoveryWindow: liveness.RecoveryWindow, RequireDurable: cfg.RequireDurableRedis})
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)

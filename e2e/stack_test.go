@@ -154,6 +154,9 @@ type stackOpts struct {
 	scripts string            // scripts root (default: an empty folder)
 	env     map[string]string // extra environment for API and workers
 	dbEnv   map[string]string // read-only DB settings (default: a demo SQLite)
+	// redisURL is a Redis the test runs itself (default: the stack starts
+	// its own redis-server).
+	redisURL string
 }
 
 func freePort(t *testing.T) int {
@@ -195,9 +198,12 @@ func startStack(t *testing.T, o stackOpts) *stack {
 			t.Fatal(err)
 		}
 	}
-	s := &stack{t: t, dir: dir, redisPort: freePort(t), cwd: o.dir, wantWorkers: o.workers}
-	s.redisURL = fmt.Sprintf("redis://127.0.0.1:%d/0", s.redisPort)
-	s.startRedis()
+	s := &stack{t: t, dir: dir, cwd: o.dir, wantWorkers: o.workers, redisURL: o.redisURL}
+	if s.redisURL == "" {
+		s.redisPort = freePort(t)
+		s.redisURL = fmt.Sprintf("redis://127.0.0.1:%d/0", s.redisPort)
+		s.startRedis()
+	}
 	port := freePort(t)
 	s.base = fmt.Sprintf("http://127.0.0.1:%d", port)
 	env := map[string]string{

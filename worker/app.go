@@ -78,7 +78,7 @@ func newApp(ctx context.Context, cfg *config.Config) (*app, error) {
 		return a.fail(err)
 	}
 	a.closers = append(a.closers, func() { exe.Close() })
-	st, rds, err := store.Connect(ctx, store.ConnectOptions{URL: cfg.RedisURL, Prefix: cfg.KeyPrefix, TTL: cfg.ResultTTL,
+	st, rds, err := store.Connect(ctx, store.ConnectOptions{URL: cfg.RedisURL, SentinelPassword: cfg.RedisSentinelPassword, Prefix: cfg.KeyPrefix, TTL: cfg.ResultTTL,
 		RecoveryWindow: liveness.RecoveryWindow, RequireDurable: cfg.RequireDurableRedis})
 	if err != nil {
 		return a.fail(err)

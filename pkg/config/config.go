@@ -64,6 +64,9 @@ func (c ReadonlyDB) DBType() string {
 type Config struct {
 	Listen    string
 	RedisURL  string
+	// RedisSentinelPassword is the sentinels' own password, when they
+	// have one (the URL's is Redis's).
+	RedisSentinelPassword string
 	KeyPrefix string
 	// RequireDurableRedis refuses to start on a Redis without persistence
 	// or with an eviction policy.
@@ -154,6 +157,7 @@ func (c *Config) settings() []setting {
 	return []setting{
 		{"PYRUNNER_LISTEN", api, ":9000", "HTTP listen address of the API", str(&c.Listen)},
 		{"PYRUNNER_REDIS_URL", both, "redis://127.0.0.1:6379/0", "Redis URL (redis://, rediss://, redis-sentinel://)", str(&c.RedisURL)},
+		{"PYRUNNER_REDIS_SENTINEL_PASSWORD", both, "", "the sentinels' own password (redis-sentinel:// URLs; the URL's password is redis's)", str(&c.RedisSentinelPassword)},
 		{"PYRUNNER_REQUIRE_DURABLE_REDIS", both, "false", "refuse to start when redis keeps nothing on disk or may evict keys (otherwise: a loud warning)", boolean(&c.RequireDurableRedis)},
 		{"PYRUNNER_KEY_PREFIX", both, "pyrunner:", "prefix of every pyrunner key in Redis", str(&c.KeyPrefix)},
 		{"PYRUNNER_PYTHON", both, "", "Python interpreter (default: the first python3 that imports numpy and pandas)", str(&c.Python)},

@@ -176,6 +176,8 @@ func (s *Store) Retry(ctx context.Context, p backoff.Policy, write func() error)
 // ConnectOptions say how a process connects to pyrunner's Redis.
 type ConnectOptions struct {
 	URL    string        // PYRUNNER_REDIS_URL
+	// SentinelPassword is PYRUNNER_REDIS_SENTINEL_PASSWORD.
+	SentinelPassword string
 	Prefix string        // the start of every key
 	TTL    time.Duration // how long run records live
 	// RecoveryWindow is how long after a Redis start script starts and
@@ -192,6 +194,9 @@ func Connect(ctx context.Context, o ConnectOptions) (*Store, Redis, error) {
 	rds, err := ParseRedisURL(o.URL) // parsed once: the store and asynq share it
 	if err != nil {
 		return nil, Redis{}, err
+	}
+	if o.SentinelPassword != "" {
+		rds = rds.WithSentinelPassword(o.SentinelPassword)
 	}
 	var st *Store
 	err = backoff.Retry(ctx, backoff.Startup("connect to redis"), func() (err error) {

@@ -43,6 +43,10 @@ type Store struct {
 	conf   Redis
 	beatMu sync.Mutex
 	beat   redis.UniversalClient
+	// sentinels, with Sentinel, watch the primary (sentinel.go);
+	// stopWatch ends that.
+	sentinels *sentinels
+	stopWatch context.CancelFunc
 }
 
 // Redis is a parsed PYRUNNER_REDIS_URL: the one description of the Redis
@@ -117,6 +121,12 @@ func Open(ctx context.Context, r Redis, prefix string, ttl time.Duration) (*Stor
 		rdb.Close()
 		return nil, err
 	}
+	if r.Sentinel() {
+		s.sentinels = newSentinels(r)
+		var watchCtx context.Context
+		watchCtx, s.stopWatch = context.WithCancel(context.Background())
+		go s.sentinels.watch(watchCtx, 500*time.Millisecond)
+	}
 	return s, nil
 }
 
@@ -135,6 +145,10 @@ func (s *Store) Close() error {
 		s.beat.Close()
 	}
 	s.beatMu.Unlock()
+	if s.sentinels != nil {
+		s.stopWatch()
+		s.sentinels.close()
+	}
 	return s.rdb.Close()
 }
 

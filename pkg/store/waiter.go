@@ -42,19 +42,29 @@ func (s *Store) newWaiter(ctx context.Context, channel string) (*Waiter, error) 
 // nothing published after it is missed. go-redis re-subscribes after a
 // lost connection; what was published in the gap is gone, so resync is
 // called then, for the caller to look at the state again.
+//
+// After a failover (Sentinel) it subscribes again on the new primary,
+// and resync is called then too: a demoted primary that stays up would
+// keep the old subscription open, and silent.
 func (s *Store) subscribeWithResync(ctx context.Context, channel string, fn func(payload string), resync func()) error {
+	switched := s.primaryChanged()
 	ps := s.rdb.Subscribe(ctx, channel)
 	if _, err := ps.Receive(ctx); err != nil {
 		ps.Close()
 		return fmt.Errorf("store: subscribe to %s: %w", channel, err)
 	}
 	go func() {
-		defer ps.Close()
+		defer func() { ps.Close() }()
 		ch := ps.ChannelWithSubscriptions()
 		for {
 			select {
 			case <-ctx.Done():
 				return
+			case <-switched:
+				ps.Close()
+				switched = s.primaryChanged()
+				ps = s.rdb.Subscribe(ctx, channel) // its "subscribe" confirmation calls resync
+				ch = ps.ChannelWithSubscriptions()
 			case m, ok := <-ch:
 				if !ok {
 					return
@@ -64,7 +74,7 @@ func (s *Store) subscribeWithResync(ctx context.Context, channel string, fn func
 					fn(m.Payload)
 				case *redis.Subscription:
 					if m.Kind == "subscribe" && resync != nil {
-						slog.Warn("re-subscribed after a lost connection; waking all waiters", "channel", channel)
+						slog.Warn("re-subscribed after a lost connection or a failover; waking all waiters", "channel", channel)
 						resync()
 					}
 				}

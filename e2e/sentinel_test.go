@@ -1,0 +1,420 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const (
+	redisPassword    = "redis-pw"
+	sentinelPassword = "sentinel-pw"
+	masterName       = "pyrunner"
+)
+
+// sentinelSet is a primary, a replica and three sentinels on 127.0.0.1,
+// password-protected, with docker/redis.conf's persistence.
+type sentinelSet struct {
+	t         *testing.T
+	dir       string
+	nodes     []int // redis ports; nodes[0] starts as the primary
+	sentinels []int
+	procs     map[int]*exec.Cmd
+}
+
+func startSentinelSet(t *testing.T) *sentinelSet {
+	ss := &sentinelSet{t: t, dir: t.TempDir(), procs: map[int]*exec.Cmd{}}
+	ports := map[int]bool{}
+	for len(ports) < 5 { // five different ones
+		ports[freePort(t)] = true
+	}
+	for p := range ports {
+		if len(ss.nodes) < 2 {
+			ss.nodes = append(ss.nodes, p)
+		} else {
+			ss.sentinels = append(ss.sentinels, p)
+		}
+	}
+	ss.startNode(ss.nodes[0], 0)
+	ss.startNode(ss.nodes[1], ss.nodes[0])
+	for _, port := range ss.sentinels {
+		conf := filepath.Join(ss.dir, fmt.Sprintf("sentinel-%d.conf", port))
+		body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nrequirepass %s\nsentinel sentinel-pass %s\n"+
+			"sentinel monitor %s 127.0.0.1 %d 2\nsentinel auth-pass %s %s\n"+
+			"sentinel down-after-milliseconds %s 1000\nsentinel failover-timeout %s 5000\nsentinel parallel-syncs %s 1\n",
+			port, ss.dir, sentinelPassword, sentinelPassword, masterName, ss.nodes[0], masterName, redisPassword,
+			masterName, masterName, masterName)
+		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		ss.run(port, "redis-server", conf, "--sentinel")
+	}
+	t.Cleanup(func() {
+		for _, c := range ss.procs {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		}
+	})
+	// Ready when the replica has synced and every sentinel knows the
+	// replica and the two other sentinels (otherwise no failover).
+	waitUntil(t, 60*time.Second, "the sentinel set to be ready", func() bool {
+		if !strings.Contains(ss.cli(ss.nodes[1], redisPassword, "info", "replication"), "master_link_status:up") {
+			return false
+		}
+		for _, p := range ss.sentinels {
+			info := ss.cli(p, sentinelPassword, "sentinel", "master", masterName)
+			if !strings.Contains(info, "num-other-sentinels\n2") || !strings.Contains(info, "num-slaves\n1") {
+				return false
+			}
+		}
+		return true
+	})
+	return ss
+}
+
+// startNode starts a Redis on port, a replica of replicaOf unless it is 0.
+func (ss *sentinelSet) startNode(port, replicaOf int) {
+	conf, err := filepath.Abs("../docker/redis.conf")
+	if err != nil {
+		ss.t.Fatal(err)
+	}
+	dir := filepath.Join(ss.dir, strconv.Itoa(port))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		ss.t.Fatal(err)
+	}
+	// A config file of the node's own that includes pyrunner's: sentinels
+	// rewrite it (CONFIG REWRITE) when they reconfigure the node.
+	own := filepath.Join(dir, "redis.conf")
+	if _, err := os.Stat(own); err != nil {
+		if err := os.WriteFile(own, []byte("include "+conf+"\n"), 0o644); err != nil {
+			ss.t.Fatal(err)
+		}
+	}
+	args := []string{own, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
+		"--requirepass", redisPassword, "--masterauth", redisPassword}
+	if replicaOf != 0 {
+		args = append(args, "--replicaof", "127.0.0.1", strconv.Itoa(replicaOf))
+	}
+	ss.run(port, "redis-server", args...)
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.TrimSpace(ss.cli(port, redisPassword, "ping")) != "PONG" {
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(ss.dir, fmt.Sprintf("%d.log", port)))
+			ss.t.Fatalf("redis on %d did not answer in 10 s:\n%s", port, log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (ss *sentinelSet) run(port int, bin string, args ...string) {
+	log, err := os.Create(filepath.Join(ss.dir, fmt.Sprintf("%d.log", port)))
+	if err != nil {
+		ss.t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		ss.t.Fatal(err)
+	}
+	ss.procs[port] = cmd
+}
+
+// kill SIGKILLs the Redis on port.
+func (ss *sentinelSet) kill(port int) {
+	c := ss.procs[port]
+	if err := c.Process.Signal(syscall.SIGKILL); err != nil {
+		ss.t.Fatal(err)
+	}
+	_ = c.Wait()
+	delete(ss.procs, port)
+}
+
+func (ss *sentinelSet) cli(port int, password string, args ...string) string {
+	out, _ := exec.Command("redis-cli", append([]string{"-p", strconv.Itoa(port), "--no-auth-warning", "-a", password}, args...)...).Output()
+	return string(out)
+}
+
+// primary is the primary's port as the first sentinel that answers names it.
+func (ss *sentinelSet) primary() int {
+	for _, p := range ss.sentinels {
+		f := strings.Fields(ss.cli(p, sentinelPassword, "sentinel", "get-master-addr-by-name", masterName))
+		if len(f) == 2 {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	return 0
+}
+
+func (ss *sentinelSet) url() string {
+	var addrs []string
+	for _, p := range ss.sentinels {
+		addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", p))
+	}
+	return fmt.Sprintf("redis-sentinel://:%s@%s?master=%s", redisPassword, strings.Join(addrs, ","), masterName)
+}
+
+// call is one HTTP request that never fails the test: its status (0 when
+// it could not be sent or timed out) and body.
+func call(method, url, body string, timeout time.Duration) (int, []byte) {
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		return 0, nil
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := (&http.Client{Timeout: timeout}).Do(req)
+	if err != nil {
+		return 0, []byte(err.Error())
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// TestSentinelFailover: under load (8 clients of sync research runs, 200
+// queued async runs, 2 running scripts), SIGKILL the primary. A replica
+// is elected; sync runs succeed again soon after; every async run
+// accepted well before the kill succeeds; the scripts keep running (same
+// pids, never two copies) and stop; a stop sent during the failover
+// lands; the old primary comes back as a replica and nothing writes to it.
+// PYRUNNER_FAILOVERS (default 1) repeats the kill, each time of the
+// current primary, and logs the unavailability of each.
+func TestSentinelFailover(t *testing.T) {
+	ss := startSentinelSet(t)
+	root := writeScripts(t)
+	s := startStack(t, stackOpts{scripts: root, redisURL: ss.url(),
+		env: map[string]string{"PYRUNNER_REDIS_SENTINEL_PASSWORD": sentinelPassword}})
+	var h struct {
+		Redis struct {
+			Status, Primary  string
+			MasterName       string `json:"master_name"`
+			SentinelsReached int    `json:"sentinels_reached"`
+		} `json:"redis"`
+	}
+	readHealth := func() {
+		if st, b := call("GET", s.base+"/health", "", 10*time.Second); st == 200 {
+			_ = json.Unmarshal(b, &h)
+		}
+	}
+	readHealth()
+	if h.Redis.Primary != fmt.Sprintf("127.0.0.1:%d", ss.nodes[0]) || h.Redis.MasterName != masterName || h.Redis.SentinelsReached != 3 {
+		t.Fatalf("/health redis: %+v", h.Redis)
+	}
+	scan := scanCopies(t, filepath.Join(root, "ticker.py"), filepath.Join(root, "polite.py"))
+	_, bot := s.startScript(`{"script":"ticker.py"}`)
+	if bot.Status != "running" || bot.PID == nil {
+		t.Fatalf("ticker.py: %+v", bot)
+	}
+
+	failovers := 1
+	if n, err := strconv.Atoi(os.Getenv("PYRUNNER_FAILOVERS")); err == nil && n > 0 {
+		failovers = n
+	}
+	for i := 0; i < failovers; i++ {
+		writes, answers := failoverOnce(t, s, ss)
+		t.Logf("failover %d: runs could not be submitted for %s (first refused to first accepted); "+
+			"the longest gap between sync answers (behind the 200 queued runs) %s", i+1,
+			writes.Round(10*time.Millisecond), answers.Round(10*time.Millisecond))
+	}
+
+	// The ticker ran through every failover: same pid, one copy, and it stops.
+	var r runRec
+	if st := s.do("GET", "/v1/runs/"+bot.RunID, "", &r); st != 200 || r.Status != "running" || r.PID == nil || *r.PID != *bot.PID {
+		t.Errorf("ticker.py after the failovers: %d %+v (pid was %d)", st, r, *bot.PID)
+	}
+	if st := s.do("POST", "/v1/runs/"+bot.RunID+"/stop", "", &r); st != 200 || r.Status != "stopped" {
+		t.Errorf("stop ticker.py: %d %+v", st, r)
+	}
+	if n := scan.most(filepath.Join(root, "ticker.py")); n != 1 {
+		t.Errorf("ticker.py had %d copies at most", n)
+	}
+}
+
+// failoverOnce kills the current primary under load, checks what the
+// test's comment says, brings the old primary back as a replica, and
+// returns how long runs could not be submitted (from the first refused
+// to the next accepted) and the longest gap between two successful sync
+// answers.
+func failoverOnce(t *testing.T, s *stack, ss *sentinelSet) (writes, answers time.Duration) {
+	old := ss.primary()
+	seedRun := `{"exchange":"binance","symbol":"BTCUSDT","binSize":"1h","start":1735689600,"end":1735776000,"code":"result = len(df)"}`
+	_, polite := s.startScript(`{"script":"polite.py"}`)
+	if polite.Status != "running" {
+		t.Fatalf("polite.py: %+v", polite)
+	}
+
+	// 200 async runs, accepted now (well before the kill).
+	var asyncIDs []string
+	for i := 0; i < 200; i++ {
+		st, b := call("POST", s.base+"/v1/research/run?wait=false", `{"exchange":"binance","symbol":"BTCUSDT","binSize":"1h",`+
+			`"start":1735689600,"end":1735776000,"code":"import time\ntime.sleep(0.02)\nresult = 1"}`, 30*time.Second)
+		var a struct{ ID string }
+		if st != 202 || json.Unmarshal(b, &a) != nil {
+			t.Fatalf("async run %d: %d %s", i, st, b)
+		}
+		asyncIDs = append(asyncIDs, a.ID)
+	}
+	accepted := time.Now()
+
+	// 8 clients of sync runs, through the failover.
+	var (
+		stop                sync.WaitGroup
+		quit                atomic.Bool
+		mu        sync.Mutex
+		successes []time.Time
+		hung      int
+	)
+	for c := 0; c < 8; c++ {
+		stop.Add(1)
+		go func() {
+			defer stop.Done()
+			for !quit.Load() {
+				st, b := call("POST", s.base+"/v1/research/run", seedRun, 90*time.Second)
+				var res struct {
+					OK     bool
+					Result int
+				}
+				ok := st == 200 && json.Unmarshal(b, &res) == nil && res.OK && res.Result == 24
+				mu.Lock()
+				switch {
+				case st == 0:
+					hung++
+					t.Errorf("a sync run got no answer in 90 s: %s", b)
+				case !ok && st != 503 && st != 202:
+					t.Errorf("a sync run answered %d: %s", st, b)
+				}
+				if ok {
+					successes = append(successes, time.Now())
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+
+	// A prober submits a run every 100 ms: the write path's availability.
+	var refused, reaccepted time.Time
+	stop.Add(1)
+	go func() {
+		defer stop.Done()
+		for !quit.Load() {
+			began := time.Now()
+			st, _ := call("POST", s.base+"/v1/research/run?wait=false", seedRun, 30*time.Second)
+			mu.Lock()
+			if st != 202 && refused.IsZero() {
+				refused = began
+			}
+			if st == 202 && !refused.IsZero() && reaccepted.IsZero() {
+				reaccepted = time.Now()
+			}
+			mu.Unlock()
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+
+	for time.Since(accepted) < 1500*time.Millisecond { // every async run accepted > 1 s before the kill
+		time.Sleep(50 * time.Millisecond)
+	}
+	killed := time.Now()
+	ss.kill(old)
+	// A stop sent during the failover (retried while Redis is away).
+	stopDone := make(chan time.Time, 1)
+	go func() {
+		for {
+			if st, _ := call("POST", s.base+"/v1/runs/"+polite.RunID+"/stop", "", 30*time.Second); st == 200 {
+				stopDone <- time.Now()
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+	var elected time.Time
+	waitUntil(t, 60*time.Second, "the sentinels to elect a new primary", func() bool {
+		if p := ss.primary(); p != 0 && p != old {
+			elected = time.Now()
+			return true
+		}
+		return false
+	})
+	t.Logf("primary %d killed; new primary elected after %s", old, elected.Sub(killed).Round(10*time.Millisecond))
+
+	// Within 15 s of the election, new sync runs succeed.
+	waitUntil(t, 15*time.Second, "a sync run to succeed after the election", func() bool {
+		st, b := call("POST", s.base+"/v1/research/run", seedRun, 15*time.Second)
+		return st == 200 && strings.Contains(string(b), `"ok":true`)
+	})
+	// The stop landed within 10 s of the election: the script is gone.
+	select {
+	case at := <-stopDone:
+		if at.Sub(elected) > 10*time.Second {
+			t.Errorf("the stop sent during the failover landed %s after the election", at.Sub(elected))
+		}
+	case <-time.After(time.Until(elected.Add(10 * time.Second))):
+		t.Errorf("the stop sent during the failover did not land within 10 s of the election")
+	}
+	if pid := *polite.PID; alive(pid) {
+		t.Errorf("polite.py (pid %d) still runs after its stop", pid)
+	}
+
+	// Every async run accepted before the kill ends succeeded.
+	for _, id := range asyncIDs {
+		var r result
+		waitUntil(t, 2*time.Minute, "async run "+id+" to end", func() bool {
+			st, b := call("GET", s.base+"/v1/research/runs/"+id+"?wait=10", "", 30*time.Second)
+			return st == 200 && json.Unmarshal(b, &r) == nil
+		})
+		if r.Status != "succeeded" {
+			t.Errorf("async run %s accepted %s before the kill ended %s: %s", id, killed.Sub(accepted), r.Status, r.errText())
+		}
+	}
+	quit.Store(true)
+	stop.Wait()
+
+	// The old primary comes back: as a replica of the new one, written to
+	// by no one but replication.
+	restarted := old
+	ss.startNode(restarted, 0)
+	waitUntil(t, 60*time.Second, "the old primary to rejoin as a replica", func() bool {
+		info := ss.cli(restarted, redisPassword, "info", "replication")
+		return strings.Contains(info, "role:slave") && strings.Contains(info, "master_link_status:up")
+	})
+	st, b := call("POST", s.base+"/v1/research/run", seedRun, 30*time.Second)
+	if st != 200 || !strings.Contains(string(b), `"ok":true`) {
+		t.Errorf("a run after the old primary came back: %d %s", st, b)
+	}
+	if out := ss.cli(restarted, redisPassword, "set", "probe", "1"); !strings.Contains(out, "READONLY") {
+		t.Errorf("the old primary takes writes: %q", out)
+	}
+	waitUntil(t, 30*time.Second, "every sentinel to see the rejoined replica", func() bool {
+		for _, p := range ss.sentinels {
+			if !strings.Contains(ss.cli(p, sentinelPassword, "sentinel", "master", masterName), "num-slaves\n1") {
+				return false
+			}
+		}
+		return true
+	})
+	if hung > 0 {
+		t.Errorf("%d sync runs hung past their timeout", hung)
+	}
+	last := killed
+	for _, at := range successes {
+		if at.After(killed) {
+			answers = max(answers, at.Sub(last))
+			last = at
+		}
+	}
+	if !refused.IsZero() && !reaccepted.IsZero() {
+		writes = reaccepted.Sub(refused)
+	}
+	return writes, answers
+}
