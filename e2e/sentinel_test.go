@@ -269,8 +269,8 @@ func failoverOnce(t *testing.T, s *stack, ss *sentinelSet) (writes, answers time
 
 	// 8 clients of sync runs, through the failover.
 	var (
-		stop                sync.WaitGroup
-		quit                atomic.Bool
+		stop      sync.WaitGroup
+		quit      atomic.Bool
 		mu        sync.Mutex
 		successes []time.Time
 		hung      int

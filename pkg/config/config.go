@@ -62,12 +62,12 @@ func (c ReadonlyDB) DBType() string {
 
 // Config is every setting of the API and the worker.
 type Config struct {
-	Listen    string
-	RedisURL  string
+	Listen   string
+	RedisURL string
 	// RedisSentinelPassword is the sentinels' own password, when they
 	// have one (the URL's is Redis's).
 	RedisSentinelPassword string
-	KeyPrefix string
+	KeyPrefix             string
 	// RequireDurableRedis refuses to start on a Redis without persistence
 	// or with an eviction policy.
 	RequireDurableRedis bool

@@ -175,11 +175,11 @@ func (s *Store) Retry(ctx context.Context, p backoff.Policy, write func() error)
 
 // ConnectOptions say how a process connects to pyrunner's Redis.
 type ConnectOptions struct {
-	URL    string        // PYRUNNER_REDIS_URL
+	URL string // PYRUNNER_REDIS_URL
 	// SentinelPassword is PYRUNNER_REDIS_SENTINEL_PASSWORD.
 	SentinelPassword string
-	Prefix string        // the start of every key
-	TTL    time.Duration // how long run records live
+	Prefix           string        // the start of every key
+	TTL              time.Duration // how long run records live
 	// RecoveryWindow is how long after a Redis start script starts and
 	// claims wait for workers to re-assert their runs (SetRecoveryWindow).
 	RecoveryWindow time.Duration
