@@ -3,7 +3,8 @@
 # api and workers; it runs at every `up` and changes nothing that is there):
 #  - the Redis password: .env's REDIS_PASSWORD, or one made at random on
 #    first start and kept in the secrets volume, written as redis.conf for
-#    redis and as a redis:// URL for api and workers (mode 0400, root);
+#    redis and as a redis:// URL for api and workers (mode 0400, root),
+#    and as the redis-sentinel:// URL of the ha profile's sentinels;
 #  - the demo SQLite K-lines, when the klines volume has none yet.
 set -eu
 umask 077
@@ -19,8 +20,10 @@ case $pass in *[!A-Za-z0-9._~-]*)
   echo "init: REDIS_PASSWORD may hold only letters, digits and . _ ~ - (it goes into a URL)" >&2; exit 1;;
 esac
 printf '%s' "$pass" > "$secrets/redis.pass"
-printf 'requirepass %s\n' "$pass" > "$secrets/redis.conf"
+# masterauth: any Redis of the ha profile may be a replica after a failover.
+printf 'requirepass %s\nmasterauth %s\n' "$pass" "$pass" > "$secrets/redis.conf"
 printf 'redis://:%s@redis:6379/0' "$pass" > "$secrets/redis.url"
+printf 'redis-sentinel://:%s@sentinel-1:26379,sentinel-2:26379,sentinel-3:26379?master=pyrunner' "$pass" > "$secrets/redis-sentinel.url"
 umask 022
 mkdir -p /var/lib/pyrunner/klines
 exec pyrunner-demodata --sqlite /var/lib/pyrunner/klines/exchange.db --if-missing

@@ -52,9 +52,9 @@ func TestCompose(t *testing.T) {
 		if t.Failed() {
 			t.Logf("---- compose logs (tail) ----\n%s", c.output("logs", "--no-color", "--tail", "40"))
 		}
-		c.output("--profile", "mysql", "down", "-v", "--remove-orphans")
+		c.output("--profile", "mysql", "--profile", "ha", "down", "-v", "--remove-orphans")
 	})
-	c.output("--profile", "mysql", "down", "-v", "--remove-orphans") // what an aborted run left
+	c.output("--profile", "mysql", "--profile", "ha", "down", "-v", "--remove-orphans") // what an aborted run left
 
 	only := os.Getenv("PYRUNNER_COMPOSE_ONLY") // e.g. "Seed|RedisCrash" while working on one part
 	run := func(name string, f func(t *testing.T)) {
@@ -90,6 +90,7 @@ func TestCompose(t *testing.T) {
 	run("RedisRestart", func(t *testing.T) { testComposeRedisRestart(t, c, s) })
 	run("RedisCrash", func(t *testing.T) { testComposeRedisCrash(t, c, s) })
 	run("MySQL", func(t *testing.T) { testComposeMySQL(t, c) })
+	run("HA", func(t *testing.T) { testComposeHA(t, c) })
 }
 
 // args are `docker compose`'s arguments for this project.
@@ -119,7 +120,7 @@ func (c *compose) run(args ...string) {
 // user runs it (no override, no env file), says nothing: no warning, no
 // error, with no profile and with each profile.
 func testComposeConfig(t *testing.T, c *compose) {
-	for _, profile := range []string{"", "mysql"} {
+	for _, profile := range []string{"", "mysql", "ha"} {
 		args := []string{"compose", "-f", "compose.yaml"}
 		if profile != "" {
 			args = append(args, "--profile", profile)

@@ -23,6 +23,19 @@ const (
 	masterName       = "pyrunner"
 )
 
+// redisHA is a Redis set under Sentinel that a failover test drives:
+// processes on 127.0.0.1 (sentinelSet) or compose's ha profile.
+type redisHA interface {
+	// primary is the primary's address as the sentinels name it ("" if
+	// none answers).
+	primary() string
+	// kill SIGKILLs the Redis at addr.
+	kill(addr string)
+	// bringBack starts the Redis at addr again and waits until it is a
+	// replica in sync that refuses writes.
+	bringBack(addr string)
+}
+
 // sentinelSet is a primary, a replica and three sentinels on 127.0.0.1,
 // password-protected, with docker/redis.conf's persistence.
 type sentinelSet struct {
@@ -130,8 +143,8 @@ func (ss *sentinelSet) run(port int, bin string, args ...string) {
 	ss.procs[port] = cmd
 }
 
-// kill SIGKILLs the Redis on port.
-func (ss *sentinelSet) kill(port int) {
+func (ss *sentinelSet) kill(addr string) {
+	port := portOf(addr)
 	c := ss.procs[port]
 	if err := c.Process.Signal(syscall.SIGKILL); err != nil {
 		ss.t.Fatal(err)
@@ -145,16 +158,40 @@ func (ss *sentinelSet) cli(port int, password string, args ...string) string {
 	return string(out)
 }
 
-// primary is the primary's port as the first sentinel that answers names it.
-func (ss *sentinelSet) primary() int {
+func (ss *sentinelSet) primary() string {
 	for _, p := range ss.sentinels {
 		f := strings.Fields(ss.cli(p, sentinelPassword, "sentinel", "get-master-addr-by-name", masterName))
 		if len(f) == 2 {
-			n, _ := strconv.Atoi(f[1])
-			return n
+			return f[0] + ":" + f[1]
 		}
 	}
-	return 0
+	return ""
+}
+
+func portOf(addr string) int {
+	_, p, _ := strings.Cut(addr, ":")
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+func (ss *sentinelSet) bringBack(addr string) {
+	port := portOf(addr)
+	ss.startNode(port, 0)
+	waitUntil(ss.t, 60*time.Second, "the old primary to rejoin as a replica", func() bool {
+		info := ss.cli(port, redisPassword, "info", "replication")
+		return strings.Contains(info, "role:slave") && strings.Contains(info, "master_link_status:up")
+	})
+	if out := ss.cli(port, redisPassword, "set", "probe", "1"); !strings.Contains(out, "READONLY") {
+		ss.t.Errorf("the old primary takes writes: %q", out)
+	}
+	waitUntil(ss.t, 30*time.Second, "every sentinel to see the rejoined replica", func() bool {
+		for _, p := range ss.sentinels {
+			if !strings.Contains(ss.cli(p, sentinelPassword, "sentinel", "master", masterName), "num-slaves\n1") {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 func (ss *sentinelSet) url() string {
@@ -208,9 +245,15 @@ func TestSentinelFailover(t *testing.T) {
 		}
 	}
 	readHealth()
-	if h.Redis.Primary != fmt.Sprintf("127.0.0.1:%d", ss.nodes[0]) || h.Redis.MasterName != masterName || h.Redis.SentinelsReached != 3 {
+	if h.Redis.Primary != ss.primary() || h.Redis.MasterName != masterName || h.Redis.SentinelsReached != 3 {
 		t.Fatalf("/health redis: %+v", h.Redis)
 	}
+	testFailovers(t, s, ss, root)
+}
+
+// testFailovers runs failoverOnce PYRUNNER_FAILOVERS times (default 1)
+// with ticker.py running throughout; the scripts are in root.
+func testFailovers(t *testing.T, s *stack, ha redisHA, root string) {
 	scan := scanCopies(t, filepath.Join(root, "ticker.py"), filepath.Join(root, "polite.py"))
 	_, bot := s.startScript(`{"script":"ticker.py"}`)
 	if bot.Status != "running" || bot.PID == nil {
@@ -222,7 +265,7 @@ func TestSentinelFailover(t *testing.T) {
 		failovers = n
 	}
 	for i := 0; i < failovers; i++ {
-		writes, answers := failoverOnce(t, s, ss)
+		writes, answers := failoverOnce(t, s, ha)
 		t.Logf("failover %d: runs could not be submitted for %s (first refused to first accepted); "+
 			"the longest gap between sync answers (behind the 200 queued runs) %s", i+1,
 			writes.Round(10*time.Millisecond), answers.Round(10*time.Millisecond))
@@ -246,8 +289,8 @@ func TestSentinelFailover(t *testing.T) {
 // returns how long runs could not be submitted (from the first refused
 // to the next accepted) and the longest gap between two successful sync
 // answers.
-func failoverOnce(t *testing.T, s *stack, ss *sentinelSet) (writes, answers time.Duration) {
-	old := ss.primary()
+func failoverOnce(t *testing.T, s *stack, ha redisHA) (writes, answers time.Duration) {
+	old := ha.primary()
 	seedRun := `{"exchange":"binance","symbol":"BTCUSDT","binSize":"1h","start":1735689600,"end":1735776000,"code":"result = len(df)"}`
 	_, polite := s.startScript(`{"script":"polite.py"}`)
 	if polite.Status != "running" {
@@ -258,7 +301,7 @@ func failoverOnce(t *testing.T, s *stack, ss *sentinelSet) (writes, answers time
 	var asyncIDs []string
 	for i := 0; i < 200; i++ {
 		st, b := call("POST", s.base+"/v1/research/run?wait=false", `{"exchange":"binance","symbol":"BTCUSDT","binSize":"1h",`+
-			`"start":1735689600,"end":1735776000,"code":"import time\ntime.sleep(0.02)\nresult = 1"}`, 30*time.Second)
+			`"start":1735689600,"end":1735776000,"code":"result = 1"}`, 30*time.Second)
 		var a struct{ ID string }
 		if st != 202 || json.Unmarshal(b, &a) != nil {
 			t.Fatalf("async run %d: %d %s", i, st, b)
@@ -275,6 +318,7 @@ func failoverOnce(t *testing.T, s *stack, ss *sentinelSet) (writes, answers time
 		successes []time.Time
 		hung      int
 	)
+	defer func() { quit.Store(true); stop.Wait() }() // also when a check below ends the test
 	for c := 0; c < 8; c++ {
 		stop.Add(1)
 		go func() {
@@ -326,7 +370,7 @@ func failoverOnce(t *testing.T, s *stack, ss *sentinelSet) (writes, answers time
 		time.Sleep(50 * time.Millisecond)
 	}
 	killed := time.Now()
-	ss.kill(old)
+	ha.kill(old)
 	// A stop sent during the failover (retried while Redis is away).
 	stopDone := make(chan time.Time, 1)
 	go func() {
@@ -340,13 +384,13 @@ func failoverOnce(t *testing.T, s *stack, ss *sentinelSet) (writes, answers time
 	}()
 	var elected time.Time
 	waitUntil(t, 60*time.Second, "the sentinels to elect a new primary", func() bool {
-		if p := ss.primary(); p != 0 && p != old {
+		if p := ha.primary(); p != "" && p != old {
 			elected = time.Now()
 			return true
 		}
 		return false
 	})
-	t.Logf("primary %d killed; new primary elected after %s", old, elected.Sub(killed).Round(10*time.Millisecond))
+	t.Logf("primary %s killed; new primary elected after %s", old, elected.Sub(killed).Round(10*time.Millisecond))
 
 	// Within 15 s of the election, new sync runs succeed.
 	waitUntil(t, 15*time.Second, "a sync run to succeed after the election", func() bool {
@@ -379,30 +423,16 @@ func failoverOnce(t *testing.T, s *stack, ss *sentinelSet) (writes, answers time
 	}
 	quit.Store(true)
 	stop.Wait()
+	mu.Lock()
+	defer mu.Unlock()
 
 	// The old primary comes back: as a replica of the new one, written to
 	// by no one but replication.
-	restarted := old
-	ss.startNode(restarted, 0)
-	waitUntil(t, 60*time.Second, "the old primary to rejoin as a replica", func() bool {
-		info := ss.cli(restarted, redisPassword, "info", "replication")
-		return strings.Contains(info, "role:slave") && strings.Contains(info, "master_link_status:up")
-	})
+	ha.bringBack(old)
 	st, b := call("POST", s.base+"/v1/research/run", seedRun, 30*time.Second)
 	if st != 200 || !strings.Contains(string(b), `"ok":true`) {
 		t.Errorf("a run after the old primary came back: %d %s", st, b)
 	}
-	if out := ss.cli(restarted, redisPassword, "set", "probe", "1"); !strings.Contains(out, "READONLY") {
-		t.Errorf("the old primary takes writes: %q", out)
-	}
-	waitUntil(t, 30*time.Second, "every sentinel to see the rejoined replica", func() bool {
-		for _, p := range ss.sentinels {
-			if !strings.Contains(ss.cli(p, sentinelPassword, "sentinel", "master", masterName), "num-slaves\n1") {
-				return false
-			}
-		}
-		return true
-	})
 	if hung > 0 {
 		t.Errorf("%d sync runs hung past their timeout", hung)
 	}
