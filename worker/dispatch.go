@@ -110,7 +110,7 @@ func (d *dispatcher) start(parent context.Context, id string, woken bool) error 
 		return err // another worker has it, or it was stopped in queue
 	}
 	defer func() {
-		err := d.store.Retry(bg, redisWrite(9), func() error { return d.store.ReleaseRun(bg, d.worker, id) })
+		err := d.store.Retry(bg, redisWrite(), func() error { return d.store.ReleaseRun(bg, d.worker, id) })
 		if err != nil {
 			slog.Warn("could not release a run", "run_id", id, "err", err)
 		}

@@ -180,7 +180,7 @@ func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *wire.Resea
 		// One round trip does it all, retried through a Redis restart or
 		// failover; a write Redis refuses (too large, out of memory) is
 		// not retried but replaced below.
-		err = w.store.Retry(ctx, redisWrite(9), func() error { return w.store.Finish(ctx, r.ID, b, end(st)) })
+		err = w.store.Retry(ctx, redisWrite(), func() error { return w.store.Finish(ctx, r.ID, b, end(st)) })
 		if err == nil {
 			w.finished(r, res, st)
 			return nil
@@ -190,11 +190,11 @@ func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *wire.Resea
 	res = research.Failure(fmt.Sprintf("the run's outcome (%d bytes) could not be stored: %v", len(b), err), res.Meta)
 	st = run.StatusFailed
 	small, _ := json.Marshal(res)
-	if err := w.store.Retry(ctx, redisWrite(9), func() error { return w.store.SetResult(ctx, r.ID, small) }); err != nil {
+	if err := w.store.Retry(ctx, redisWrite(), func() error { return w.store.SetResult(ctx, r.ID, small) }); err != nil {
 		slog.Error("could not store a run's failure record", "run_id", r.ID, "err", err)
 	}
 	change := end(st)
-	if err := w.store.Retry(ctx, redisWrite(9), func() error { _, err := w.store.Update(ctx, r.ID, change); return err }); err != nil {
+	if err := w.store.Retry(ctx, redisWrite(), func() error { _, err := w.store.Update(ctx, r.ID, change); return err }); err != nil {
 		return fmt.Errorf("end run %s: %w", r.ID, err)
 	}
 	w.finished(r, res, st)
@@ -213,10 +213,11 @@ func (w *worker) finished(r *run.Run, res *wire.ResearchResult, st run.Status) {
 	}
 }
 
-// redisWrite is how a run's outcome is written: retried with back-off
-// from 100 ms (9 tries span about 20 s: Redis restarting, a failover).
-func redisWrite(tries int) backoff.Policy {
-	return backoff.Policy{First: 100 * time.Millisecond, Max: 8 * time.Second, Tries: tries, What: "redis write"}
+// redisWrite is how an outcome write is retried through a Redis outage (a
+// restart, a failover): every second at most, so the run's slot is free
+// again within a second of Redis coming back, for about 20 s in all.
+func redisWrite() backoff.Policy {
+	return backoff.Policy{First: 100 * time.Millisecond, Max: time.Second, Tries: 25, What: "redis write"}
 }
 
 // cacheResult is meta.klineCache: hit, miss, or off.
