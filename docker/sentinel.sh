@@ -5,6 +5,9 @@
 # workers at the same secret), and keeps its config (which it rewrites as
 # the set changes) in its own volume.
 #
+# The primary is named by its service name; the sentinels hand out
+# addresses, so no client waits on a name lookup during a failover.
+#
 # SENTINEL_DOWN_AFTER_MS (default 1000): how long the primary may be silent
 # before a failover starts. A failover must complete within the workers'
 # fence (5 s) for scripts to run on through it: about 1.3 s after this.
@@ -16,7 +19,7 @@ if [ ! -s "$conf" ]; then
 port 26379
 dir /data
 sentinel resolve-hostnames yes
-sentinel announce-hostnames yes
+sentinel announce-hostnames no
 requirepass $pass
 sentinel sentinel-pass $pass
 sentinel monitor pyrunner redis 6379 2

@@ -13,6 +13,7 @@ type composeHA struct {
 	t        *testing.T
 	c        *compose
 	password string
+	killed   map[string]string // address → the service killed there
 }
 
 // ipOf is the address of service's container on the project's network.
@@ -59,11 +60,13 @@ func (h composeHA) service(addr string) string {
 }
 
 func (h composeHA) kill(addr string) {
-	h.c.run("kill", "-s", "SIGKILL", h.service(addr))
+	svc := h.service(addr)
+	h.killed[addr] = svc
+	h.c.run("kill", "-s", "SIGKILL", svc)
 }
 
 func (h composeHA) bringBack(addr string) {
-	svc := h.service(addr)
+	svc := h.killed[addr]
 	h.c.run("start", svc)
 	waitUntil(h.t, 90*time.Second, svc+" to rejoin as a replica", func() bool {
 		info := h.redisCLI(svc, "info", "replication")
@@ -80,7 +83,7 @@ func (h composeHA) bringBack(addr string) {
 func testComposeHA(t *testing.T, c *compose) {
 	c.output("--profile", "mysql", "--profile", "ha", "down", "-v", "--remove-orphans")
 	root := writeScripts(t)
-	h := composeHA{t: t, c: c, password: "ha-" + fmt.Sprint(c.port)}
+	h := composeHA{t: t, c: c, password: "ha-" + fmt.Sprint(c.port), killed: map[string]string{}}
 	for k, v := range map[string]string{"REDIS_PASSWORD": h.password, "PYRUNNER_SCRIPTS_DIR": root,
 		"PYRUNNER_REDIS_URL_FILE":               "/run/pyrunner-secrets/redis-sentinel.url",
 		"PYRUNNER_REDIS_SENTINEL_PASSWORD_FILE": "/run/pyrunner-secrets/redis.pass",

@@ -249,9 +249,44 @@ func TestSentinelFailover(t *testing.T) {
 		t.Fatalf("/health redis: %+v", h.Redis)
 	}
 	testFailovers(t, s, ss, root)
-	if d := os.Getenv("DEBUG_LOGS"); d != "" {
-		_ = exec.Command("cp", "-r", s.dir, d).Run()
+	t.Run("ManualFailover", func(t *testing.T) { testManualFailover(t, s, ss) })
+}
+
+// testManualFailover: SENTINEL FAILOVER makes the replica primary while
+// the old primary stays up (demoted: its subscribers hear nothing more).
+// Sync runs still get their answers (the API's waiters moved) and a stop
+// still reaches its worker (the workers' subscriptions moved).
+func testManualFailover(t *testing.T, s *stack, ss *sentinelSet) {
+	s.t = t
+	old := ss.primary()
+	_, polite := s.startScript(`{"script":"polite.py"}`)
+	if polite.Status != "running" || polite.PID == nil {
+		t.Fatalf("polite.py: %+v", polite)
 	}
+	if out := ss.cli(ss.sentinels[0], sentinelPassword, "sentinel", "failover", masterName); !strings.Contains(out, "OK") {
+		t.Fatalf("SENTINEL FAILOVER: %q", out)
+	}
+	waitUntil(t, 60*time.Second, "the manual failover", func() bool {
+		p := ss.primary()
+		return p != "" && p != old && strings.Contains(ss.cli(portOf(old), redisPassword, "info", "replication"), "role:slave")
+	})
+	seedRun := `{"exchange":"binance","symbol":"BTCUSDT","binSize":"1h","start":1735689600,"end":1735776000,"code":"result = len(df)"}`
+	waitUntil(t, 30*time.Second, "a sync run answered through the new primary", func() bool {
+		st, b := call("POST", s.base+"/v1/research/run", seedRun, 30*time.Second)
+		return st == 200 && strings.Contains(string(b), `"ok":true`)
+	})
+	began := time.Now()
+	var r runRec
+	waitUntil(t, 30*time.Second, "the stop to be taken", func() bool {
+		st, b := call("POST", s.base+"/v1/runs/"+polite.RunID+"/stop", "", 30*time.Second)
+		return st == 200 && json.Unmarshal(b, &r) == nil
+	})
+	waitUntil(t, 10*time.Second, "polite.py to end after its stop", func() bool { return !alive(*polite.PID) })
+	if r = s.waitStatus(polite.RunID, 10*time.Second, func(r runRec) bool { return r.Ended() }); r.Status != "stopped" {
+		t.Errorf("polite.py after the stop: %+v", r)
+	}
+	t.Logf("after a manual failover (old primary up and demoted): sync runs answer, a stop landed in %s",
+		time.Since(began).Round(10*time.Millisecond))
 }
 
 // testFailovers runs failoverOnce PYRUNNER_FAILOVERS times (default 1)
