@@ -5,24 +5,23 @@
 # workers at the same secret), and keeps its config (which it rewrites as
 # the set changes) in its own volume.
 #
-# The primary is named by its service name; the sentinels hand out
-# addresses, so no client waits on a name lookup during a failover.
-#
 # SENTINEL_DOWN_AFTER_MS (default 1000): how long the primary may be silent
 # before a failover starts. A failover must complete within the workers'
 # fence (5 s) for scripts to run on through it: about 1.3 s after this.
 set -eu
 pass=$(cat /run/pyrunner-secrets/redis.pass)
 conf=/data/sentinel.conf
+# The first primary by its address: during a failover no sentinel waits
+# on a name lookup (the dead primary's name is gone with its container).
+primary=$(getent hosts redis | awk '{print $1; exit}')
+[ -n "$primary" ] || { echo "sentinel: cannot resolve the redis service" >&2; exit 1; }
 if [ ! -s "$conf" ]; then
   cat > "$conf" <<CONF
 port 26379
 dir /data
-sentinel resolve-hostnames yes
-sentinel announce-hostnames no
 requirepass $pass
 sentinel sentinel-pass $pass
-sentinel monitor pyrunner redis 6379 2
+sentinel monitor pyrunner $primary 6379 2
 sentinel auth-pass pyrunner $pass
 sentinel down-after-milliseconds pyrunner ${SENTINEL_DOWN_AFTER_MS:-1000}
 sentinel failover-timeout pyrunner 10000

@@ -50,7 +50,7 @@ func TestCompose(t *testing.T) {
 	c.writeEnv()
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("---- compose logs (tail) ----\n%s", c.output("logs", "--no-color", "--tail", "40"))
+			t.Logf("---- compose logs (tail) ----\n%s", c.output("--profile", "ha", "logs", "--no-color", "--tail", "40"))
 		}
 		c.output("--profile", "mysql", "--profile", "ha", "down", "-v", "--remove-orphans")
 	})
