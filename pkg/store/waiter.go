@@ -61,7 +61,10 @@ func (s *Store) subscribeWithResync(ctx context.Context, channel string, fn func
 			case <-ctx.Done():
 				return
 			case <-switched:
-				ps.Close()
+				// Closed aside: the old primary may be gone without a
+				// word (a dead host's address), and closing a connection
+				// blocked reading from it may wait as long.
+				go func(old *redis.PubSub) { _ = old.Close() }(ps)
 				switched = s.primaryChanged()
 				ps = s.rdb.Subscribe(ctx, channel) // its "subscribe" confirmation calls resync
 				ch = ps.ChannelWithSubscriptions()
