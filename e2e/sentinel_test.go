@@ -303,7 +303,7 @@ func testFailovers(t *testing.T, s *stack, ha redisHA, root string) {
 		failovers = n
 	}
 	for i := 0; i < failovers; i++ {
-		writes, answers := failoverOnce(t, s, ha)
+		writes, answers := failoverOnce(t, s, ha, scan, filepath.Join(root, "polite.py"))
 		t.Logf("failover %d: runs could not be submitted for %s (first refused to first accepted); "+
 			"the longest gap between sync answers %s", i+1,
 			writes.Round(10*time.Millisecond), answers.Round(10*time.Millisecond))
@@ -327,12 +327,12 @@ func testFailovers(t *testing.T, s *stack, ha redisHA, root string) {
 // returns how long runs could not be submitted (from the first refused
 // to the next accepted) and the longest gap between two successful sync
 // answers.
-func failoverOnce(t *testing.T, s *stack, ha redisHA) (writes, answers time.Duration) {
+func failoverOnce(t *testing.T, s *stack, ha redisHA, scan *copyScan, polite string) (writes, answers time.Duration) {
 	old := ha.primary()
 	seedRun := `{"exchange":"binance","symbol":"BTCUSDT","binSize":"1h","start":1735689600,"end":1735776000,"code":"result = len(df)"}`
-	_, polite := s.startScript(`{"script":"polite.py"}`)
-	if polite.Status != "running" {
-		t.Fatalf("polite.py: %+v", polite)
+	_, stopped := s.startScript(`{"script":"polite.py"}`)
+	if stopped.Status != "running" {
+		t.Fatalf("polite.py: %+v", stopped)
 	}
 
 	// 200 async runs, accepted now (well before the kill).
@@ -416,7 +416,7 @@ func failoverOnce(t *testing.T, s *stack, ha redisHA) (writes, answers time.Dura
 	stopDone := make(chan time.Time, 1)
 	go func() {
 		for {
-			if st, _ := call("POST", s.base+"/v1/runs/"+polite.RunID+"/stop", "", 30*time.Second); st == 200 {
+			if st, _ := call("POST", s.base+"/v1/runs/"+stopped.RunID+"/stop", "", 30*time.Second); st == 200 {
 				stopDone <- time.Now()
 				return
 			}
@@ -447,9 +447,9 @@ func failoverOnce(t *testing.T, s *stack, ha redisHA) (writes, answers time.Dura
 	case <-time.After(time.Until(elected.Add(10 * time.Second))):
 		t.Errorf("the stop sent during the failover did not land within 10 s of the election")
 	}
-	if pid := *polite.PID; alive(pid) {
-		t.Errorf("polite.py (pid %d) still runs after its stop", pid)
-	}
+	// Its process is gone (seen from the host, which also sees a
+	// container's processes; a record's pid is the container's own).
+	waitUntil(t, 5*time.Second, "polite.py's process to be gone after its stop", func() bool { return len(scan.live(polite)) == 0 })
 
 	// Every async run accepted before the kill ends succeeded.
 	for _, id := range asyncIDs {
