@@ -290,12 +290,18 @@ func testManualFailover(t *testing.T, s *stack, ss *sentinelSet) {
 }
 
 // testFailovers runs failoverOnce PYRUNNER_FAILOVERS times (default 1)
-// with ticker.py running throughout; the scripts are in root.
+// with two scripts running throughout (ticker.py, and stubborn.py, which
+// ignores SIGTERM); the scripts are in root.
 func testFailovers(t *testing.T, s *stack, ha redisHA, root string) {
-	scan := scanCopies(t, filepath.Join(root, "ticker.py"), filepath.Join(root, "polite.py"))
-	_, bot := s.startScript(`{"script":"ticker.py"}`)
-	if bot.Status != "running" || bot.PID == nil {
-		t.Fatalf("ticker.py: %+v", bot)
+	kept := []string{"ticker.py", "stubborn.py"}
+	scan := scanCopies(t, filepath.Join(root, "ticker.py"), filepath.Join(root, "stubborn.py"), filepath.Join(root, "polite.py"))
+	var running []runRec
+	for _, name := range kept {
+		_, r := s.startScript(`{"script":"` + name + `"}`)
+		if r.Status != "running" || r.PID == nil {
+			t.Fatalf("%s: %+v", name, r)
+		}
+		running = append(running, r)
 	}
 
 	failovers := 1
@@ -309,16 +315,22 @@ func testFailovers(t *testing.T, s *stack, ha redisHA, root string) {
 			writes.Round(10*time.Millisecond), answers.Round(10*time.Millisecond))
 	}
 
-	// The ticker ran through every failover: same pid, one copy, and it stops.
-	var r runRec
-	if st := s.do("GET", "/v1/runs/"+bot.RunID, "", &r); st != 200 || r.Status != "running" || r.PID == nil || *r.PID != *bot.PID {
-		t.Errorf("ticker.py after the failovers: %d %+v (pid was %d)", st, r, *bot.PID)
-	}
-	if st := s.do("POST", "/v1/runs/"+bot.RunID+"/stop", "", &r); st != 200 || r.Status != "stopped" {
-		t.Errorf("stop ticker.py: %d %+v", st, r)
-	}
-	if n := scan.most(filepath.Join(root, "ticker.py")); n != 1 {
-		t.Errorf("ticker.py had %d copies at most", n)
+	// Both ran through every failover: same pid, one copy, and they stop.
+	for i, name := range kept {
+		was := running[i]
+		var r runRec
+		if st := s.do("GET", "/v1/runs/"+was.RunID, "", &r); st != 200 || r.Status != "running" || r.PID == nil || *r.PID != *was.PID {
+			t.Errorf("%s after the failovers: %d %+v (pid was %d)", name, st, r, *was.PID)
+		}
+		if st := s.do("POST", "/v1/runs/"+was.RunID+"/stop", "", &r); st != 200 {
+			t.Errorf("stop %s: %d %+v", name, st, r)
+		}
+		if r = s.waitStatus(was.RunID, time.Minute, func(r runRec) bool { return r.Ended() }); r.Status != "stopped" {
+			t.Errorf("%s after its stop: %+v", name, r)
+		}
+		if n := scan.most(filepath.Join(root, name)); n != 1 {
+			t.Errorf("%s had %d copies at most", name, n)
+		}
 	}
 }
 
