@@ -158,6 +158,15 @@ func (t mcpTools) call(ctx context.Context, req *mcp.CallToolRequest, method, pa
 	return nil
 }
 
+// relay is a tool answer that is the GET endpoint's JSON, as it came.
+func (t mcpTools) relay(ctx context.Context, req *mcp.CallToolRequest, path string) (*mcp.CallToolResult, any, error) {
+	var out json.RawMessage
+	if err := t.call(ctx, req, http.MethodGet, path, nil, &out); err != nil {
+		return nil, nil, err
+	}
+	return jsonResult(out), nil, nil
+}
+
 // jsonResult is v as the tool's text content (indented JSON).
 func jsonResult(v any) *mcp.CallToolResult {
 	b, err := json.MarshalIndent(v, "", "  ")
@@ -311,11 +320,7 @@ func (t mcpTools) addResearch(srv *mcp.Server) {
 	mcp.AddTool(srv, &mcp.Tool{Name: "list_markets", Description: "List the markets the K-line database has: " +
 		"exchange, symbol and the candle sizes stored (others are resampled from a finer one)."},
 		func(ctx context.Context, req *mcp.CallToolRequest, _ struct{}) (*mcp.CallToolResult, any, error) {
-			var out json.RawMessage
-			if err := t.call(ctx, req, http.MethodGet, "/v1/research/markets", nil, &out); err != nil {
-				return nil, nil, err
-			}
-			return jsonResult(out), nil, nil
+			return t.relay(ctx, req, "/v1/research/markets")
 		})
 }
 
@@ -333,11 +338,7 @@ func (t mcpTools) addScriptsRead(srv *mcp.Server) {
 	mcp.AddTool(srv, &mcp.Tool{Name: "list_scripts", Description: "List the scripts that can be started " +
 		"(Python files of the scripts folder, by path)."},
 		func(ctx context.Context, req *mcp.CallToolRequest, _ struct{}) (*mcp.CallToolResult, any, error) {
-			var out json.RawMessage
-			if err := t.call(ctx, req, http.MethodGet, p+"/scripts", nil, &out); err != nil {
-				return nil, nil, err
-			}
-			return jsonResult(out), nil, nil
+			return t.relay(ctx, req, p+"/scripts")
 		})
 	mcp.AddTool(srv, &mcp.Tool{Name: "get_run", Description: "Read one run record (a script or a research run): " +
 		"status, pid, exit code, times, error."},
@@ -360,11 +361,7 @@ func (t mcpTools) addScriptsRead(srv *mcp.Server) {
 			if a.Limit > 0 {
 				q.Set("limit", strconv.Itoa(a.Limit))
 			}
-			var out json.RawMessage
-			if err := t.call(ctx, req, http.MethodGet, p+"/runs?"+q.Encode(), nil, &out); err != nil {
-				return nil, nil, err
-			}
-			return jsonResult(out), nil, nil
+			return t.relay(ctx, req, p+"/runs?"+q.Encode())
 		})
 }
 
@@ -419,10 +416,6 @@ func (t mcpTools) addLogs(srv *mcp.Server) {
 				tail = 65536
 			}
 			path := fmt.Sprintf("%s/runs/%s/logs?stream=%s&tail_bytes=%d", p, url.PathEscape(a.ID), url.QueryEscape(stream), tail)
-			var out json.RawMessage
-			if err := t.call(ctx, req, http.MethodGet, path, nil, &out); err != nil {
-				return nil, nil, err
-			}
-			return jsonResult(out), nil, nil
+			return t.relay(ctx, req, path)
 		})
 }
