@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/ztrade/pyrunner/pkg/backoff"
 	"github.com/ztrade/pyrunner/pkg/run"
 )
 
@@ -26,6 +27,11 @@ func (s *server) submit(ctx context.Context, r *run.Run, queueName string, timeo
 		}
 		return run.Errorf(run.ECodeUnavailable, "cannot queue the run: redis unavailable")
 	}
+	if err := s.store.Replicated(ctx); err != nil {
+		s.unsubmit(ctx, r, queueName)
+		slog.Warn("a run was not accepted: its writes may not survive a redis failover", "run_id", r.ID, "err", err)
+		return run.Errorf(run.ECodeUnavailable, "redis is failing over: the run was not accepted; retry")
+	}
 	if err := s.store.Wake(ctx, queueName, r.ID); err != nil {
 		slog.Warn("could not wake workers; the run waits for asynq's next poll", "run_id", r.ID, "err", err)
 	}
@@ -34,6 +40,26 @@ func (s *server) submit(ctx context.Context, r *run.Run, queueName string, timeo
 	}
 	return nil
 }
+
+// unsubmit takes back a run whose writes may not have reached a replica
+// before its primary died: the new primary may hold its record without
+// its task (a run queued forever) or both (a run the client was told
+// failed). Both are removed, retried through the failover.
+func (s *server) unsubmit(ctx context.Context, r *run.Run, queueName string) {
+	err := s.store.Retry(context.WithoutCancel(ctx), undoPolicy, func() error {
+		if err := s.store.DeleteRun(context.WithoutCancel(ctx), r.ID); err != nil {
+			return err
+		}
+		s.queue.Drop(queueName, r.ID)
+		return nil
+	})
+	if err != nil {
+		slog.Error("could not remove a run that was not accepted", "run_id", r.ID, "err", err)
+	}
+}
+
+// undoPolicy retries unsubmit through a failover (about 15 s).
+var undoPolicy = backoff.Policy{First: 100 * time.Millisecond, Max: time.Second, Tries: 20, What: "remove a run that was not accepted"}
 
 // admitRetry is the Retry-After of a queue that is full.
 const admitRetry = 5 * time.Second

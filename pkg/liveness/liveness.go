@@ -16,8 +16,15 @@ import (
 )
 
 const (
-	// Interval is how often workers beat and reapers look.
+	// Interval is how often reapers look.
 	Interval = 2 * time.Second
+	// BeatInterval is how often workers beat. A lease runs Fence from
+	// the last beat that landed, so a beat a second leaves a failover
+	// (Sentinel electing a new primary) about Fence-BeatInterval to
+	// complete before scripts are fenced.
+	BeatInterval = time.Second
+	// beatRetry is how soon a beat that failed is tried again.
+	beatRetry = 250 * time.Millisecond
 	// Stale is how old a heartbeat may get before its worker counts as
 	// lost and any reaper ends its runs as terminated (within Stale +
 	// Interval of the last beat).
@@ -49,25 +56,29 @@ type Tick struct {
 	ServerID string
 }
 
-// Beat writes the worker's heartbeat every Interval until ctx ends. info
-// is called each time for the current description. After each try, tick
-// is called with what it says of the worker's standing. A beat that hangs
-// (Redis cut off) is given up after a second, so ticks keep coming.
+// Beat writes the worker's heartbeat every BeatInterval until ctx ends.
+// info is called each time for the current description. After each try,
+// tick is called with what it says of the worker's standing. A beat that
+// hangs (Redis cut off, or a dead primary's address that drops packets)
+// is given up after a second, or at once when the sentinels name a new
+// primary; a beat that failed is tried again within beatRetry, so a
+// failover costs the lease no more than it must.
 func Beat(ctx context.Context, s *store.Store, info func() store.WorkerInfo, tick func(Tick)) {
-	t := time.NewTicker(Interval)
+	t := time.NewTicker(BeatInterval)
 	defer t.Stop()
 	last := Tick{LandedAt: time.Now()}
 	for {
 		sent := time.Now()
-		bctx, cancel := context.WithTimeout(ctx, time.Second)
-		id, err := s.Heartbeat(bctx, info(), 3*Stale)
-		cancel()
+		switched := s.PrimaryChanged()
+		id, err := beatOnce(ctx, s, info(), switched)
+		next := t.C
 		switch {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
 			slog.Warn("heartbeat failed", "err", err, "since_last_beat", time.Since(last.LandedAt).Round(time.Millisecond))
 			last.SinceOK = time.Since(last.LandedAt)
+			next = time.After(beatRetry)
 		default:
 			last = Tick{LandedAt: sent, ServerID: id}
 		}
@@ -75,9 +86,25 @@ func Beat(ctx context.Context, s *store.Store, info func() store.WorkerInfo, tic
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-next:
+		case <-switched:
 		}
 	}
+}
+
+// beatOnce writes one heartbeat, given up after a second or when switched
+// is closed (the write may be waiting on the old primary).
+func beatOnce(ctx context.Context, s *store.Store, info store.WorkerInfo, switched <-chan struct{}) (string, error) {
+	bctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-switched:
+			cancel()
+		case <-bctx.Done():
+		}
+	}()
+	return s.Heartbeat(bctx, info, 3*Stale)
 }
 
 // Reap ends the runs of lost workers every Interval until ctx ends.

@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -133,11 +135,50 @@ func (s *Store) Topology(ctx context.Context) Topology {
 		SentinelsTotal: len(s.sentinels.clients)}
 }
 
-// primaryChanged is closed when the sentinels name another primary (never,
-// without Sentinel).
-func (s *Store) primaryChanged() <-chan struct{} {
+// PrimaryChanged is closed when the sentinels name another primary (never,
+// without Sentinel): a write waiting on the old primary may be given up
+// and tried again.
+func (s *Store) PrimaryChanged() <-chan struct{} {
 	if s.sentinels == nil {
 		return nil
 	}
 	return s.sentinels.changed()
 }
+
+// Replicated waits until every write made so far has reached a replica,
+// under Sentinel: Redis replicates asynchronously, so a write the primary
+// acknowledged may be lost when it dies and a replica takes over. The API
+// calls it before it answers that a run was accepted. It writes a probe
+// and waits (WAIT) on that same connection: the replication stream is
+// ordered, so once the probe is on a replica, so is everything before it.
+// A primary with no replica online (down, or still in its first sync) is
+// not waited on: runs are still accepted, with the durability of one Redis. Without
+// Sentinel it returns at once.
+func (s *Store) Replicated(ctx context.Context) error {
+	if s.sentinels == nil {
+		return nil
+	}
+	var wait *redis.Cmd
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, s.prefix+"replication-probe", time.Now().UnixNano(), time.Minute)
+		wait = p.Do(ctx, "WAIT", 1, replicationTimeout.Milliseconds())
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: wait for a replica: %w", err)
+	}
+	if n, _ := wait.Int(); n > 0 {
+		return nil
+	}
+	info, err := s.rdb.Info(ctx, "replication").Result()
+	if err != nil {
+		return fmt.Errorf("store: wait for a replica: %w", err)
+	}
+	if !strings.Contains(info, "state=online") {
+		return nil
+	}
+	return fmt.Errorf("store: no replica acknowledged a write within %s", replicationTimeout)
+}
+
+// replicationTimeout is how long Replicated waits for a replica.
+const replicationTimeout = 2 * time.Second

@@ -47,7 +47,7 @@ func (s *Store) newWaiter(ctx context.Context, channel string) (*Waiter, error) 
 // and resync is called then too: a demoted primary that stays up would
 // keep the old subscription open, and silent.
 func (s *Store) subscribeWithResync(ctx context.Context, channel string, fn func(payload string), resync func()) error {
-	switched := s.primaryChanged()
+	switched := s.PrimaryChanged()
 	ps := s.rdb.Subscribe(ctx, channel)
 	if _, err := ps.Receive(ctx); err != nil {
 		ps.Close()
@@ -65,7 +65,7 @@ func (s *Store) subscribeWithResync(ctx context.Context, channel string, fn func
 				// word (a dead host's address), and closing a connection
 				// blocked reading from it may wait as long.
 				go func(old *redis.PubSub) { _ = old.Close() }(ps)
-				switched = s.primaryChanged()
+				switched = s.PrimaryChanged()
 				ps = s.rdb.Subscribe(ctx, channel) // its "subscribe" confirmation calls resync
 				ch = ps.ChannelWithSubscriptions()
 			case m, ok := <-ch:
