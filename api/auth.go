@@ -1,6 +1,7 @@
 package main
 
 import (
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -91,6 +92,7 @@ func (s *server) isStaticToken(c echo.Context, tok string) bool {
 func (s *server) verifyJWT(c echo.Context, tok string) (auth.Principal, error) {
 	client := clientIP(c)
 	badToken := func(detail string) error {
+		slog.Warn("bad token", "client", client, "path", c.Path(), "detail", detail)
 		time.Sleep(s.tokenThrottle.fail(client))
 		return run.Errorf(run.ECodeUnauthorized, "%s", detail)
 	}
@@ -147,6 +149,16 @@ func owner(c echo.Context) string {
 	return p.Subject
 }
 
+// audit logs an action on scripts with who asked: the token's subject,
+// or, without one, the client's address (clientIP).
+func audit(c echo.Context, msg string, args ...any) {
+	who := []any{"client", clientIP(c)}
+	if o := owner(c); o != "" {
+		who = []any{"owner", o}
+	}
+	slog.Info(msg, append(args, who...)...)
+}
+
 // adminToken is POST /v1/auth/admin/token: the admin secret exchanged for
 // a token with every scope. 404 unless SCRIPT_JWT_ADMIN_SECRET is set.
 func (s *server) adminToken(c echo.Context) error {
@@ -176,12 +188,24 @@ func (s *server) adminToken(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]any{"access_token": tok, "token_type": "Bearer", "expires_in": s.cfg.JWTExpireSeconds})
 }
 
-func clientIP(c echo.Context) string {
-	host, _, err := net.SplitHostPort(c.Request().RemoteAddr)
-	if err != nil {
-		return c.Request().RemoteAddr
+// clientIP is the request's client: the TCP peer, or, from a peer in
+// PYRUNNER_TRUSTED_PROXIES, the right-most address of X-Forwarded-For
+// that is not itself a trusted proxy (ipExtractor).
+func clientIP(c echo.Context) string { return c.RealIP() }
+
+// ipExtractor is how Echo finds a request's client address. Without
+// trusted proxies it is the TCP peer: a forged X-Forwarded-For changes
+// nothing. With them, only the listed networks are trusted (not Echo's
+// default of every loopback and private address).
+func ipExtractor(trusted []*net.IPNet) echo.IPExtractor {
+	if len(trusted) == 0 {
+		return echo.ExtractIPDirect()
 	}
-	return host
+	opts := []echo.TrustOption{echo.TrustLoopback(false), echo.TrustLinkLocal(false), echo.TrustPrivateNet(false)}
+	for _, n := range trusted {
+		opts = append(opts, echo.TrustIPRange(n))
+	}
+	return echo.ExtractIPFromXFFHeader(opts...)
 }
 
 // throttle slows repeated failures from one client (its IP): each failure

@@ -80,7 +80,8 @@ func start() error {
 	defer stop()
 
 	st, rds, err := store.Connect(ctx, store.ConnectOptions{URL: cfg.RedisURL, SentinelPassword: cfg.RedisSentinelPassword, Prefix: cfg.KeyPrefix, TTL: cfg.ResultTTL,
-		RecoveryWindow: liveness.RecoveryWindow, RequireDurable: cfg.RequireDurableRedis})
+		RecoveryWindow: liveness.RecoveryWindow, RequireDurable: cfg.RequireDurableRedis,
+		TLS: store.TLSFiles{CA: cfg.RedisCAFile, Cert: cfg.RedisCertFile, Key: cfg.RedisKeyFile}})
 	if err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
@@ -181,6 +182,7 @@ func (s *server) routes() *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler
+	e.IPExtractor = ipExtractor(s.cfg.TrustedProxyNets)
 	e.Use(middleware.Recover())
 	e.Use(middleware.BodyLimit(fmt.Sprintf("%dB", 2*s.cfg.MaxCodeBytes+64<<10)))
 

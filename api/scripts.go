@@ -56,6 +56,7 @@ func (s *server) startRun(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	audit(c, "script run started", "run_id", r.ID, "script", r.Script)
 	// Answer with the started run, as quant-script-api does: wait (on the
 	// run's events, not polling) until a worker has it running or it has
 	// ended, up to SCRIPT_START_WAIT_SECONDS; "queued" only past that.
@@ -147,6 +148,7 @@ func (s *server) startAll(c echo.Context) error {
 		r, err := s.newScriptRun(c.Request().Context(), wire.ScriptRequest{Script: sc.Path}, owner(c))
 		switch {
 		case err == nil:
+			audit(c, "script run started (runs/all)", "run_id", r.ID, "script", r.Script)
 			results = append(results, map[string]any{"script": sc.Path, "status": "started", "run_id": r.ID})
 		case run.ErrorCode(err) == run.ECodeConflict:
 			results = append(results, map[string]any{"script": sc.Path, "status": "skipped", "reason": "Already running"})
@@ -173,6 +175,7 @@ func (s *server) stopAll(c echo.Context) error {
 		if _, err := s.stop(ctx, r); err != nil {
 			return err
 		}
+		audit(c, "script run stopped (stop_all)", "run_id", r.ID, "script", r.Script)
 		ids = append(ids, r.ID)
 	}
 	for _, id := range ids {
@@ -234,6 +237,7 @@ func (s *server) stopRun(c echo.Context) error {
 	if _, err := s.stop(ctx, r); err != nil {
 		return err
 	}
+	audit(c, "run stopped", "run_id", r.ID, "kind", r.Kind)
 	r, err = s.waitFor(ctx, r.ID, s.stopWait())
 	if err != nil {
 		return err

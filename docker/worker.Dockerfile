@@ -1,6 +1,6 @@
 # pyrunner-worker on miniconda3 with the conda env "pyrunner" built from
 # docker/environment.yml (pinned, conda-forge only), bubblewrap for the
-# sandbox, and pyrunner-demodata for the compose init.
+# sandbox, pyrunner-demodata and openssl (redis-tls.sh) for the compose init.
 #
 # The base images are build args so that a machine without a registry
 # can build from local stand-ins; the defaults are the real images.
@@ -28,7 +28,7 @@ RUN CGO_ENABLED=1 go build -trimpath -ldflags="-s -w" -o /out/pyrunner-worker ./
 
 FROM ${BASE_IMAGE}
 ARG PYTHON_ENV=conda
-RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap ca-certificates curl \
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap ca-certificates curl openssl \
     && rm -rf /var/lib/apt/lists/*
 COPY docker/environment.yml /tmp/environment.yml
 RUN set -eu; \
@@ -49,6 +49,7 @@ RUN set -eu; \
     /opt/conda/envs/pyrunner/bin/python -c 'import numpy, pandas, matplotlib'
 COPY --from=build /out/pyrunner-worker /out/pyrunner-keeper /out/pyrunner-demodata /usr/local/bin/
 COPY docker/init.sh /usr/local/bin/pyrunner-init
+COPY docker/redis-tls.sh /usr/local/bin/pyrunner-redis-tls
 ENV PYRUNNER_PYTHON=/opt/conda/envs/pyrunner/bin/python \
     PYRUNNER_WORK_DIR=/tmp/pyrunner \
     PYRUNNER_METRICS_LISTEN=:9101 \

@@ -28,6 +28,10 @@ type compose struct {
 	envFile string
 	env     map[string]string
 	port    int
+	// files are the compose files after compose.yaml and the override
+	// (compose.redis-tls.yaml), or, when base is set, instead of them.
+	files []string
+	base  bool
 }
 
 // TestCompose is make test-compose (tools/compose-test.sh starts the
@@ -90,12 +94,21 @@ func TestCompose(t *testing.T) {
 	run("RedisRestart", func(t *testing.T) { testComposeRedisRestart(t, c, s) })
 	run("RedisCrash", func(t *testing.T) { testComposeRedisCrash(t, c, s) })
 	run("MySQL", func(t *testing.T) { testComposeMySQL(t, c) })
+	run("Remote", func(t *testing.T) { testComposeRemote(t, c) })
 	run("HA", func(t *testing.T) { testComposeHA(t, c) })
 }
 
 // args are `docker compose`'s arguments for this project.
 func (c *compose) args(more ...string) []string {
-	return append([]string{"compose", "-p", c.project, "-f", "compose.yaml", "-f", "tools/compose/override.yaml", "--env-file", c.envFile}, more...)
+	files := []string{"compose.yaml", "tools/compose/override.yaml"}
+	if c.base {
+		files = nil
+	}
+	args := []string{"compose", "-p", c.project}
+	for _, f := range append(files, c.files...) {
+		args = append(args, "-f", f)
+	}
+	return append(append(args, "--env-file", c.envFile), more...)
 }
 
 // output runs docker compose and returns what it printed, whatever its exit.
@@ -116,21 +129,22 @@ func (c *compose) run(args ...string) {
 	}
 }
 
-// testComposeConfig: `docker compose config -q` of the shipped file, as a
-// user runs it (no override, no env file), says nothing: no warning, no
-// error, with no profile and with each profile.
+// testComposeConfig: `docker compose config -q` of the shipped files, as
+// a user runs them (no override, no env file), says nothing: no warning,
+// no error, with no profile and with each profile; Redis published over
+// TLS; and the worker-only project of another machine.
 func testComposeConfig(t *testing.T, c *compose) {
-	for _, profile := range []string{"", "mysql", "ha"} {
-		args := []string{"compose", "-f", "compose.yaml"}
-		if profile != "" {
-			args = append(args, "--profile", profile)
-		}
-		cmd := exec.Command(c.docker, append(args, "config", "-q")...)
+	for _, args := range [][]string{
+		{"-f", "compose.yaml"}, {"-f", "compose.yaml", "--profile", "mysql"}, {"-f", "compose.yaml", "--profile", "ha"},
+		{"-f", "compose.yaml", "-f", "compose.redis-tls.yaml"},
+		{"-f", "compose.worker.yaml"}, {"-f", "compose.worker.yaml", "--profile", "demo"},
+	} {
+		cmd := exec.Command(c.docker, append(append([]string{"compose"}, args...), "config", "-q")...)
 		cmd.Dir = ".."
 		cmd.Env = append(os.Environ(), "COMPOSE_PROJECT_NAME=pyrunner-config-check")
 		out, err := cmd.CombinedOutput()
 		if err != nil || len(bytes.TrimSpace(out)) != 0 {
-			t.Errorf("docker compose config -q (profile %q): %v\n%s", profile, err, out)
+			t.Errorf("docker compose %s config -q: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
 }
@@ -258,6 +272,16 @@ func post(base, body string) (int, *result, error) {
 }
 
 func testComposeSpread(t *testing.T, s *stack) {
+	workers := spread(t, s)
+	t.Logf("40 concurrent runs per worker: %v", workers)
+	if len(workers) < 3 {
+		t.Errorf("40 concurrent runs went to %d workers, want at least 3: %v", len(workers), workers)
+	}
+}
+
+// spread sends 40 concurrent research runs of half a second each and
+// counts them by the worker that ran them.
+func spread(t *testing.T, s *stack) map[string]int {
 	body := strings.Replace(seedBody, `result = {\"rows\": len(df)}`, `import time\ntime.sleep(0.5)\nresult = len(df)`, 1)
 	var mu sync.Mutex
 	workers := map[string]int{}
@@ -278,10 +302,7 @@ func testComposeSpread(t *testing.T, s *stack) {
 		}()
 	}
 	wg.Wait()
-	t.Logf("40 concurrent runs per worker: %v", workers)
-	if len(workers) < 3 {
-		t.Errorf("40 concurrent runs went to %d workers, want at least 3: %v", len(workers), workers)
-	}
+	return workers
 }
 
 // testComposeNoNetwork: user code reaches neither redis (by name or by

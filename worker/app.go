@@ -79,7 +79,8 @@ func newApp(ctx context.Context, cfg *config.Config) (*app, error) {
 	}
 	a.closers = append(a.closers, func() { exe.Close() })
 	st, rds, err := store.Connect(ctx, store.ConnectOptions{URL: cfg.RedisURL, SentinelPassword: cfg.RedisSentinelPassword, Prefix: cfg.KeyPrefix, TTL: cfg.ResultTTL,
-		RecoveryWindow: liveness.RecoveryWindow, RequireDurable: cfg.RequireDurableRedis})
+		RecoveryWindow: liveness.RecoveryWindow, RequireDurable: cfg.RequireDurableRedis,
+		TLS: store.TLSFiles{CA: cfg.RedisCAFile, Cert: cfg.RedisCertFile, Key: cfg.RedisKeyFile}})
 	if err != nil {
 		return a.fail(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"runtime"
@@ -67,12 +68,19 @@ type Config struct {
 	// RedisSentinelPassword is the sentinels' own password, when they
 	// have one (the URL's is Redis's).
 	RedisSentinelPassword string
-	KeyPrefix             string
+	// RedisTLS are the CA and client certificate files of a rediss:// URL.
+	RedisCAFile, RedisCertFile, RedisKeyFile string
+	KeyPrefix                                string
 	// RequireDurableRedis refuses to start on a Redis without persistence
 	// or with an eviction policy.
 	RequireDurableRedis bool
 	Python              string
 	Token               string
+	// TrustedProxies (PYRUNNER_TRUSTED_PROXIES, comma-separated CIDRs or
+	// addresses) are the peers whose X-Forwarded-For names the client;
+	// TrustedProxyNets is the same, parsed by Load.
+	TrustedProxies   string
+	TrustedProxyNets []*net.IPNet
 
 	MaxRows           int64
 	MaxCodeBytes      int
@@ -158,9 +166,13 @@ func (c *Config) settings() []setting {
 		{"PYRUNNER_LISTEN", api, ":9000", "HTTP listen address of the API", str(&c.Listen)},
 		{"PYRUNNER_REDIS_URL", both, "redis://127.0.0.1:6379/0", "Redis URL (redis://, rediss://, redis-sentinel://)", str(&c.RedisURL)},
 		{"PYRUNNER_REDIS_SENTINEL_PASSWORD", both, "", "the sentinels' own password (redis-sentinel:// URLs; the URL's password is redis's)", str(&c.RedisSentinelPassword)},
+		{"PYRUNNER_REDIS_CA_FILE", both, "", "CA certificate (PEM) that signed redis's TLS certificate (rediss:// URLs; default: the system's roots)", str(&c.RedisCAFile)},
+		{"PYRUNNER_REDIS_CERT_FILE", both, "", "client certificate (PEM) for a TLS redis that asks for one (with PYRUNNER_REDIS_KEY_FILE)", str(&c.RedisCertFile)},
+		{"PYRUNNER_REDIS_KEY_FILE", both, "", "the client certificate's key (PEM)", str(&c.RedisKeyFile)},
 		{"PYRUNNER_REQUIRE_DURABLE_REDIS", both, "false", "refuse to start when redis keeps nothing on disk or may evict keys (otherwise: a loud warning)", boolean(&c.RequireDurableRedis)},
 		{"PYRUNNER_KEY_PREFIX", both, "pyrunner:", "prefix of every pyrunner key in Redis", str(&c.KeyPrefix)},
 		{"PYRUNNER_PYTHON", both, "", "Python interpreter (default: the first python3 that imports numpy and pandas)", str(&c.Python)},
+		{"PYRUNNER_TRUSTED_PROXIES", api, "", "reverse proxies (CIDRs or addresses, comma-separated) whose X-Forwarded-For names the client (empty: the TCP peer is the client)", str(&c.TrustedProxies)},
 		{"PYRUNNER_TOKEN", api, "", "static bearer token granting research:run", str(&c.Token)},
 		{"PYRUNNER_MAX_ROWS", both, "200000", "most K-line rows one load returns", i64(&c.MaxRows)},
 		{"PYRUNNER_MAX_CODE_BYTES", api, "262144", "largest research code accepted (413 above)", num(&c.MaxCodeBytes)},
@@ -431,7 +443,41 @@ func (c *Config) check() error {
 	default:
 		return fmt.Errorf("config: PYRUNNER_SANDBOX must be auto, bwrap or none, not %q", c.Sandbox)
 	}
+	nets, err := parseNets(c.TrustedProxies)
+	if err != nil {
+		return fmt.Errorf("config: PYRUNNER_TRUSTED_PROXIES: %w", err)
+	}
+	c.TrustedProxyNets = nets
 	return nil
+}
+
+// parseNets reads comma-separated CIDRs; a bare address is a network of
+// that address alone.
+func parseNets(list string) ([]*net.IPNet, error) {
+	var nets []*net.IPNet
+	for _, f := range strings.Split(list, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		if !strings.Contains(f, "/") {
+			ip := net.ParseIP(f)
+			if ip == nil {
+				return nil, fmt.Errorf("%q is neither an address nor a CIDR", f)
+			}
+			bits := 8 * len(ip.To16())
+			if ip.To4() != nil {
+				ip, bits = ip.To4(), 32
+			}
+			nets = append(nets, &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)})
+			continue
+		}
+		_, n, err := net.ParseCIDR(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither an address nor a CIDR", f)
+		}
+		nets = append(nets, n)
+	}
+	return nets, nil
 }
 
 // ReadDotenv reads a dotenv file as quant-script-api does: KEY=value

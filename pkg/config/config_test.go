@@ -146,3 +146,21 @@ func TestURIAboveYAMLNamesItsType(t *testing.T) {
 		t.Errorf("a path from the environment: %q, want sqlite", c.Readonly.DBType())
 	}
 }
+
+func TestTrustedProxies(t *testing.T) {
+	c, err := Load("t-api", nil, env(map[string]string{"PYRUNNER_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1,::1", "PYRUNNER_ZTRADE_CONFIG": "/nonexistent"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, n := range c.TrustedProxyNets {
+		got = append(got, n.String())
+	}
+	if strings.Join(got, " ") != "10.0.0.0/8 127.0.0.1/32 ::1/128" {
+		t.Errorf("PYRUNNER_TRUSTED_PROXIES parsed as %v", got)
+	}
+	_, err = Load("t-api", nil, env(map[string]string{"PYRUNNER_TRUSTED_PROXIES": "nginx", "PYRUNNER_ZTRADE_CONFIG": "/nonexistent"}), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "PYRUNNER_TRUSTED_PROXIES") || !strings.Contains(err.Error(), `"nginx"`) {
+		t.Errorf("a name where an address belongs: %v", err)
+	}
+}

@@ -185,6 +185,8 @@ type ConnectOptions struct {
 	RecoveryWindow time.Duration
 	// RequireDurable refuses a Redis that could lose runs (CheckDurable).
 	RequireDurable bool
+	// TLS: the CA and client certificate of a rediss:// URL.
+	TLS TLSFiles
 }
 
 // Connect opens the Store the API and the workers share, waiting out a
@@ -198,10 +200,16 @@ func Connect(ctx context.Context, o ConnectOptions) (*Store, Redis, error) {
 	if o.SentinelPassword != "" {
 		rds = rds.WithSentinelPassword(o.SentinelPassword)
 	}
+	if rds, err = rds.WithTLSFiles(o.TLS); err != nil {
+		return nil, Redis{}, err
+	}
 	var st *Store
 	err = backoff.Retry(ctx, backoff.Startup("connect to redis"), func() (err error) {
+		if err := rds.checkTLS(); err != nil {
+			return err
+		}
 		st, err = Open(ctx, rds, o.Prefix, o.TTL)
-		return err
+		return rds.misconfigured(err)
 	})
 	if err != nil {
 		return nil, Redis{}, err
