@@ -31,12 +31,17 @@ func testComposeRemote(t *testing.T, c *compose) {
 	c.env["PYRUNNER_SCRIPTS_DIR"] = writeScripts(t)
 	c.env["REDIS_TLS_PUBLISH"] = strconv.Itoa(tlsPort)
 	c.env["REDIS_TLS_NAMES"] = "host.docker.internal,localhost,127.0.0.1"
+	readonly, hadReadonly := c.env["PYRUNNER_READONLY_URI"]
+	delete(c.env, "PYRUNNER_READONLY_URI") // the demo SQLite, whatever an earlier subtest chose
 	c.writeEnv()
 	defer func() {
 		c.files = nil
 		delete(c.env, "REDIS_TLS_PUBLISH")
 		delete(c.env, "REDIS_TLS_NAMES")
 		delete(c.env, "PYRUNNER_SCRIPTS_DIR")
+		if hadReadonly {
+			c.env["PYRUNNER_READONLY_URI"] = readonly
+		}
 		c.writeEnv()
 	}()
 	c.run("up", "-d", "--wait", "--scale", "worker=4")
