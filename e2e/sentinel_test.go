@@ -250,6 +250,43 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	testFailovers(t, s, ss, root)
 	t.Run("ManualFailover", func(t *testing.T) { testManualFailover(t, s, ss) })
+	t.Run("AcceptedMeansReplicated", func(t *testing.T) { testAcceptedMeansReplicated(t, s, ss) })
+}
+
+// testAcceptedMeansReplicated: with the replica frozen (SIGSTOP: still
+// "online" to the primary, acknowledging nothing), a submission is not
+// accepted, since the primary's death would lose it: 503, and nothing of
+// it stays behind. Thawed, the replica acknowledges and runs are accepted.
+func testAcceptedMeansReplicated(t *testing.T, s *stack, ss *sentinelSet) {
+	primary := portOf(ss.primary())
+	replica := 0
+	for _, p := range ss.nodes {
+		if p != primary {
+			replica = p
+		}
+	}
+	waitUntil(t, 60*time.Second, "the replica to be online", func() bool {
+		return strings.Contains(ss.cli(primary, redisPassword, "info", "replication"), "state=online")
+	})
+	runs := func() string { return strings.TrimSpace(ss.cli(primary, redisPassword, "zcard", "pyrunner:runs")) }
+	body := `{"exchange":"binance","symbol":"BTCUSDT","binSize":"1h","start":1735689600,"end":1735776000,"code":"result = 1"}`
+	before := runs()
+	ss.procs[replica].Process.Signal(syscall.SIGSTOP)
+	began := time.Now()
+	st, b := call("POST", s.base+"/v1/research/run?wait=false", body, 30*time.Second)
+	took := time.Since(began)
+	ss.procs[replica].Process.Signal(syscall.SIGCONT)
+	if st != 503 || !strings.Contains(string(b), "not accepted") {
+		t.Errorf("a submission while the replica acknowledges nothing: %d %s", st, b)
+	}
+	if after := runs(); after != before {
+		t.Errorf("runs recorded: %s before, %s after the refused submission", before, after)
+	}
+	t.Logf("refused after %s with the replica frozen", took.Round(10*time.Millisecond))
+	waitUntil(t, 30*time.Second, "a submission to be accepted with the replica thawed", func() bool {
+		st, _ := call("POST", s.base+"/v1/research/run?wait=false", body, 30*time.Second)
+		return st == 202
+	})
 }
 
 // testManualFailover: SENTINEL FAILOVER makes the replica primary while

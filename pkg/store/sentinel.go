@@ -148,36 +148,38 @@ func (s *Store) PrimaryChanged() <-chan struct{} {
 // Replicated waits until every write made so far has reached a replica,
 // under Sentinel: Redis replicates asynchronously, so a write the primary
 // acknowledged may be lost when it dies and a replica takes over. The API
-// calls it before it answers that a run was accepted. It writes a probe
-// and waits (WAIT) on that same connection: the replication stream is
-// ordered, so once the probe is on a replica, so is everything before it.
-// A primary with no replica online (down, or still in its first sync) is
-// not waited on: runs are still accepted, with the durability of one Redis. Without
-// Sentinel it returns at once.
+// calls it before it answers that a run was accepted. On one connection,
+// it asks whether a replica is online, writes a probe and waits (WAIT) for
+// it: the replication stream is ordered, so once the probe is on a
+// replica, so is everything before it. A primary with no replica online
+// (down, or still in its first sync) is not waited on: runs are still
+// accepted, with the durability of one Redis. Without Sentinel it returns
+// at once.
 func (s *Store) Replicated(ctx context.Context) error {
-	if s.sentinels == nil {
+	c, ok := s.rdb.(*redis.Client) // a failover client is a *redis.Client
+	if s.sentinels == nil || !ok {
 		return nil
 	}
-	var wait *redis.Cmd
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, s.prefix+"replication-probe", time.Now().UnixNano(), time.Minute)
-		wait = p.Do(ctx, "WAIT", 1, replicationTimeout.Milliseconds())
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("store: wait for a replica: %w", err)
-	}
-	if n, _ := wait.Int(); n > 0 {
-		return nil
-	}
-	info, err := s.rdb.Info(ctx, "replication").Result()
+	conn := c.Conn() // WAIT counts the writes of its own connection
+	defer conn.Close()
+	info, err := conn.Info(ctx, "replication").Result()
 	if err != nil {
 		return fmt.Errorf("store: wait for a replica: %w", err)
 	}
 	if !strings.Contains(info, "state=online") {
 		return nil
 	}
-	return fmt.Errorf("store: no replica acknowledged a write within %s", replicationTimeout)
+	if err := conn.Set(ctx, s.prefix+"replication-probe", time.Now().UnixNano(), time.Minute).Err(); err != nil {
+		return fmt.Errorf("store: wait for a replica: %w", err)
+	}
+	n, err := conn.Do(ctx, "WAIT", 1, replicationTimeout.Milliseconds()).Int()
+	if err != nil {
+		return fmt.Errorf("store: wait for a replica: %w", err)
+	}
+	if n == 0 {
+		return fmt.Errorf("store: no replica acknowledged a write within %s", replicationTimeout)
+	}
+	return nil
 }
 
 // replicationTimeout is how long Replicated waits for a replica.
