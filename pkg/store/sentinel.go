@@ -160,8 +160,9 @@ func (s *Store) Replicated(ctx context.Context) error {
 	if s.sentinels == nil || !ok {
 		return nil
 	}
-	conn := c.Conn() // WAIT counts the writes of its own connection
-	defer conn.Close()
+	// One connection throughout: WAIT counts the writes of its own.
+	conn := c.Conn()
+	defer func() { _ = conn.Close() }() // back to the pool; nothing to report
 	info, err := conn.Info(ctx, "replication").Result()
 	if err != nil {
 		return fmt.Errorf("store: wait for a replica: %w", err)
