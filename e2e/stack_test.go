@@ -327,7 +327,14 @@ func (s *stack) start(name, bin string, args ...string) *proc {
 // waitWorkers waits until /health lists n workers.
 func (s *stack) waitWorkers(n int) {
 	s.t.Helper()
-	waitUntil(s.t, 60*time.Second, fmt.Sprintf("%d workers in /health", n), func() bool {
+	s.waitWorkersWithin(n, 60*time.Second)
+}
+
+// waitWorkersWithin is waitWorkers with its own deadline, for workers
+// started at a low priority on a machine that may be busy.
+func (s *stack) waitWorkersWithin(n int, d time.Duration) {
+	s.t.Helper()
+	waitUntil(s.t, d, fmt.Sprintf("%d workers in /health", n), func() bool {
 		var h struct{ Workers []any }
 		return s.getJSON("/health", &h) == 200 && len(h.Workers) == n
 	})

@@ -160,7 +160,9 @@ func withOutput(res *wire.ResearchResult, out *executor.Output) *wire.ResearchRe
 
 // finishResearch stores the result and ends the run (which wakes
 // waiters) in one step. It may not be lost while the worker lives: it is
-// retried while Redis is unavailable (restarting, failing over), and a
+// retried while Redis is unavailable (restarting, failing over), written
+// again on a new primary when the old one died before a replica had it
+// (store.RetryReplicated: replication is asynchronous), and a
 // result Redis will not take (too large for it) is replaced by a small
 // failure record that says why, so the run ends failed instead of
 // staying running.
@@ -180,7 +182,7 @@ func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *wire.Resea
 		// One round trip does it all, retried through a Redis restart or
 		// failover; a write Redis refuses (too large, out of memory) is
 		// not retried but replaced below.
-		err = w.store.Retry(ctx, redisWrite(), func() error { return w.store.Finish(ctx, r.ID, b, end(st)) })
+		err = w.store.RetryReplicated(ctx, redisWrite(), func() error { return w.store.Finish(ctx, r.ID, b, end(st)) })
 		if err == nil {
 			w.finished(r, res, st)
 			return nil
@@ -194,7 +196,7 @@ func (w *worker) finishResearch(ctx context.Context, r *run.Run, res *wire.Resea
 		slog.Error("could not store a run's failure record", "run_id", r.ID, "err", err)
 	}
 	change := end(st)
-	if err := w.store.Retry(ctx, redisWrite(), func() error { _, err := w.store.Update(ctx, r.ID, change); return err }); err != nil {
+	if err := w.store.RetryReplicated(ctx, redisWrite(), func() error { _, err := w.store.Update(ctx, r.ID, change); return err }); err != nil {
 		return fmt.Errorf("end run %s: %w", r.ID, err)
 	}
 	w.finished(r, res, st)

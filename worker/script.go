@@ -33,7 +33,7 @@ func (w *worker) handleScript(ctx context.Context, h *held) error {
 		change := &run.Run{Status: st, FinishedAt: time.Now(), ReturnCode: code, Error: msg}
 		// Retried through a Redis restart: a run must not stay "running"
 		// after its process has gone.
-		err := w.store.Retry(bg, redisWrite(), func() error { _, err := w.update(bg, h, change); return err })
+		err := w.store.RetryReplicated(bg, redisWrite(), func() error { _, err := w.update(bg, h, change); return err })
 		slog.Info("script run finished", "run_id", id, "script", r.Script, "status", st, "error", msg)
 		if w.metrics != nil {
 			w.metrics.Finished.WithLabelValues(string(run.KindScript), string(st)).Inc()

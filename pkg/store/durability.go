@@ -173,6 +173,27 @@ func (s *Store) Retry(ctx context.Context, p backoff.Policy, write func() error)
 	})
 }
 
+// RetryReplicated is Retry for a write that must outlive a failover (a
+// run's outcome): after it lands, it waits for a replica to have it
+// (Replicated), and when the primary dies first it writes it again on the
+// new one, so write must be idempotent. A replica that only lags (the
+// primary answered, but no replica acknowledged in time) is not waited
+// out: the write stands on the primary, with the durability of one
+// Redis, and a warning says so.
+func (s *Store) RetryReplicated(ctx context.Context, p backoff.Policy, write func() error) error {
+	return s.Retry(ctx, p, func() error {
+		if err := write(); err != nil {
+			return err
+		}
+		err := s.Replicated(ctx)
+		if err != nil && !IsUnavailable(err) {
+			slog.Warn("a write landed on the primary, but no replica has it yet", "err", err)
+			return nil
+		}
+		return err
+	})
+}
+
 // ConnectOptions say how a process connects to pyrunner's Redis.
 type ConnectOptions struct {
 	URL string // PYRUNNER_REDIS_URL
