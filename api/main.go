@@ -98,7 +98,6 @@ func start() error {
 	if err != nil {
 		return fmt.Errorf("subscribe to output: %w", err)
 	}
-	go liveness.Reap(bg, st)
 	go watchRestarts(bg, st)
 	folder, err := scripts.New(cfg.ScriptsPath)
 	if err != nil {
@@ -114,6 +113,7 @@ func start() error {
 	s.verifier, s.minter = jwtFromConfig(cfg)
 	s.metrics = metrics.NewAPI(q.Collector(), metrics.QueueDepth([]string{queue.QueueResearch, queue.QueueScripts}, cfg.MaxQueued,
 		func(name string) (int64, error) { return st.QueueDepth(context.Background(), name) }))
+	go liveness.Reap(bg, st, func(cause string) { s.metrics.Restarts.WithLabelValues(cause).Inc() })
 	s.monitor = queue.Monitor(rds, "/monitor")
 	e := s.routes()
 	httpSrv := &http.Server{Addr: cfg.Listen, Handler: e, ReadHeaderTimeout: 10 * time.Second}

@@ -325,7 +325,7 @@ func (t mcpTools) addResearch(srv *mcp.Server) {
 }
 
 type listRunsArgs struct {
-	Status string `json:"status,omitempty" jsonschema:"only runs with this status (queued, running, stopping, succeeded, failed, stopped, timeout, terminated)"`
+	Status string `json:"status,omitempty" jsonschema:"only runs with this status (queued, starting, running, restarting, stopping, succeeded, failed, stopped, timeout, terminated)"`
 	Script string `json:"script,omitempty" jsonschema:"only runs of this script"`
 	Kind   string `json:"kind,omitempty" jsonschema:"script or research"`
 	Limit  int    `json:"limit,omitempty" jsonschema:"most runs to list (newest first)"`

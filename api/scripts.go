@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -77,6 +79,11 @@ func (s *server) newScriptRun(ctx context.Context, req wire.ScriptRequest, owner
 	if req.TimeoutSec < 0 {
 		return nil, run.Errorf(run.ECodeInvalid, "timeout_sec must not be negative")
 	}
+	if req.Restart != nil {
+		if err := req.Restart.Normalize(); err != nil {
+			return nil, err
+		}
+	}
 	rel, abs, err := s.scripts.Resolve(req.Script)
 	if err != nil {
 		return nil, err
@@ -137,15 +144,27 @@ func (s *server) activeRuns(c echo.Context) error {
 }
 
 // startAll is POST /v1/runs/all: every scanned script, skipping those
-// already running.
+// already running; an optional body {"restart": {…}} gives them all that
+// restart policy.
 func (s *server) startAll(c echo.Context) error {
+	var body struct {
+		Restart *run.RestartPolicy `json:"restart"`
+	}
+	if err := json.NewDecoder(c.Request().Body).Decode(&body); err != nil && !errors.Is(err, io.EOF) {
+		return run.Errorf(run.ECodeInvalid, "invalid JSON body: %v", err)
+	}
+	if body.Restart != nil {
+		if err := body.Restart.Normalize(); err != nil {
+			return err
+		}
+	}
 	list, err := s.scripts.Scripts()
 	if err != nil {
 		return err
 	}
 	results := []map[string]any{}
 	for _, sc := range list {
-		r, err := s.newScriptRun(c.Request().Context(), wire.ScriptRequest{Script: sc.Path}, owner(c))
+		r, err := s.newScriptRun(c.Request().Context(), wire.ScriptRequest{Script: sc.Path, Restart: body.Restart}, owner(c))
 		switch {
 		case err == nil:
 			audit(c, "script run started (runs/all)", "run_id", r.ID, "script", r.Script)

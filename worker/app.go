@@ -211,7 +211,7 @@ func (a *app) serve() error {
 	}
 	st := a.w.store
 	go liveness.Beat(a.bg, st, func() store.WorkerInfo { return a.info }, a.onBeat)
-	go liveness.Reap(a.bg, st)
+	go liveness.Reap(a.bg, st, func(cause string) { a.w.metrics.Restarts.WithLabelValues(cause).Inc() })
 	go reportMarkets(a.bg, a.w.db, st)
 	onCancel := func(id string) { a.research.cancel(id); a.scripts.cancel(id) }
 	// After a gap in the subscription (a reconnect), re-assert at once.
@@ -220,6 +220,7 @@ func (a *app) serve() error {
 	}
 	go a.research.wakeLoop(a.wake)
 	go a.scripts.wakeLoop(a.wake)
+	go a.scripts.restartLoop(a.wake)
 	var err error
 	a.srv, err = queue.Start(queue.ServerConfig{
 		Redis:           a.rds,

@@ -97,6 +97,45 @@ func (d *dispatcher) wakeLoop(ctx context.Context) {
 	}
 }
 
+// restartPoll is how often a worker looks for restarts that are due.
+const restartPoll = 250 * time.Millisecond
+
+// restartLoop starts the next attempt of a restarting run whose back-off
+// is over (store.DueRestart) whenever a slot is free, until ctx ends.
+// Every worker looks; the claim decides which one starts it.
+func (d *dispatcher) restartLoop(ctx context.Context) {
+	t := time.NewTicker(restartPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		select {
+		case d.slots <- struct{}{}:
+		default:
+			continue // no free slot: another worker may take it
+		}
+		id, err := d.store.DueRestart(ctx, time.Now())
+		if id == "" {
+			<-d.slots
+			if err != nil && ctx.Err() == nil {
+				slog.Debug("could not look for due restarts", "err", err)
+			}
+			continue
+		}
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			defer func() { <-d.slots }()
+			if err := d.start(context.Background(), id, false); err != nil {
+				slog.Error("run failed in the worker", "run_id", id, "err", err)
+			}
+		}()
+	}
+}
+
 // start is the one way a run begins here, whichever path brought its id:
 // claim and hold it in one step (only one caller, on any worker, wins;
 // the hold lets the reaper find it should this worker die), and only then

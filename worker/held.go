@@ -50,8 +50,11 @@ func (h *held) duplicate() bool {
 }
 
 // update writes a change of run h to Redis and notes it in the worker's
-// copy. It reports whether Redis applied it (not when the run had ended).
+// copy. It reports whether Redis applied it: not when the run had ended,
+// nor when the record is no longer this worker's attempt (a reaper took
+// the worker for lost and another attempt began).
 func (w *worker) update(ctx context.Context, h *held, change *run.Run) (bool, error) {
 	h.note(change)
-	return w.store.Update(ctx, h.record().ID, change)
+	rec := h.record()
+	return w.store.UpdateHeld(ctx, rec.ID, w.id, rec.AttemptNo(), change)
 }

@@ -11,12 +11,14 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/ztrade/pyrunner/pkg/config"
 	"github.com/ztrade/pyrunner/pkg/liveness"
 	"github.com/ztrade/pyrunner/pkg/proc"
+	"github.com/ztrade/pyrunner/pkg/restart"
 	"github.com/ztrade/pyrunner/pkg/run"
 	"github.com/ztrade/pyrunner/pkg/scriptrun"
 	"github.com/ztrade/pyrunner/pkg/wire"
@@ -29,13 +31,31 @@ func (w *worker) handleScript(ctx context.Context, h *held) error {
 	bg := context.WithoutCancel(ctx)
 	r := h.record()
 	id := r.ID
+	var started atomic.Bool // the script's process ran
 	end := func(st run.Status, code *int, msg string) error {
-		change := &run.Run{Status: st, FinishedAt: time.Now(), ReturnCode: code, Error: msg}
-		// Retried through a Redis restart: a run must not stay "running"
-		// after its process has gone.
-		err := w.store.RetryReplicated(bg, redisWrite(), func() error { _, err := w.update(bg, h, change); return err })
-		slog.Info("script run finished", "run_id", id, "script", r.Script, "status", st, "error", msg)
-		if w.metrics != nil {
+		// Retried through a Redis restart, and written again on a new
+		// primary: a run must not stay "running" after its process has
+		// gone. A restart policy may start another attempt instead.
+		e := run.Ending{Status: st, ReturnCode: code, Reason: msg, Started: started.Load()}
+		var res restart.Result
+		rec := h.record()
+		err := w.store.RetryReplicated(bg, redisWrite(), func() (err error) {
+			res, err = restart.End(bg, w.store, &rec, w.id, e, time.Now())
+			return err
+		})
+		if res.Applied {
+			h.note(res.Change)
+		}
+		if res.Next != nil {
+			slog.Warn("script run restarting", "run_id", id, "script", r.Script, "attempt", rec.AttemptNo(), "reason", msg,
+				"next_attempt_in", res.Next.Delay())
+			if w.metrics != nil {
+				w.metrics.Restarts.WithLabelValues(restart.Cause(e)).Inc()
+			}
+		} else {
+			slog.Info("script run finished", "run_id", id, "script", r.Script, "status", st, "error", msg)
+		}
+		if w.metrics != nil && res.Next == nil {
 			w.metrics.Finished.WithLabelValues(string(run.KindScript), string(st)).Inc()
 			if !r.StartedAt.IsZero() {
 				w.metrics.Exec.WithLabelValues(string(run.KindScript)).Observe(time.Since(r.StartedAt).Seconds())
@@ -72,7 +92,11 @@ func (w *worker) handleScript(ctx context.Context, h *held) error {
 			}
 		},
 	}
+	if r.AttemptNo() > 1 {
+		w.announceAttempt(bg, &r, spec.StdoutPath)
+	}
 	spec.OnStart = func(pid int) {
+		started.Store(true)
 		if _, err := w.update(bg, h, &run.Run{Status: run.StatusRunning, PID: pid, Argv: spec.Argv(),
 			StdoutPath: spec.StdoutPath, StderrPath: spec.StderrPath}); err != nil {
 			slog.Warn("could not record a script as running", "run_id", id, "err", err)
@@ -85,6 +109,26 @@ func (w *worker) handleScript(ctx context.Context, h *held) error {
 	code := res.ExitCode
 	st, msg := w.scriptOutcome(ctx, id, res, req.TimeoutSec)
 	return end(st, &code, msg)
+}
+
+// announceAttempt writes, before a restarted run's next attempt starts, a
+// line saying which attempt starts and why, to its output as Redis keeps
+// it and to its full log file (which the attempt appends to).
+func (w *worker) announceAttempt(ctx context.Context, r *run.Run, stdoutPath string) {
+	why := "the previous attempt ended"
+	if n := len(r.Restarts); n > 0 {
+		why = r.Restarts[n-1].Reason
+	}
+	line := []byte(fmt.Sprintf("[pyrunner] attempt %d starts on worker %s; attempt %d ended: %s\n", r.AttemptNo(), w.id, r.AttemptNo()-1, why))
+	if err := w.store.AppendLog(ctx, r.ID, "stdout", line, w.cfg.LogTailBytes); err != nil {
+		slog.Warn("could not log a run's next attempt", "run_id", r.ID, "err", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(stdoutPath), 0o755); err == nil {
+		if f, err := os.OpenFile(stdoutPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+			_, _ = f.Write(line) // the Redis tail has it; the file is the long record
+			_ = f.Close()
+		}
+	}
 }
 
 // scriptOutcome is the status and message of a script that ran and

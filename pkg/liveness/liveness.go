@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/ztrade/pyrunner/pkg/restart"
 	"github.com/ztrade/pyrunner/pkg/run"
 	"github.com/ztrade/pyrunner/pkg/store"
 )
@@ -108,7 +109,9 @@ func beatOnce(ctx context.Context, s *store.Store, info store.WorkerInfo, switch
 }
 
 // Reap ends the runs of lost workers every Interval until ctx ends.
-func Reap(ctx context.Context, s *store.Store) {
+// restarted, when not nil, is told of each run a restart policy started
+// again, with the restart's cause (restart.Cause; for metrics).
+func Reap(ctx context.Context, s *store.Store, restarted func(cause string)) {
 	t := time.NewTicker(Interval)
 	defer t.Stop()
 	for {
@@ -116,7 +119,7 @@ func Reap(ctx context.Context, s *store.Store) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if n, err := ReapOnce(ctx, s); err != nil && ctx.Err() == nil {
+			if n, err := reapOnce(ctx, s, restarted); err != nil && ctx.Err() == nil {
 				slog.Warn("reaping lost workers failed", "err", err)
 			} else if n > 0 {
 				slog.Warn("ended runs of lost workers", "runs", n)
@@ -126,16 +129,21 @@ func Reap(ctx context.Context, s *store.Store) {
 }
 
 // ReapOnce ends, as terminated, every run held by a worker whose heartbeat
-// is stale, then forgets the worker. It is safe to run in many processes
-// at once: a run that has already ended is left as it is.
-func ReapOnce(ctx context.Context, s *store.Store) (int, error) {
+// is stale, then forgets the worker. A script run whose restart policy
+// says so is not ended but restarting: its next attempt may start on any
+// worker, now that the lost one's keeper has certainly killed it (Fence <
+// Stale). It is safe to run in many processes at once: a run that has
+// already ended, or moved on to another attempt, is left as it is.
+func ReapOnce(ctx context.Context, s *store.Store) (int, error) { return reapOnce(ctx, s, nil) }
+
+func reapOnce(ctx context.Context, s *store.Store, restarted func(string)) (int, error) {
 	lost, err := s.LostWorkers(ctx, Stale)
 	if err != nil {
 		return 0, err
 	}
 	n := 0
 	for _, w := range lost {
-		_, ended, err := endHeld(ctx, s, w, fmt.Sprintf("worker %s was lost (no heartbeat for %s) while running this run", w, Stale))
+		_, ended, err := endHeld(ctx, s, w, fmt.Sprintf("worker %s was lost (no heartbeat for %s) while running this run", w, Stale), restarted)
 		n += ended
 		if err != nil {
 			return n, err
@@ -153,7 +161,7 @@ func ReapOnce(ctx context.Context, s *store.Store) (int, error) {
 // pid: those runs belonged to the process that died, whose heartbeat the
 // new one would otherwise keep fresh.
 func Restarted(ctx context.Context, s *store.Store, worker string) (int, error) {
-	ids, n, err := endHeld(ctx, s, worker, fmt.Sprintf("worker %s restarted while running this run", worker))
+	ids, n, err := endHeld(ctx, s, worker, fmt.Sprintf("worker %s restarted while running this run", worker), nil)
 	if err != nil {
 		return n, err
 	}
@@ -165,22 +173,39 @@ func Restarted(ctx context.Context, s *store.Store, worker string) (int, error) 
 	return n, nil
 }
 
-// endHeld ends the runs worker holds with reason; it returns their ids
-// and how many of them it ended (the others had ended already).
-func endHeld(ctx context.Context, s *store.Store, worker, reason string) ([]string, int, error) {
+// endHeld ends (or restarts, by their policy) the runs worker holds with
+// reason; it returns their ids and how many of them it ended or
+// restarted (the others had ended already).
+func endHeld(ctx context.Context, s *store.Store, worker, reason string, restarted func(string)) ([]string, int, error) {
 	ids, err := s.HeldRuns(ctx, worker)
 	if err != nil {
 		return nil, 0, fmt.Errorf("liveness: runs of %s: %w", worker, err)
 	}
 	n := 0
 	for _, id := range ids {
-		ended, err := s.Update(ctx, id, &run.Run{Status: run.StatusTerminated, FinishedAt: time.Now(), Error: reason})
+		r, err := s.GetRun(ctx, id)
+		if run.ErrorCode(err) == run.ECodeNotFound {
+			continue
+		}
 		if err != nil {
 			return ids, n, err
 		}
-		if ended {
+		e := run.Ending{Status: run.StatusTerminated, Reason: reason, Started: true}
+		res, err := restart.End(ctx, s, r, worker, e, time.Now())
+		if err != nil {
+			return ids, n, err
+		}
+		switch {
+		case res.Next != nil:
 			n++
-			slog.Warn("run terminated: "+reason, "run_id", id, "worker", worker)
+			slog.Warn("run restarting: "+reason, "run_id", id, "worker", worker, "attempt", r.AttemptNo()+1,
+				"next_attempt_in", res.Next.Delay())
+			if restarted != nil {
+				restarted(restart.Cause(e))
+			}
+		case res.Applied:
+			n++
+			slog.Warn("run "+string(res.Change.Status)+": "+res.Change.Error, "run_id", id, "worker", worker)
 		}
 	}
 	return ids, n, nil

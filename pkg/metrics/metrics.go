@@ -27,6 +27,8 @@ type API struct {
 	Registry  *prometheus.Registry
 	Submitted *prometheus.CounterVec // kind
 	Refused   *prometheus.CounterVec // queue
+	// Restarts counts restarts this API's reaper made (workers lost).
+	Restarts *prometheus.CounterVec // reason
 }
 
 // NewAPI registers the API's metrics, plus the Go runtime's and the
@@ -38,8 +40,9 @@ func NewAPI(extra ...prometheus.Collector) *API {
 			Help: "Runs accepted by this API, by kind (research or script)."}, []string{"kind"}),
 		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pyrunner_runs_refused_total",
 			Help: "Submissions refused with 429 because their queue was full (PYRUNNER_MAX_QUEUED)."}, []string{"queue"}),
+		Restarts: NewRestarts(),
 	}
-	m.Registry.MustRegister(m.Submitted, m.Refused, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.Registry.MustRegister(m.Submitted, m.Refused, m.Restarts, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Registry.MustRegister(extra...)
 	return m
 }
@@ -85,6 +88,17 @@ type Worker struct {
 	Exec      *prometheus.HistogramVec // kind
 	// KlineCache counts research loads by the cache's answer (hit, miss).
 	KlineCache *prometheus.CounterVec
+	// Restarts counts attempts of script runs that ended and were
+	// started again, by cause (restart.Cause).
+	Restarts *prometheus.CounterVec
+}
+
+// NewRestarts is pyrunner_run_restarts_total{reason}: the worker counts
+// the attempts it saw end, a reaper (API or worker) those of lost workers.
+func NewRestarts() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pyrunner_run_restarts_total",
+		Help: "Attempts of script runs that ended and were started again by their restart policy, by reason (exit_code, signal, exit_zero, worker_lost)."},
+		[]string{"reason"})
 }
 
 // WorkerGauges are read at every scrape.
@@ -115,8 +129,9 @@ func NewWorker(g WorkerGauges) *Worker {
 			Help: "Time the user's code ran (research) or the script lived.", Buckets: buckets}, []string{"kind"}),
 		KlineCache: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pyrunner_kline_cache_total",
 			Help: "Research K-line loads by the K-line cache's answer (hit: closed history from memory)."}, []string{"result"}),
+		Restarts: NewRestarts(),
 	}
-	m.Registry.MustRegister(m.Started, m.Finished, m.QueueWait, m.Load, m.Exec, m.KlineCache,
+	m.Registry.MustRegister(m.Started, m.Finished, m.QueueWait, m.Load, m.Exec, m.KlineCache, m.Restarts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, q := range g.Queues {
 		q := q

@@ -24,6 +24,9 @@ const (
 // Status is where a run is in its life:
 //
 //	queued → starting → running → (stopping) → succeeded | failed | stopped | timeout | terminated
+//
+// A script run with a restart policy goes running → restarting → starting
+// → running … between attempts (see RestartPolicy).
 type Status string
 
 const (
@@ -31,6 +34,9 @@ const (
 	StatusStarting   Status = "starting"
 	StatusRunning    Status = "running"
 	StatusStopping   Status = "stopping"
+	// StatusRestarting: an attempt ended and the next waits for its
+	// back-off (RestartPolicy); it holds the script's lock meanwhile.
+	StatusRestarting Status = "restarting"
 	StatusSucceeded  Status = "succeeded"
 	StatusFailed     Status = "failed"
 	StatusStopped    Status = "stopped"
@@ -54,7 +60,7 @@ func (s Status) Terminal() bool {
 // Statuses lists every status, in the order of a run's life: the one
 // list the store's Lua scripts, the API, the clients and the dashboard
 // take theirs from.
-var Statuses = append([]Status{StatusQueued, StatusStarting, StatusRunning, StatusStopping}, TerminalStatuses...)
+var Statuses = append([]Status{StatusQueued, StatusStarting, StatusRunning, StatusRestarting, StatusStopping}, TerminalStatuses...)
 
 // Valid reports whether s is one of the known statuses.
 func (s Status) Valid() bool {
@@ -95,7 +101,18 @@ type Run struct {
 	PID        int      // process id on the worker's host, once started
 	StdoutPath string   // full log files on the worker's host
 	StderrPath string
+	// Attempt counts the starts of a run with a restart policy (1, 2, …;
+	// 0 reads as 1), Restarts its ended attempts, and RestartAt when the
+	// next attempt is due while the run is restarting.
+	Attempt   int
+	Restarts  []Restart
+	RestartAt time.Time
+	// ScheduleID is the schedule whose firing submitted the run.
+	ScheduleID string
 }
+
+// AttemptNo is r's attempt, 1 for a run that never restarted.
+func (r *Run) AttemptNo() int { return max(r.Attempt, 1) }
 
 // Active reports whether s is a status of a run not yet ended.
 func (s Status) Active() bool { return s.Valid() && !s.Terminal() }
@@ -166,6 +183,15 @@ func (r *Run) Fields() map[string]string {
 	}
 	put("stdout_path", r.StdoutPath)
 	put("stderr_path", r.StderrPath)
+	if r.Attempt != 0 {
+		f["attempt"] = strconv.Itoa(r.Attempt)
+	}
+	if r.Restarts != nil {
+		b, _ := json.Marshal(r.Restarts)
+		f["restarts"] = string(b)
+	}
+	put("restart_at", FormatTime(r.RestartAt))
+	put("schedule_id", r.ScheduleID)
 	return f
 }
 
@@ -196,6 +222,10 @@ func FromFields(f map[string]string) *Run {
 	}
 	r.Script, r.StdoutPath, r.StderrPath = f["script"], f["stdout_path"], f["stderr_path"]
 	r.PID, _ = strconv.Atoi(f["pid"])
+	r.Attempt, _ = strconv.Atoi(f["attempt"])
+	r.Restarts = ParseRestarts(f["restarts"])
+	r.RestartAt = ParseTime(f["restart_at"])
+	r.ScheduleID = f["schedule_id"]
 	if v := f["argv"]; v != "" {
 		if err := json.Unmarshal([]byte(v), &r.Argv); err != nil {
 			r.Argv = []string{v} // written by this package as JSON; kept whole if not

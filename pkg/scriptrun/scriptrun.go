@@ -137,7 +137,8 @@ func startKeeper(s Spec) (*keeperProc, error) {
 			k.close()
 			return nil, fmt.Errorf("scriptrun: logs dir: %w", err)
 		}
-		f, err := os.Create(p)
+		// appended to: a restarted run's attempts share its log
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
 			k.close()
 			return nil, fmt.Errorf("scriptrun: %w", err)

@@ -19,7 +19,8 @@ import (
 // reaches a run first claims it atomically (Claim); the other finds it
 // claimed and does nothing.
 
-// claimScript moves a queued run to starting for one worker, holding it
+// claimScript moves a queued run (or a restarting one whose back-off is
+// over: the next attempt) to starting for one worker, holding it
 // in the worker's set in the same step (so the reaper finds it should the
 // worker die), and returns the record: one round trip from the wake to
 // the run. A script run is not claimed within the recovery window after a
@@ -28,6 +29,7 @@ import (
 //
 // KEYS[1] run hash
 // KEYS[2] the worker's held runs
+// KEYS[3] the restarts due (RestartsKey)
 // ARGV[1] worker id
 // ARGV[2] started_at
 // ARGV[3] run id
@@ -40,7 +42,7 @@ import (
 var claimScript = redis.NewScript(luaRecovering + `
 local added = redis.call('SADD', KEYS[2], ARGV[3])
 local f = redis.call('HMGET', KEYS[1], 'status', 'stop_requested', 'kind')
-if f[1] ~= 'queued' or f[2] == '1' then
+if (f[1] ~= 'queued' and f[1] ~= 'restarting') or f[2] == '1' then
   if added == 1 then redis.call('SREM', KEYS[2], ARGV[3]) end
   return false
 end
@@ -50,6 +52,11 @@ if f[3] == 'script' then
     if added == 1 then redis.call('SREM', KEYS[2], ARGV[3]) end
     return left
   end
+end
+if f[1] == 'restarting' then
+  -- the next attempt: what the last one ended with is in its restarts entry
+  redis.call('HDEL', KEYS[1], 'restart_at', 'pid', 'return_code', 'error', 'finished_at')
+  redis.call('ZREM', KEYS[3], ARGV[3])
 end
 redis.call('HSET', KEYS[1], 'status', 'starting', 'worker', ARGV[1], 'started_at', ARGV[2])
 return redis.call('HGETALL', KEYS[1])
@@ -61,7 +68,7 @@ return redis.call('HGETALL', KEYS[1])
 // after a Redis restart (up to ctx) before it is claimed.
 func (s *Store) Claim(ctx context.Context, id, worker string, at time.Time) (*run.Run, error) {
 	for {
-		v, err := claimScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.WorkerRunsKey(worker)}, worker, run.FormatTime(at), id,
+		v, err := claimScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.WorkerRunsKey(worker), s.RestartsKey()}, worker, run.FormatTime(at), id,
 			int(s.recovery.Seconds())).Result()
 		if errors.Is(err, redis.Nil) {
 			return nil, nil
@@ -87,7 +94,8 @@ func (s *Store) Claim(ctx context.Context, id, worker string, at time.Time) (*ru
 	}
 }
 
-// stopScript marks a stop request; a run still queued ends stopped at once.
+// stopScript marks a stop request; a run still queued, or waiting for its
+// next attempt, ends stopped at once.
 //
 // KEYS[1] run hash
 // KEYS[2] done channel
@@ -95,14 +103,18 @@ func (s *Store) Claim(ctx context.Context, id, worker string, at time.Time) (*ru
 // ARGV[1] run id
 // ARGV[2] finished_at
 // ARGV[3] error text for a run stopped in queue
+// ARGV[4] error text for a run stopped between attempts
 // Output: "queued" (ended now), "active" (its worker must kill it), or "ended".
 var stopScript = redis.NewScript(luaTerminal + `
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if terminal[st] then return 'ended' end
 redis.call('HSET', KEYS[1], 'stop_requested', '1')
-if st == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'stopped', 'finished_at', ARGV[2], 'error', ARGV[3])
+if st == 'queued' or st == 'restarting' then
+  local why = ARGV[3]
+  if st == 'restarting' then why = ARGV[4] end
+  redis.call('HSET', KEYS[1], 'status', 'stopped', 'finished_at', ARGV[2], 'error', why)
+  redis.call('HDEL', KEYS[1], 'restart_at')
   redis.call('SREM', KEYS[3], ARGV[1])
   redis.call('PUBLISH', KEYS[2], ARGV[1])
   return 'queued'
@@ -115,7 +127,7 @@ return 'active'
 type StopOutcome string
 
 const (
-	StopQueued StopOutcome = "queued" // the run had not started: it is stopped now
+	StopQueued StopOutcome = "queued" // the run had not started (or waited to start again): it is stopped now
 	StopActive StopOutcome = "active" // the run is starting or running: its worker was told
 	StopEnded  StopOutcome = "ended"  // the run had already ended
 )
@@ -124,7 +136,7 @@ const (
 // right away; for an active one the cancel is published to all workers.
 func (s *Store) RequestStop(ctx context.Context, id string) (StopOutcome, error) {
 	out, err := stopScript.Run(ctx, s.rdb, []string{s.RunKey(id), s.DoneChannel(), s.ActiveKey()},
-		id, run.FormatTime(time.Now()), "stopped before it started").Text()
+		id, run.FormatTime(time.Now()), "stopped before it started", "stopped between attempts: no further attempt").Text()
 	if err != nil {
 		return "", fmt.Errorf("store: stop %s: %w", id, err)
 	}

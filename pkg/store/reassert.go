@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"strconv"
 
 	"github.com/redis/go-redis/v9"
 
@@ -28,9 +29,11 @@ const (
 	// been written again from the worker's copy.
 	Restored Reassertion = "restored"
 	// Ended: the record has ended (the reaper took this worker for lost,
-	// or a stop landed while it was away): kill the process.
+	// or a stop landed while it was away), or waits for its next attempt
+	// (the reaper restarted it elsewhere): kill the process.
 	Ended Reassertion = "ended"
-	// Other: another worker holds the run: kill this copy.
+	// Other: another worker (or another attempt) holds the run: kill
+	// this copy.
 	Other Reassertion = "other"
 	// Conflict: the record was missing, and another live run of the same
 	// script (started while it was missing) holds the script's lock: this
@@ -47,14 +50,16 @@ const (
 // KEYS[4] the worker's held runs
 // ARGV[1] RunKey(""), ARGV[2] run id, ARGV[3] script ("" for research),
 // ARGV[4] "1" when duplicates are allowed, ARGV[5] TTL seconds,
-// ARGV[6] created score (ms), ARGV[7] worker id, ARGV[8..] field, value pairs
+// ARGV[6] created score (ms), ARGV[7] worker id, ARGV[8] the worker's
+// attempt, ARGV[9..] field, value pairs
 // Output: {outcome, detail, stop_requested}: held, restored, ended (detail:
 // the status), other (detail: the holder), conflict (detail: the other run).
 var reassertScript = redis.NewScript(luaTerminal + luaActiveCopy + `
-local f = redis.call('HMGET', KEYS[1], 'status', 'worker', 'stop_requested')
+local f = redis.call('HMGET', KEYS[1], 'status', 'worker', 'stop_requested', 'attempt')
 if f[1] and f[1] ~= 'queued' then
-  if terminal[f[1]] then return {'ended', f[1], f[3] or ''} end
+  if terminal[f[1]] or f[1] == 'restarting' then return {'ended', f[1], f[3] or ''} end
   if f[2] ~= ARGV[7] then return {'other', f[2] or '', f[3] or ''} end
+  if (f[4] or '1') ~= ARGV[8] then return {'other', f[2] .. ' (attempt ' .. (f[4] or '1') .. ')', f[3] or ''} end
   redis.call('SADD', KEYS[4], ARGV[2])
   return {'held', '', f[3] or ''}
 end
@@ -62,7 +67,7 @@ if not f[1] and ARGV[3] ~= '' and ARGV[4] ~= '1' then
   local other = activeCopy(KEYS[2], ARGV[1], ARGV[3])
   if other and other ~= ARGV[2] then return {'conflict', other, ''} end
 end
-for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
+for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[2])
@@ -83,7 +88,7 @@ func (s *Store) Reassert(ctx context.Context, worker string, r *run.Run, duplica
 	}
 	rec := *r
 	rec.Worker = worker
-	args := []any{s.RunKey(""), r.ID, r.Script, dup, int(s.ttl.Seconds()), r.CreatedAt.UnixMilli(), worker}
+	args := []any{s.RunKey(""), r.ID, r.Script, dup, int(s.ttl.Seconds()), r.CreatedAt.UnixMilli(), worker, strconv.Itoa(r.AttemptNo())}
 	for k, v := range rec.Fields() {
 		args = append(args, k, v)
 	}

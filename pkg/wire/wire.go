@@ -114,6 +114,8 @@ type ScriptRequest struct {
 	Cwd        string            `json:"cwd,omitempty"`
 	Duplicate  bool              `json:"duplicate,omitempty"`
 	TimeoutSec int               `json:"timeout_sec,omitempty"`
+	// Restart is the run's restart policy (nil: "no").
+	Restart *run.RestartPolicy `json:"restart,omitempty"`
 }
 
 // Script is one runnable script of the scripts folder, as GET
@@ -142,6 +144,17 @@ type Run struct {
 	Error      *string  `json:"error"`
 	Worker     *string  `json:"worker"`
 	Owner      *string  `json:"owner"`
+	// Attempt is the run's current (or last) start, 1 unless a restart
+	// policy started it again; Restarts lists the attempts that ended,
+	// and RestartAt is when the next one is due while it is restarting.
+	Attempt   int           `json:"attempt"`
+	Restarts  []run.Restart `json:"restarts"`
+	RestartAt *string       `json:"restart_at"`
+	// ScheduleID is the schedule whose firing submitted the run.
+	ScheduleID *string `json:"schedule_id"`
+	// Market is a research run's exchange/symbol/binSize (the runs list
+	// shows it), null for scripts.
+	Market *string `json:"market"`
 }
 
 // Ended reports whether the run has a final status (run.TerminalStatuses).
@@ -152,7 +165,18 @@ func RunOf(r *run.Run) Run {
 	rec := Run{RunID: r.ID, Kind: string(r.Kind), Script: orNil(r.Script), Argv: r.Argv, Status: string(r.Status),
 		ReturnCode: r.ReturnCode, CreatedAt: run.TimePtr(r.CreatedAt), StartedAt: run.TimePtr(r.StartedAt),
 		FinishedAt: run.TimePtr(r.FinishedAt), StdoutPath: orNil(r.StdoutPath), StderrPath: orNil(r.StderrPath),
-		Error: orNil(r.Error), Worker: orNil(r.Worker), Owner: orNil(r.Owner)}
+		Error: orNil(r.Error), Worker: orNil(r.Worker), Owner: orNil(r.Owner),
+		Attempt: r.AttemptNo(), Restarts: r.Restarts, RestartAt: run.TimePtr(r.RestartAt), ScheduleID: orNil(r.ScheduleID)}
+	if rec.Restarts == nil {
+		rec.Restarts = []run.Restart{}
+	}
+	if r.Kind == run.KindResearch {
+		var req struct{ Request Market }
+		if json.Unmarshal([]byte(r.Request), &req) == nil && req.Request.Exchange != "" {
+			m := req.Request.Exchange + " " + req.Request.Symbol + " " + req.Request.BinSize
+			rec.Market = &m
+		}
+	}
 	if r.PID != 0 {
 		rec.PID = &r.PID
 	}

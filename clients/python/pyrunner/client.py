@@ -139,11 +139,16 @@ class Run:
     created_at: Optional[str] = None
     started_at: Optional[str] = None
     finished_at: Optional[str] = None
+    #: the run's current (or last) start: 1 unless a restart policy started it again
+    attempt: int = 1
+    #: the attempts that ended and were followed by another (attempt, at, reason, return_code, delay_sec)
+    restarts: List[Dict[str, Any]] = field(default_factory=list)
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> "Run":
-        keys = ("kind", "script", "pid", "return_code", "error", "worker", "created_at", "started_at", "finished_at")
+        keys = ("kind", "script", "pid", "return_code", "error", "worker", "created_at", "started_at", "finished_at",
+                "attempt", "restarts")
         return cls(run_id=body["run_id"], status=body["status"], argv=body.get("argv") or [], raw=dict(body),
                    **{k: body.get(k) for k in keys if body.get(k) is not None})
 
@@ -258,14 +263,20 @@ class Client:
     # ------------------------------------------------------------ scripts
 
     def start(self, script: str, args: Sequence[str] = (), env: Optional[Mapping[str, str]] = None,
-              duplicate: bool = False, timeout: int = 0, restart: Optional[str] = None) -> Run:
-        """Start a script; returns its record once a worker runs it. restart
-        is passed on to servers that have restart policies."""
+              duplicate: bool = False, timeout: int = 0,
+              restart: Union[None, str, Mapping[str, Any]] = None) -> Run:
+        """Start a script; returns its record once a worker runs it.
+
+        restart is its restart policy: ``"on-failure"`` or ``"always"``, or
+        the whole object, e.g. ``{"policy": "on-failure", "max_restarts": 5,
+        "window_sec": 600, "backoff_sec": 1, "max_backoff_sec": 60}``."""
         body: Dict[str, Any] = {"script": script, "args": list(args), "env": dict(env or {}), "duplicate": duplicate}
         if timeout:
             body["timeout_sec"] = int(timeout)
-        if restart is not None:
-            body["restart"] = restart
+        if isinstance(restart, str):
+            body["restart"] = {"policy": restart}
+        elif restart is not None:
+            body["restart"] = dict(restart)
         return Run.from_json(self._json("POST", "/v1/runs", body))
 
     def get(self, run_id: str) -> Run:
