@@ -30,10 +30,10 @@ const (
 type Status string
 
 const (
-	StatusQueued     Status = "queued"
-	StatusStarting   Status = "starting"
-	StatusRunning    Status = "running"
-	StatusStopping   Status = "stopping"
+	StatusQueued   Status = "queued"
+	StatusStarting Status = "starting"
+	StatusRunning  Status = "running"
+	StatusStopping Status = "stopping"
 	// StatusRestarting: an attempt ended and the next waits for its
 	// back-off (RestartPolicy); it holds the script's lock meanwhile.
 	StatusRestarting Status = "restarting"
