@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -21,16 +22,23 @@ const principalKey = "principal"
 // PYRUNNER_TOKEN is set; that static token (python-runner's) grants
 // research:run. Missing or bad credentials are 401 with a detail naming
 // the failed check; a valid token without the scope is 403.
-func (s *server) require(scope string) echo.MiddlewareFunc {
-	research := scope == auth.ScopeResearchRun
+//
+// Given several scopes, it admits a request that may use any of them (the
+// handler then checks the one it needs, see allowed).
+func (s *server) require(scopes ...string) echo.MiddlewareFunc {
+	research := slices.Contains(scopes, auth.ScopeResearchRun)
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
-			if s.open(scope) {
+			closed := func(scope string) bool { return !s.open(scope) }
+			if !slices.ContainsFunc(scopes, closed) {
 				return next(c)
 			}
 			tok, err := s.bearer(c)
 			if err != nil {
 				return err
+			}
+			if tok == "" && slices.ContainsFunc(scopes, s.open) {
+				return next(c) // the handler checks the scope it needs
 			}
 			if tok == "" {
 				return run.Errorf(run.ECodeUnauthorized, "Missing bearer token (Authorization: Bearer <token>)")
@@ -43,7 +51,7 @@ func (s *server) require(scope string) echo.MiddlewareFunc {
 			if err != nil {
 				return err
 			}
-			if !p.Allows(scope) {
+			if !slices.ContainsFunc(scopes, func(scope string) bool { return s.open(scope) || p.Allows(scope) }) {
 				return run.Errorf(run.ECodeForbidden, "Insufficient scopes")
 			}
 			c.Set(principalKey, p)

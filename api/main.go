@@ -114,6 +114,7 @@ func start() error {
 	s.metrics = metrics.NewAPI(q.Collector(), metrics.QueueDepth([]string{queue.QueueResearch, queue.QueueScripts}, cfg.MaxQueued,
 		func(name string) (int64, error) { return st.QueueDepth(context.Background(), name) }))
 	go liveness.Reap(bg, st, func(cause string) { s.metrics.Restarts.WithLabelValues(cause).Inc() })
+	go s.fireSchedules(bg)
 	s.monitor = queue.Monitor(rds, "/monitor")
 	e := s.routes()
 	httpSrv := &http.Server{Addr: cfg.Listen, Handler: e, ReadHeaderTimeout: 10 * time.Second}
@@ -221,6 +222,16 @@ func (s *server) routes() *echo.Echo {
 	e.GET(p+"/runs/:run_id", s.getRun, read)
 	e.POST(p+"/runs/:run_id/stop", s.stopRun, runs)
 	e.GET(p+"/runs/:run_id/logs", s.runLogs, logs)
+
+	// Schedules: listed with scripts:read; changed with the scope of the
+	// schedule's kind (scripts:run or research:run), checked by the handler.
+	change := s.require(auth.ScopeScriptsRun, auth.ScopeResearchRun)
+	e.GET(p+"/schedules", s.listSchedules, read)
+	e.POST(p+"/schedules", s.createSchedule, change)
+	e.GET(p+"/schedules/:id", s.getSchedule, read)
+	e.PATCH(p+"/schedules/:id", s.patchSchedule, change)
+	e.DELETE(p+"/schedules/:id", s.deleteSchedule, change)
+	e.POST(p+"/schedules/:id/trigger", s.triggerSchedule, change)
 
 	// The Model Context Protocol: its own auth (a session lists only the
 	// tools its token allows), and each tool calls a route above.

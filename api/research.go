@@ -41,31 +41,61 @@ func (s *server) researchRun(c echo.Context) error {
 		}
 		wait = b
 	}
-	now := time.Now()
-	warnings, err := req.Normalize(research.Limits{
-		MaxCodeBytes: s.cfg.MaxCodeBytes, DefaultTimeoutSec: s.cfg.DefaultTimeoutSec,
-		MaxTimeoutSec: s.cfg.MaxTimeoutSec, MaxRows: s.cfg.MaxRows,
-	}, now)
-	if err != nil {
-		return err
-	}
-	req.Wait = nil
-	stored, _ := json.Marshal(research.Stored{Request: req, Warnings: warnings})
-	r := &run.Run{ID: uuid.NewString(), Kind: run.KindResearch, Status: run.StatusQueued, CreatedAt: now, Request: string(stored), Owner: owner(c)}
-	err = s.submit(c.Request().Context(), r, queue.QueueResearch, time.Duration(req.TimeoutSec)*time.Second+time.Minute,
-		func(ctx context.Context) error {
-			if err := s.store.CreateRun(ctx, r); err != nil {
-				return run.Errorf(run.ECodeUnavailable, "cannot record the run: redis unavailable")
-			}
-			return nil
-		})
+	r, err := s.newResearchRun(c.Request().Context(), req, owner(c), origin{})
 	if err != nil {
 		return err
 	}
 	if !wait {
 		return c.JSON(http.StatusAccepted, map[string]string{"id": r.ID, "status": string(r.Status), "poll": pollURL(r.ID)})
 	}
-	return s.answerResearch(c, r.ID, s.waitCap(time.Duration(req.TimeoutSec)*time.Second+queueAllowance), false)
+	return s.answerResearch(c, r.ID, s.waitCap(reqTimeout(r)+queueAllowance), false)
+}
+
+// origin is where a run came from, beyond its request: a schedule's
+// firing names its run (schedule.FiringRunID) and itself.
+type origin struct {
+	id, scheduleID string
+}
+
+// newResearchRun validates, records and queues one research run.
+func (s *server) newResearchRun(ctx context.Context, req research.Request, owner string, o origin) (*run.Run, error) {
+	now := time.Now()
+	warnings, err := req.Normalize(s.researchLimits(), now)
+	if err != nil {
+		return nil, err
+	}
+	req.Wait = nil
+	stored, _ := json.Marshal(research.Stored{Request: req, Warnings: warnings})
+	r := &run.Run{ID: o.id, Kind: run.KindResearch, Status: run.StatusQueued, CreatedAt: now, Request: string(stored), Owner: owner,
+		ScheduleID: o.scheduleID}
+	if r.ID == "" {
+		r.ID = uuid.NewString()
+	}
+	err = s.submit(ctx, r, queue.QueueResearch, time.Duration(req.TimeoutSec)*time.Second+time.Minute,
+		func(ctx context.Context) error {
+			err := s.store.CreateRun(ctx, r)
+			if err != nil && run.ErrorCode(err) != run.ECodeConflict {
+				return run.Errorf(run.ECodeUnavailable, "cannot record the run: redis unavailable")
+			}
+			return err
+		})
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// researchLimits are the API's limits on research requests.
+func (s *server) researchLimits() research.Limits {
+	return research.Limits{MaxCodeBytes: s.cfg.MaxCodeBytes, DefaultTimeoutSec: s.cfg.DefaultTimeoutSec,
+		MaxTimeoutSec: s.cfg.MaxTimeoutSec, MaxRows: s.cfg.MaxRows}
+}
+
+// reqTimeout is a research run's time limit, from its stored request.
+func reqTimeout(r *run.Run) time.Duration {
+	var st research.Stored
+	_ = json.Unmarshal([]byte(r.Request), &st) // written by newResearchRun
+	return time.Duration(st.Request.TimeoutSec) * time.Second
 }
 
 // researchGet is GET /v1/research/runs/{id}[?wait=N].

@@ -54,7 +54,7 @@ func (s *server) startRun(c echo.Context) error {
 		return run.Errorf(run.ECodeInvalid, "invalid JSON body: %v", err)
 	}
 	ctx := c.Request().Context()
-	r, err := s.newScriptRun(ctx, req, owner(c))
+	r, err := s.newScriptRun(ctx, req, owner(c), origin{})
 	if err != nil {
 		return err
 	}
@@ -75,7 +75,7 @@ func startedOrEnded(r *run.Run) bool {
 }
 
 // newScriptRun validates, records and queues one script run.
-func (s *server) newScriptRun(ctx context.Context, req wire.ScriptRequest, owner string) (*run.Run, error) {
+func (s *server) newScriptRun(ctx context.Context, req wire.ScriptRequest, owner string, o origin) (*run.Run, error) {
 	if req.TimeoutSec < 0 {
 		return nil, run.Errorf(run.ECodeInvalid, "timeout_sec must not be negative")
 	}
@@ -100,8 +100,11 @@ func (s *server) newScriptRun(ctx context.Context, req wire.ScriptRequest, owner
 	if py == "" {
 		py = "python3"
 	}
-	r := &run.Run{ID: uuid.NewString(), Kind: run.KindScript, Status: run.StatusQueued, CreatedAt: time.Now(),
-		Script: rel, Argv: append([]string{py, "-u", abs}, req.Args...), Request: string(b), Owner: owner}
+	r := &run.Run{ID: o.id, Kind: run.KindScript, Status: run.StatusQueued, CreatedAt: time.Now(),
+		Script: rel, Argv: append([]string{py, "-u", abs}, req.Args...), Request: string(b), Owner: owner, ScheduleID: o.scheduleID}
+	if r.ID == "" {
+		r.ID = uuid.NewString()
+	}
 	err = s.submit(ctx, r, queue.QueueScripts, time.Duration(req.TimeoutSec)*time.Second,
 		func(ctx context.Context) error { return s.store.CreateScriptRun(ctx, r, req.Duplicate) })
 	if err != nil {
@@ -164,7 +167,7 @@ func (s *server) startAll(c echo.Context) error {
 	}
 	results := []map[string]any{}
 	for _, sc := range list {
-		r, err := s.newScriptRun(c.Request().Context(), wire.ScriptRequest{Script: sc.Path, Restart: body.Restart}, owner(c))
+		r, err := s.newScriptRun(c.Request().Context(), wire.ScriptRequest{Script: sc.Path, Restart: body.Restart}, owner(c), origin{})
 		switch {
 		case err == nil:
 			audit(c, "script run started (runs/all)", "run_id", r.ID, "script", r.Script)

@@ -29,6 +29,9 @@ type API struct {
 	Refused   *prometheus.CounterVec // queue
 	// Restarts counts restarts this API's reaper made (workers lost).
 	Restarts *prometheus.CounterVec // reason
+	// Firings counts schedule firings this API handled, by result (fired,
+	// skipped, failed).
+	Firings *prometheus.CounterVec
 }
 
 // NewAPI registers the API's metrics, plus the Go runtime's and the
@@ -41,8 +44,11 @@ func NewAPI(extra ...prometheus.Collector) *API {
 		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pyrunner_runs_refused_total",
 			Help: "Submissions refused with 429 because their queue was full (PYRUNNER_MAX_QUEUED)."}, []string{"queue"}),
 		Restarts: NewRestarts(),
+		Firings: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pyrunner_schedule_firings_total",
+			Help: "Schedule firings this API handled, by result: fired (a run submitted), skipped (overlap: skip, the last run still live), failed (the run was refused)."},
+			[]string{"result"}),
 	}
-	m.Registry.MustRegister(m.Submitted, m.Refused, m.Restarts, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.Registry.MustRegister(m.Submitted, m.Refused, m.Restarts, m.Firings, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Registry.MustRegister(extra...)
 	return m
 }

@@ -152,18 +152,35 @@ func (s *Store) Close() error {
 	return s.rdb.Close()
 }
 
-// CreateRun writes a new run record and indexes it.
+// createRunScript writes a run record unless one with its id exists.
+//
+// KEYS[1] run hash, KEYS[2] runs sorted set, KEYS[3] active set
+// ARGV[1] TTL seconds, ARGV[2] run id, ARGV[3] created score (ms),
+// ARGV[4..] field, value pairs
+// Output: 1 when created, 0 when the id was taken.
+var createRunScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[2])
+return 1
+`)
+
+// CreateRun writes a new run record and indexes it. An id already taken
+// (a schedule's firing that another API replica submitted) is a conflict
+// error, and nothing is written.
 func (s *Store) CreateRun(ctx context.Context, r *run.Run) error {
-	key := s.RunKey(r.ID)
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, key, r.Fields())
-		p.Expire(ctx, key, s.ttl)
-		p.ZAdd(ctx, s.RunsKey(), redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.ID})
-		p.SAdd(ctx, s.ActiveKey(), r.ID)
-		return nil
-	})
+	args := []any{int(s.ttl.Seconds()), r.ID, r.CreatedAt.UnixMilli()}
+	for k, v := range r.Fields() {
+		args = append(args, k, v)
+	}
+	n, err := createRunScript.Run(ctx, s.rdb, []string{s.RunKey(r.ID), s.RunsKey(), s.ActiveKey()}, args...).Int()
 	if err != nil {
 		return fmt.Errorf("store: create run %s: %w", r.ID, err)
+	}
+	if n == 0 {
+		return run.Errorf(run.ECodeConflict, "run %s exists already", r.ID)
 	}
 	return nil
 }
@@ -179,8 +196,11 @@ func (s *Store) CreateRun(ctx context.Context, r *run.Run) error {
 // ARGV[1] RunKey(""), ARGV[2] run id, ARGV[3] script, ARGV[4] "1" to allow duplicates
 // ARGV[5] TTL seconds, ARGV[6] created score (ms), ARGV[7] recovery window (s)
 // ARGV[8..] field, value pairs
-// Output: {"created"}, {"conflict", id of the active run}, or {"wait", seconds}.
+// Output: {"created"}, {"conflict", id of the active run}, {"exists", id}
+// (the id is taken: a schedule's firing another replica submitted), or
+// {"wait", seconds}.
 var createScriptRunScript = redis.NewScript(luaTerminal + luaRecovering + luaActiveCopy + `
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists', ARGV[2]} end
 if ARGV[4] ~= '1' then
   local other = activeCopy(KEYS[2], ARGV[1], ARGV[3])
   if other then return {'conflict', other} end
@@ -218,6 +238,8 @@ func (s *Store) CreateScriptRun(ctx context.Context, r *run.Run, duplicate bool)
 			return nil
 		case "conflict":
 			return run.Errorf(run.ECodeConflict, "script %s is already running (run %s); pass duplicate:true to start another", r.Script, out[1])
+		case "exists":
+			return run.Errorf(run.ECodeConflict, "run %s exists already", r.ID)
 		}
 		if err := s.waitRecovery(ctx, out[1], "start of script "+r.Script); err != nil {
 			return err

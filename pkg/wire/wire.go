@@ -202,3 +202,40 @@ func orNil(s string) *string {
 	}
 	return &s
 }
+
+// ScheduleRequest is the body of POST /v1/schedules, and, with every
+// field optional, of PATCH /v1/schedules/{id}.
+type ScheduleRequest struct {
+	Name     *string `json:"name"`
+	Cron     *string `json:"cron"`
+	Timezone *string `json:"timezone"`
+	// Kind is "research" or "script"; Request is the body of
+	// /v1/research/run or /v1/runs that each firing submits.
+	Kind    *string         `json:"kind"`
+	Request json.RawMessage `json:"request"`
+	Overlap *string         `json:"overlap"`
+	Paused  *bool           `json:"paused"`
+}
+
+// Schedule is a schedule as the API shows it: its definition, when it
+// fires next (null while paused), and its last firing.
+type Schedule struct {
+	ID         string          `json:"id"`
+	Name       string          `json:"name"`
+	Cron       string          `json:"cron"`
+	Timezone   string          `json:"timezone"`
+	Kind       string          `json:"kind"`
+	Request    json.RawMessage `json:"request"`
+	Overlap    string          `json:"overlap"`
+	Paused     bool            `json:"paused"`
+	Owner      *string         `json:"owner"`
+	CreatedAt  string          `json:"created_at"`
+	UpdatedAt  string          `json:"updated_at"`
+	NextFireAt *string         `json:"next_fire_at"`
+	// LastFireAt, LastRunID and LastResult (fired, skipped, failed) tell
+	// the last firing, and LastDetail why it was skipped or failed.
+	LastFireAt *string `json:"last_fire_at"`
+	LastRunID  *string `json:"last_run_id"`
+	LastResult *string `json:"last_result"`
+	LastDetail *string `json:"last_detail"`
+}
