@@ -172,11 +172,11 @@ func TestSchedules(t *testing.T) {
 			t.Errorf("5 0 * * * in Asia/Shanghai fires next at %s", sh)
 		}
 		for body, want := range map[string]string{
-			`{"name":"x","cron":"61 * * * *","kind":"research","request":{}}`:                       `cron "61 * * * *"`,
-			`{"name":"x","cron":"@every 0.5s","kind":"research","request":{}}`:                      `cron "@every 0.5s"`,
-			`{"name":"x","cron":"@daily","timezone":"Mars/Base","kind":"research","request":{}}`:    `timezone "Mars/Base"`,
-			`{"name":"x","cron":"@daily","kind":"batch","request":{}}`:                              "kind must be research or script",
-			`{"name":"x","cron":"@daily","kind":"script","request":{"script":"nope.py"}}`:           "request: ",
+			`{"name":"x","cron":"61 * * * *","kind":"research","request":{}}`:                         `cron "61 * * * *"`,
+			`{"name":"x","cron":"@every 0.5s","kind":"research","request":{}}`:                        `cron "@every 0.5s"`,
+			`{"name":"x","cron":"@daily","timezone":"Mars/Base","kind":"research","request":{}}`:      `timezone "Mars/Base"`,
+			`{"name":"x","cron":"@daily","kind":"batch","request":{}}`:                                "kind must be research or script",
+			`{"name":"x","cron":"@daily","kind":"script","request":{"script":"nope.py"}}`:             "request: ",
 			`{"name":"x","cron":"@daily","kind":"script","request":{"script":"slow.py"},"overlap":1}`: "invalid JSON body",
 		} {
 			var e runRec
