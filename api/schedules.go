@@ -163,7 +163,7 @@ func (s *server) applySchedule(c echo.Context, sc *schedule.Schedule, req wire.S
 	if req.Paused != nil {
 		sc.Paused = *req.Paused
 	}
-	if len(req.Request) > 0 {
+	if r := bytes.TrimSpace(req.Request); len(r) > 0 && !bytes.Equal(r, []byte("null")) {
 		sc.Request = append(json.RawMessage{}, bytes.TrimSpace(req.Request)...)
 	}
 	if err := sc.Normalize(); err != nil {

@@ -236,12 +236,55 @@ func TestCLI(t *testing.T) {
 			t.Errorf("scripts: %q", out)
 		}
 	})
+	t.Run("RestartAndSchedules", func(t *testing.T) {
+		out, _, code := s.cli(t, "", auth, "run", "fail.py", "--restart", "on-failure", "--max-restarts", "1", "--backoff", "0.2", "--follow")
+		if code != 3 || strings.Count(out, "failing") != 2 || !strings.Contains(out, "[pyrunner] attempt 2 starts on worker ") {
+			t.Errorf("run --restart on-failure --follow: exit %d %q", code, out)
+		}
+		out, _, code = s.cli(t, "", auth, "ls", "--script", "fail.py", "--limit", "1")
+		if code != 0 || !strings.Contains(out, "ATTEMPT") || !strings.Contains(out, " failed ") {
+			t.Errorf("ls of the restarted run: %d %q", code, out)
+		}
+		out, _, code = s.cli(t, "", auth, "schedules", "add", "--name", "hello", "--cron", "@every 1h", "--script", "hello.py", "--paused")
+		id := strings.Fields(out + " ")[0]
+		if code != 0 || len(id) != 36 {
+			t.Fatalf("schedules add: %d %q", code, out)
+		}
+		if out, _, code = s.cli(t, "", auth, "schedules"); code != 0 || !strings.Contains(out, id) || !strings.Contains(out, "@every 1h") {
+			t.Errorf("schedules: %d %q", code, out)
+		}
+		out, _, code = s.cli(t, "", auth, "schedules", "trigger", id)
+		if f := strings.Fields(out + " "); code != 0 || len(f) < 2 || f[0] != "fired" {
+			t.Errorf("schedules trigger: %d %q", code, out)
+		} else {
+			var r runRec
+			waitUntil(t, 20*time.Second, "the triggered run to end", func() bool {
+				s.doAuth("GET", "/v1/runs/"+f[1], "", bearer(strings.TrimSpace(tok)), &r)
+				return ended(r)
+			})
+			if r.Status != "succeeded" || deref(r.ScheduleID) != id {
+				t.Errorf("the triggered run: %+v", r)
+			}
+		}
+		if out, _, code = s.cli(t, "", auth, "schedules", "resume", id); code != 0 || !strings.Contains(out, "paused=false next 20") {
+			t.Errorf("schedules resume: %d %q", code, out)
+		}
+		if out, _, code = s.cli(t, "", auth, "schedules", "pause", id); code != 0 || !strings.Contains(out, "paused=true next -") {
+			t.Errorf("schedules pause: %d %q", code, out)
+		}
+		if _, errOut, code := s.cli(t, "", auth, "schedules", "add", "--name", "bad", "--cron", "61 * * * *", "--script", "hello.py"); code == 0 || !strings.Contains(errOut, `cron "61 * * * *"`) {
+			t.Errorf("a bad cron: %d %q", code, errOut)
+		}
+		if out, _, code = s.cli(t, "", auth, "schedules", "rm", id); code != 0 || strings.TrimSpace(out) != id+" deleted" {
+			t.Errorf("schedules rm: %d %q", code, out)
+		}
+	})
 	t.Run("AuthAndHelp", func(t *testing.T) {
 		_, errOut, code := s.cli(t, "", nil, "ls")
 		if code == 0 || !strings.Contains(errOut, "401") {
 			t.Errorf("without a token: %d %q", code, errOut)
 		}
-		for _, c := range []string{"research", "run", "logs", "stop", "ls", "scripts", "token"} {
+		for _, c := range []string{"research", "run", "logs", "stop", "ls", "scripts", "schedules", "token"} {
 			out, _, code := s.cli(t, "", nil, c, "--help")
 			if code != 0 || !strings.Contains(out, "Examples:") {
 				t.Errorf("%s --help: %d %q", c, code, out)

@@ -65,7 +65,7 @@ sending $PYRUNNER_TOKEN, when set, as its bearer token.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(researchCmd(), runCmd(), logsCmd(), stopCmd(), lsCmd(), scriptsCmd(), tokenCmd())
+	root.AddCommand(researchCmd(), runCmd(), logsCmd(), stopCmd(), lsCmd(), scriptsCmd(), schedulesCmd(), tokenCmd())
 	return root
 }
 
@@ -261,6 +261,7 @@ func runCmd() *cobra.Command {
 	var req client.ScriptRequest
 	var doFollow bool
 	var env []string
+	var restart client.RestartPolicy
 	cmd := &cobra.Command{
 		Use:   "run SCRIPT [flags] [-- args...]",
 		Short: "Start a script of the scripts folder",
@@ -268,7 +269,8 @@ func runCmd() *cobra.Command {
 With --follow it streams the script's output until it ends, and exits with the
 script's status.`,
 		Example: `  pyrunner run hello.py --follow -- --foo bar
-  pyrunner run strategies/grid.py --env SYMBOL=BTCUSDT --duplicate`,
+  pyrunner run strategies/grid.py --env SYMBOL=BTCUSDT --duplicate
+  pyrunner run bots/maker.py --restart on-failure --max-restarts 10`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Script, req.Args = args[0], args[1:]
@@ -281,6 +283,9 @@ script's status.`,
 					req.Env = map[string]string{}
 				}
 				req.Env[k] = v
+			}
+			if restart.Policy != "" {
+				req.Restart = &restart
 			}
 			r, err := newClient().Start(cmd.Context(), req)
 			if err != nil {
@@ -304,6 +309,10 @@ script's status.`,
 	cmd.Flags().StringArrayVar(&env, "env", nil, "NAME=value for the script's environment (repeatable)")
 	cmd.Flags().StringVar(&req.Cwd, "cwd", "", "working directory, under the scripts folder")
 	cmd.Flags().IntVar(&req.TimeoutSec, "timeout", 0, "stop the script after this many seconds (0: never)")
+	cmd.Flags().StringVar(&restart.Policy, "restart", "", "restart policy: no, on-failure (non-zero exit, signal, worker lost) or always")
+	cmd.Flags().IntVar(&restart.MaxRestarts, "max-restarts", 0, "give up after this many restarts within --restart-window (0: 5)")
+	cmd.Flags().IntVar(&restart.WindowSec, "restart-window", 0, "seconds in which --max-restarts count (0: 600)")
+	cmd.Flags().Float64Var(&restart.BackoffSec, "backoff", 0, "seconds before the first restart, doubling after (0: 1)")
 	return cmd
 }
 
@@ -380,9 +389,13 @@ func lsCmd() *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "RUN_ID\tKIND\tSCRIPT\tSTATUS\tCREATED\tWORKER")
+			fmt.Fprintln(tw, "RUN_ID\tKIND\tSCRIPT/MARKET\tSTATUS\tATTEMPT\tCREATED\tWORKER")
 			for _, r := range runs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.RunID, r.Kind, deref(r.Script), r.Status, deref(r.CreatedAt), deref(r.Worker))
+				what := deref(r.Script)
+				if r.Market != nil {
+					what = *r.Market
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.RunID, r.Kind, what, r.Status, r.Attempt, deref(r.CreatedAt), deref(r.Worker))
 			}
 			return tw.Flush()
 		},

@@ -28,6 +28,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ztrade/pyrunner/pkg/run"
 	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
@@ -198,7 +199,68 @@ type (
 	Run = wire.Run
 	// Script is one script of the scripts folder.
 	Script = wire.Script
+	// RestartPolicy is a script run's restart field.
+	RestartPolicy = run.RestartPolicy
+	// Restart is one ended attempt of a restarted run (Run.Restarts).
+	Restart = run.Restart
+	// ScheduleRequest is the body of POST and PATCH /v1/schedules.
+	ScheduleRequest = wire.ScheduleRequest
+	// Schedule is a schedule with its next and last firings.
+	Schedule = wire.Schedule
 )
+
+// Schedules lists every schedule.
+func (c *Client) Schedules(ctx context.Context) ([]Schedule, error) {
+	var out struct {
+		Schedules []Schedule `json:"schedules"`
+	}
+	_, err := c.do(ctx, http.MethodGet, "/v1/schedules", nil, &out)
+	return out.Schedules, err
+}
+
+// Schedule reads one schedule.
+func (c *Client) Schedule(ctx context.Context, id string) (*Schedule, error) {
+	var sc Schedule
+	_, err := c.do(ctx, http.MethodGet, "/v1/schedules/"+url.PathEscape(id), nil, &sc)
+	return &sc, err
+}
+
+// CreateSchedule makes a schedule: Name, Cron, Kind and Request are
+// required.
+func (c *Client) CreateSchedule(ctx context.Context, req ScheduleRequest) (*Schedule, error) {
+	var sc Schedule
+	_, err := c.do(ctx, http.MethodPost, "/v1/schedules", req, &sc, http.StatusCreated)
+	return &sc, err
+}
+
+// UpdateSchedule changes the fields req sets (Paused pauses or resumes).
+func (c *Client) UpdateSchedule(ctx context.Context, id string, req ScheduleRequest) (*Schedule, error) {
+	var sc Schedule
+	_, err := c.do(ctx, http.MethodPatch, "/v1/schedules/"+url.PathEscape(id), req, &sc)
+	return &sc, err
+}
+
+// DeleteSchedule deletes a schedule (its runs stay).
+func (c *Client) DeleteSchedule(ctx context.Context, id string) error {
+	_, err := c.do(ctx, http.MethodDelete, "/v1/schedules/"+url.PathEscape(id), nil, nil)
+	return err
+}
+
+// Firing is what a triggered firing did: result fired, skipped or failed,
+// and the run it submitted (or the live one it skipped for).
+type Firing struct {
+	ScheduleID string  `json:"schedule_id"`
+	Result     string  `json:"result"`
+	RunID      *string `json:"run_id"`
+	Detail     *string `json:"detail"`
+}
+
+// TriggerSchedule fires a schedule now, by its rules.
+func (c *Client) TriggerSchedule(ctx context.Context, id string) (*Firing, error) {
+	var f Firing
+	_, err := c.do(ctx, http.MethodPost, "/v1/schedules/"+url.PathEscape(id)+"/trigger", nil, &f, http.StatusAccepted)
+	return &f, err
+}
 
 // Research runs code and waits for the result (the API's wait=true). A
 // run that outlasts the API's wait cap comes back unfinished: wait on it

@@ -206,15 +206,15 @@ func orNil(s string) *string {
 // ScheduleRequest is the body of POST /v1/schedules, and, with every
 // field optional, of PATCH /v1/schedules/{id}.
 type ScheduleRequest struct {
-	Name     *string `json:"name"`
-	Cron     *string `json:"cron"`
-	Timezone *string `json:"timezone"`
+	Name     *string `json:"name,omitempty"`
+	Cron     *string `json:"cron,omitempty"`
+	Timezone *string `json:"timezone,omitempty"`
 	// Kind is "research" or "script"; Request is the body of
 	// /v1/research/run or /v1/runs that each firing submits.
-	Kind    *string         `json:"kind"`
-	Request json.RawMessage `json:"request"`
-	Overlap *string         `json:"overlap"`
-	Paused  *bool           `json:"paused"`
+	Kind    *string         `json:"kind,omitempty"`
+	Request json.RawMessage `json:"request,omitempty"`
+	Overlap *string         `json:"overlap,omitempty"`
+	Paused  *bool           `json:"paused,omitempty"`
 }
 
 // Schedule is a schedule as the API shows it: its definition, when it
