@@ -17,6 +17,8 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
 // browser is a headless Debian chromium driven by chromedp, recording
@@ -142,7 +144,8 @@ func TestDashboard(t *testing.T) {
 		b.run(t, "open the runs list", chromedp.Navigate(s.base+"/ui/"),
 			chromedp.WaitVisible(`tr[data-run="`+rr.ID+`"]`, chromedp.ByQuery),
 			chromedp.WaitVisible(`tr[data-run="`+sr.RunID+`"]`, chromedp.ByQuery),
-			waitText(`tr[data-run="`+sr.RunID+`"]`, "succeeded"), waitText(`tr[data-run="`+sr.RunID+`"]`, "hello.py"))
+			waitText(`tr[data-run="`+sr.RunID+`"]`, "succeeded"), waitText(`tr[data-run="`+sr.RunID+`"]`, "hello.py"),
+			waitText(`tr[data-run="`+rr.ID+`"]`, "binance BTCUSDT 1m"))
 		b.shot(t, "runs")
 		// A research run's own page, opened directly.
 		b.run(t, "open a research run", chromedp.Navigate(s.base+"/ui/runs/"+rr.ID),
@@ -182,6 +185,34 @@ func TestDashboard(t *testing.T) {
 			waitText("#workers", "bwrap"), waitText("#queues", "research"))
 		b.run(t, "scripts", chromedp.Navigate(s.base+"/ui/scripts"), chromedp.WaitVisible(`button[data-start="hello.py"]`, chromedp.ByQuery),
 			chromedp.Click(`button[data-start="hello.py"]`, chromedp.ByQuery), waitText("#run-head", "hello.py"))
+	})
+	t.Run("AttemptsAndRestarts", func(t *testing.T) {
+		// fail.py exits 3: with on-failure it runs three times, then gives up.
+		_, r := s.startScript(`{"script":"fail.py","restart":{"policy":"on-failure","max_restarts":2,"backoff_sec":0.5}}`)
+		b.run(t, "a restarted run's attempts", chromedp.Navigate(s.base+"/ui/runs/"+r.RunID),
+			chromedp.WaitVisible(`#restarts tr[data-attempt="2"]`, chromedp.ByQuery), waitText("#run-attempt", "3"),
+			waitText("#restarts", "exited with code 3"), waitText("#run-status", "failed"), waitText("#run-error", "gave up after 2 restarts"),
+			waitText("#logs", "[pyrunner] attempt 3 starts"))
+		b.shot(t, "restarts")
+	})
+	t.Run("Schedules", func(t *testing.T) {
+		var sc wire.Schedule
+		if st := s.do("POST", "/v1/schedules", `{"name":"nightly hello","cron":"0 3 * * *","kind":"script","request":{"script":"hello.py"}}`, &sc); st != 201 {
+			t.Fatalf("create a schedule: %d", st)
+		}
+		row := `tr[data-schedule="` + sc.ID + `"]`
+		b.run(t, "the schedules page", chromedp.Navigate(s.base+"/ui/schedules"),
+			chromedp.WaitVisible(row, chromedp.ByQuery), waitText(row+" .next", "03:00:00 UTC"), waitText(row, "nightly hello"))
+		b.run(t, "pause it", chromedp.Click(`button[data-pause="`+sc.ID+`"]`, chromedp.ByQuery), waitText(row+" .next", "paused"),
+			waitText(`button[data-pause="`+sc.ID+`"]`, "Resume"))
+		b.run(t, "trigger it", chromedp.Click(`button[data-trigger="`+sc.ID+`"]`, chromedp.ByQuery), waitText(row+" .last", "fired"))
+		b.run(t, "resume it", chromedp.Click(`button[data-pause="`+sc.ID+`"]`, chromedp.ByQuery), waitText(row+" .next", "03:00:00 UTC"))
+		b.shot(t, "schedules")
+		b.run(t, "create one in the form", chromedp.SetValue("#s-name", "every minute", chromedp.ByQuery),
+			chromedp.SetValue("#s-cron", "@every 60s", chromedp.ByQuery), chromedp.SetValue("#s-request", `{"script": "hello.py"}`, chromedp.ByQuery),
+			chromedp.Click("#s-create", chromedp.ByQuery), waitText("#schedules", "every minute"))
+		b.run(t, "a bad spec is explained", chromedp.SetValue("#s-cron", "61 * * * *", chromedp.ByQuery),
+			chromedp.Click("#s-create", chromedp.ByQuery), waitText("#flash", `cron "61 * * * *"`))
 	})
 	if ext := b.external(s.base); len(ext) > 0 {
 		t.Errorf("pages fetched URLs outside the stack: %v", ext)

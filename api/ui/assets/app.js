@@ -85,6 +85,7 @@
     if (rel === 'research') return researchPage();
     if (rel === 'scripts') return scriptsPage();
     if (rel === 'system') return systemPage();
+    if (rel === 'schedules') return schedulesPage();
     return runsPage();
   }
 
@@ -104,7 +105,7 @@
         body.innerHTML = '';
         d.runs.forEach(function (r) {
           body.appendChild(el('tr', { 'data-run': r.run_id }, [el('td', {}, [link('runs/' + r.run_id, r.run_id.slice(0, 8))]), el('td', { text: r.kind }),
-            el('td', { text: r.script || '' }), el('td', {}, [badge(r.status)]), el('td', { text: fmtTime(r.created_at) }), el('td', { 'class': 'muted', text: r.worker || '' })]));
+            el('td', { text: r.script || r.market || '' }), el('td', {}, [badge(r.status)]), el('td', { text: fmtTime(r.created_at) }), el('td', { 'class': 'muted', text: r.worker || '' })]));
         });
         if (!d.runs.length) body.appendChild(el('tr', {}, [el('td', { colspan: '6', 'class': 'muted', text: 'No runs yet.' })]));
       }).catch(function () {});
@@ -210,19 +211,36 @@
       stop.disabled = true;
       api('POST', SP + '/runs/' + encodeURIComponent(rec.run_id) + '/stop').then(update).catch(function (e) { stop.disabled = false; if (e.status) flash(e.message); });
     } });
+    var attempt = el('div', { id: 'run-attempt' });
+    var restarts = el('tbody', { id: 'restarts' });
+    var restartsBox = el('div', { hidden: 'hidden' }, [el('h2', { text: 'Restarts' }),
+      el('table', {}, [el('thead', {}, [el('tr', {}, ['Attempt', 'Ended', 'Why', 'Return code', 'Back-off'].map(function (h) { return el('th', { text: h }); }))]), restarts])]);
     function update(r) {
       status.innerHTML = ''; status.appendChild(badge(r.status));
       rc.textContent = r.return_code == null ? '–' : String(r.return_code);
       var ended = window.PYRUNNER.terminal.indexOf(r.status) >= 0;
       stop.disabled = ended;
-      if (r.error) errBox.textContent = r.error;
+      errBox.textContent = r.error || '';
+      attempt.textContent = String(r.attempt || 1) + (r.status === 'restarting' && r.restart_at ? ' (next at ' + fmtTime(r.restart_at) + ')' : '');
+      restarts.innerHTML = '';
+      (r.restarts || []).forEach(function (x) {
+        restarts.appendChild(el('tr', { 'data-attempt': String(x.attempt) }, [el('td', { text: String(x.attempt) }), el('td', { text: fmtTime(x.at) }), el('td', { text: x.reason }),
+          el('td', { text: x.return_code == null ? '–' : String(x.return_code) }), el('td', { text: x.delay_sec + ' s' })]));
+      });
+      if ((r.restarts || []).length) restartsBox.removeAttribute('hidden');
+      return ended;
     }
-    var errBox = el('p', { 'class': 'error' });
-    head.appendChild(kv([['script', rec.script], ['argv', el('code', { text: (rec.argv || []).join(' ') })], ['status', status], ['return code', rc],
+    var errBox = el('p', { 'class': 'error', id: 'run-error' });
+    head.appendChild(kv([['script', rec.script], ['argv', el('code', { text: (rec.argv || []).join(' ') })], ['status', status], ['attempt', attempt], ['return code', rc],
       ['pid', rec.pid], ['worker', rec.worker], ['started', fmtTime(rec.started_at)]]));
     head.appendChild(el('div', { 'class': 'row' }, [stop]));
     head.appendChild(errBox);
-    update(rec);
+    head.appendChild(restartsBox);
+    // Between attempts the output stream goes on, but status, attempt and
+    // restarts change: look at the record every 2 s until the run ends.
+    if (!update(rec)) {
+      every(2000, function () { api('GET', SP + '/runs/' + encodeURIComponent(rec.run_id)).then(update).catch(function () {}); });
+    }
     var out = el('pre', { id: 'logs' });
     box.appendChild(el('h2', { text: 'Output (live)' }));
     box.appendChild(out);
@@ -297,20 +315,61 @@
       api('POST', SP + '/runs/stop_all').then(function (d) { alert(d.count + ' runs stopped'); }).catch(function (e) { if (e.status) flash(e.message); });
     } });
     main.appendChild(el('div', { 'class': 'row' }, [all, stopAll]));
-    main.appendChild(el('table', {}, [el('thead', {}, [el('tr', {}, ['Script', 'Size', 'Args', 'Env (KEY=value, one a line)', ''].map(function (h) { return el('th', { text: h }); }))]), body]));
+    main.appendChild(el('table', {}, [el('thead', {}, [el('tr', {}, ['Script', 'Size', 'Args', 'Env (KEY=value, one a line)', 'Restart', ''].map(function (h) { return el('th', { text: h }); }))]), body]));
     api('GET', SP + '/scripts').then(function (d) {
       d.scripts.forEach(function (s) {
         var args = el('input', { placeholder: '--flag value', 'data-args': s.path });
         var env = el('textarea', { style: 'min-height:34px;width:220px', 'data-env': s.path });
+        var restart = el('select', { 'data-restart': s.path }, ['no', 'on-failure', 'always'].map(function (p) { return el('option', { value: p, text: p }); }));
         var start = el('button', { text: 'Start', 'data-start': s.path, onclick: function () {
           var e = {};
           env.value.split('\n').forEach(function (l) { var i = l.indexOf('='); if (i > 0) e[l.slice(0, i).trim()] = l.slice(i + 1); });
-          api('POST', SP + '/runs', { script: s.path, args: args.value.trim() ? args.value.trim().split(/\s+/) : [], env: e })
+          api('POST', SP + '/runs', { script: s.path, args: args.value.trim() ? args.value.trim().split(/\s+/) : [], env: e, restart: restart.value === 'no' ? undefined : { policy: restart.value } })
             .then(function (r) { go('runs/' + r.run_id); }).catch(function (err) { if (err.status) flash(err.message); });
         } });
-        body.appendChild(el('tr', {}, [el('td', { text: s.path }), el('td', { text: s.size_bytes + ' B' }), el('td', {}, [args]), el('td', {}, [env]), el('td', {}, [start])]));
+        body.appendChild(el('tr', {}, [el('td', { text: s.path }), el('td', { text: s.size_bytes + ' B' }), el('td', {}, [args]), el('td', {}, [env]), el('td', {}, [restart]), el('td', {}, [start])]));
       });
     }).catch(function () {});
+  }
+
+  function schedulesPage() {
+    var body = el('tbody', { id: 'schedules' });
+    main.appendChild(el('h1', { text: 'Schedules' }));
+    main.appendChild(el('table', {}, [el('thead', {}, [el('tr', {}, ['Name', 'Cron', 'Kind', 'Next firing', 'Last firing', '', ''].map(function (h) { return el('th', { text: h }); }))]), body]));
+    function act(method, path, body) {
+      return api(method, SP + '/schedules/' + path, body).then(load).catch(function (e) { if (e.status) flash(e.message); });
+    }
+    function load() {
+      api('GET', SP + '/schedules').then(function (d) {
+        body.innerHTML = '';
+        d.schedules.forEach(function (sc) {
+          var id = encodeURIComponent(sc.id);
+          var last = sc.last_result ? [sc.last_result + ' ' + fmtTime(sc.last_fire_at) + ' ', sc.last_run_id ? link('runs/' + sc.last_run_id, sc.last_run_id.slice(0, 8)) : null] : ['–'];
+          var pause = el('button', { 'class': 'secondary', 'data-pause': sc.id, text: sc.paused ? 'Resume' : 'Pause', onclick: function () { act('PATCH', id, { paused: !sc.paused }); } });
+          var trigger = el('button', { 'class': 'secondary', 'data-trigger': sc.id, text: 'Trigger', onclick: function () { act('POST', id + '/trigger'); } });
+          var del = el('button', { 'class': 'danger', 'data-delete': sc.id, text: 'Delete', onclick: function () { if (confirm('Delete schedule ' + sc.name + '?')) act('DELETE', id); } });
+          body.appendChild(el('tr', { 'data-schedule': sc.id }, [el('td', { text: sc.name }), el('td', {}, [el('code', { text: sc.cron }), ' ' + sc.timezone]), el('td', { text: sc.kind }),
+            el('td', { 'class': 'next', text: sc.paused ? 'paused' : fmtTime(sc.next_fire_at) }), el('td', { 'class': 'last' }, last), el('td', {}, [pause, ' ', trigger]), el('td', {}, [del])]));
+        });
+        if (!d.schedules.length) body.appendChild(el('tr', {}, [el('td', { colspan: '7', 'class': 'muted', text: 'No schedules yet.' })]));
+      }).catch(function () {});
+    }
+    var f = { name: el('input', { id: 's-name', placeholder: 'daily report' }), cron: el('input', { id: 's-cron', placeholder: '5 0 * * * or @every 30s' }),
+      tz: el('input', { id: 's-tz', value: 'UTC' }), kind: el('select', { id: 's-kind' }, ['script', 'research'].map(function (k) { return el('option', { value: k, text: k }); })),
+      overlap: el('select', { id: 's-overlap' }, ['skip', 'allow'].map(function (k) { return el('option', { value: k, text: k }); })),
+      request: el('textarea', { id: 's-request', style: 'width:100%;min-height:60px', placeholder: '{"script": "reports/daily.py"}' }) };
+    var create = el('button', { id: 's-create', text: 'Create', onclick: function () {
+      var req;
+      try { req = JSON.parse(f.request.value); } catch (e) { return flash('request: not JSON: ' + e.message); }
+      api('POST', SP + '/schedules', { name: f.name.value, cron: f.cron.value, timezone: f.tz.value, kind: f.kind.value, overlap: f.overlap.value, request: req })
+        .then(function () { flash(''); load(); }).catch(function (e) { if (e.status) flash(e.message); });
+    } });
+    main.appendChild(el('h2', { text: 'New schedule' }));
+    main.appendChild(el('div', { 'class': 'filters' }, [el('label', {}, ['Name', f.name]), el('label', {}, ['Cron', f.cron]), el('label', {}, ['Time zone', f.tz]),
+      el('label', {}, ['Kind', f.kind]), el('label', {}, ['Overlap', f.overlap])]));
+    main.appendChild(el('label', {}, ['Request (the body of POST /v1/runs or /v1/research/run)', f.request]));
+    main.appendChild(el('div', { 'class': 'row' }, [create]));
+    every(2000, load);
   }
 
   function systemPage() {
