@@ -21,6 +21,7 @@ import (
 	"github.com/ztrade/pyrunner/pkg/auth"
 	"github.com/ztrade/pyrunner/pkg/config"
 	"github.com/ztrade/pyrunner/pkg/research"
+	"github.com/ztrade/pyrunner/pkg/run"
 	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
@@ -371,6 +372,7 @@ type startArgs struct {
 	Env        map[string]string `json:"env,omitempty" jsonschema:"extra environment variables"`
 	Duplicate  bool              `json:"duplicate,omitempty" jsonschema:"start even if a run of this script is active (otherwise that is an error naming it)"`
 	TimeoutSec int               `json:"timeout_sec,omitempty" jsonschema:"stop the script after this many seconds (0: never)"`
+	Restart    string            `json:"restart,omitempty" jsonschema:"restart policy: on-failure (after a crash or a lost worker) or always; restarted with back-off, at most 5 times in 10 minutes (default: never)"`
 }
 
 // addScriptsRun adds the tools scripts:run allows.
@@ -380,6 +382,9 @@ func (t mcpTools) addScriptsRun(srv *mcp.Server) {
 		"job) on a free worker; answers with its run record once it runs. One copy per script unless duplicate."},
 		func(ctx context.Context, req *mcp.CallToolRequest, a startArgs) (*mcp.CallToolResult, any, error) {
 			body := wire.ScriptRequest{Script: a.Script, Args: a.Args, Env: a.Env, Duplicate: a.Duplicate, TimeoutSec: a.TimeoutSec}
+			if a.Restart != "" {
+				body.Restart = &run.RestartPolicy{Policy: a.Restart}
+			}
 			var r wire.Run
 			if err := t.call(ctx, req, http.MethodPost, p+"/runs", body, &r); err != nil {
 				return nil, nil, err

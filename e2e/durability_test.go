@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ztrade/pyrunner/pkg/liveness"
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
 // botScript is a trading bot stand-in: it ticks until stopped.
@@ -129,6 +130,10 @@ func TestDurability(t *testing.T) {
 		return r
 	}
 	a, b := startBot(t, "bot_a.py"), startBot(t, "bot_b.py")
+	var sched wire.Schedule
+	if st := s.do("POST", "/v1/schedules", `{"name":"kept","cron":"@daily","kind":"script","request":{"script":"bot_a.py"},"paused":true}`, &sched); st != 201 {
+		t.Fatalf("create a schedule: %d", st)
+	}
 	var queued []string
 	for i := 0; i < 30; i++ {
 		st, r := s.research("import time\ntime.sleep(1)\nresult = 7", map[string]any{"wait": false})
@@ -167,6 +172,10 @@ func TestDurability(t *testing.T) {
 		}
 		if st, r := s.startScript(`{"script":"bot_a.py"}`); st != 409 {
 			t.Errorf("a second start of bot_a.py after the crash: %d %+v", st, r)
+		}
+		var kept wire.Schedule
+		if st := s.do("GET", "/v1/schedules/"+sched.ID, "", &kept); st != 200 || kept.Name != "kept" || !kept.Paused {
+			t.Errorf("the schedule after the crash: %d %+v", st, kept)
 		}
 		var stopped runRec
 		if st := s.do("POST", "/v1/runs/"+a.RunID+"/stop", "", &stopped); st != 200 || stopped.Status != "stopped" {
