@@ -17,6 +17,7 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 
 	"github.com/ztrade/pyrunner/pkg/auth"
+	"github.com/ztrade/pyrunner/pkg/wire"
 )
 
 const (
@@ -133,6 +134,45 @@ func TestAuth(t *testing.T) {
 		s.doAuth("GET", "/v1/runs/"+rec.RunID, "", bearer(all), &raw)
 		if raw["owner"] != "alice" {
 			t.Errorf("owner = %v", raw["owner"])
+		}
+	})
+
+	t.Run("ScheduleScopes", func(t *testing.T) {
+		s.t = t
+		tok := func(scopes ...string) string { return bearer(mint(good, scopes, time.Hour, nil)) }
+		script := `{"name":"s","cron":"@daily","kind":"script","request":{"script":"hello.py"},"paused":true}`
+		research := `{"name":"r","cron":"@daily","kind":"research","request":{"exchange":"binance","symbol":"BTCUSDT","start":1735689600,"end":1735776000,"code":"result = 1"},"paused":true}`
+		var e runRec
+		if st := s.doAuth("POST", "/v1/schedules", script, tok("research:run"), &e); st != 403 || !strings.Contains(e.Detail, "scripts:run") {
+			t.Errorf("a script schedule with research:run: %d %q", st, e.Detail)
+		}
+		if st := s.doAuth("POST", "/v1/schedules", research, tok("scripts:run"), &e); st != 403 || !strings.Contains(e.Detail, "research:run") {
+			t.Errorf("a research schedule with scripts:run: %d %q", st, e.Detail)
+		}
+		if st := s.doAuth("POST", "/v1/schedules", script, "", nil); st != 401 {
+			t.Errorf("a schedule without a token: %d", st)
+		}
+		if st := s.doAuth("POST", "/v1/schedules", script, tok("scripts:read"), nil); st != 403 {
+			t.Errorf("a schedule with scripts:read: %d", st)
+		}
+		var sc wire.Schedule
+		if st := s.doAuth("POST", "/v1/schedules", script, tok("scripts:run"), &sc); st != 201 || deref(sc.Owner) != "alice" {
+			t.Fatalf("a script schedule with scripts:run: %d %+v", st, sc)
+		}
+		if st := s.doAuth("POST", "/v1/schedules", research, tok("research:run"), nil); st != 201 {
+			t.Errorf("a research schedule with research:run: %d", st)
+		}
+		if st := s.doAuth("GET", "/v1/schedules", "", tok("scripts:read"), nil); st != 200 {
+			t.Errorf("list with scripts:read: %d", st)
+		}
+		if st := s.doAuth("GET", "/v1/schedules", "", tok("research:run"), nil); st != 403 {
+			t.Errorf("list with research:run only: %d", st)
+		}
+		if st := s.doAuth("PATCH", "/v1/schedules/"+sc.ID, `{"paused":false}`, tok("research:run"), nil); st != 403 {
+			t.Errorf("pause a script schedule with research:run: %d", st)
+		}
+		if st := s.doAuth("DELETE", "/v1/schedules/"+sc.ID, "", tok("scripts:run"), nil); st != 200 {
+			t.Errorf("delete with scripts:run: %d", st)
 		}
 	})
 
