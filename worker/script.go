@@ -33,35 +33,7 @@ func (w *worker) handleScript(ctx context.Context, h *held) error {
 	id := r.ID
 	var started atomic.Bool // the script's process ran
 	end := func(st run.Status, code *int, msg string) error {
-		// Retried through a Redis restart, and written again on a new
-		// primary: a run must not stay "running" after its process has
-		// gone. A restart policy may start another attempt instead.
-		e := run.Ending{Status: st, ReturnCode: code, Reason: msg, Started: started.Load()}
-		var res restart.Result
-		rec := h.record()
-		err := w.store.RetryReplicated(bg, redisWrite(), func() (err error) {
-			res, err = restart.End(bg, w.store, &rec, w.id, e, time.Now())
-			return err
-		})
-		if res.Applied {
-			h.note(res.Change)
-		}
-		if res.Next != nil {
-			slog.Warn("script run restarting", "run_id", id, "script", r.Script, "attempt", rec.AttemptNo(), "reason", msg,
-				"next_attempt_in", res.Next.Delay())
-			if w.metrics != nil {
-				w.metrics.Restarts.WithLabelValues(restart.Cause(e)).Inc()
-			}
-		} else {
-			slog.Info("script run finished", "run_id", id, "script", r.Script, "status", st, "error", msg)
-		}
-		if w.metrics != nil && res.Next == nil {
-			w.metrics.Finished.WithLabelValues(string(run.KindScript), string(st)).Inc()
-			if !r.StartedAt.IsZero() {
-				w.metrics.Exec.WithLabelValues(string(run.KindScript)).Observe(time.Since(r.StartedAt).Seconds())
-			}
-		}
-		return err
+		return w.endAttempt(bg, h, run.Ending{Status: st, ReturnCode: code, Reason: msg, Started: started.Load()})
 	}
 	var req wire.ScriptRequest
 	if err := json.Unmarshal([]byte(r.Request), &req); err != nil {
@@ -109,6 +81,39 @@ func (w *worker) handleScript(ctx context.Context, h *held) error {
 	code := res.ExitCode
 	st, msg := w.scriptOutcome(ctx, id, res, req.TimeoutSec)
 	return end(st, &code, msg)
+}
+
+// endAttempt writes how an attempt of script run h ended: the run's end,
+// or, by its restart policy, its move to restarting. It is retried
+// through a Redis restart, and written again on a new primary: a run
+// must not stay "running" after its process has gone.
+func (w *worker) endAttempt(ctx context.Context, h *held, e run.Ending) error {
+	rec := h.record()
+	var res restart.Result
+	err := w.store.RetryReplicated(ctx, redisWrite(), func() (err error) {
+		res, err = restart.End(ctx, w.store, &rec, w.id, e, time.Now())
+		return err
+	})
+	if res.Applied {
+		h.note(res.Change)
+	}
+	if res.Next != nil {
+		slog.Warn("script run restarting", "run_id", rec.ID, "script", rec.Script, "attempt", rec.AttemptNo(), "reason", e.Reason,
+			"next_attempt_in", res.Next.Delay())
+	} else {
+		slog.Info("script run finished", "run_id", rec.ID, "script", rec.Script, "status", e.Status, "error", e.Reason)
+	}
+	if w.metrics != nil {
+		if res.Next != nil {
+			w.metrics.Restarts.WithLabelValues(restart.Cause(e)).Inc()
+		} else {
+			w.metrics.Finished.WithLabelValues(string(run.KindScript), string(e.Status)).Inc()
+		}
+		if !rec.StartedAt.IsZero() {
+			w.metrics.Exec.WithLabelValues(string(run.KindScript)).Observe(time.Since(rec.StartedAt).Seconds())
+		}
+	}
+	return err
 }
 
 // announceAttempt writes, before a restarted run's next attempt starts, a
