@@ -45,6 +45,19 @@ func (s *server) allowed(c echo.Context, scope string) error {
 	return nil
 }
 
+// changeable reads the schedule of the request's path, which the request
+// must have the scope to change.
+func (s *server) changeable(c echo.Context) (*schedule.Schedule, error) {
+	sc, err := s.store.GetSchedule(c.Request().Context(), c.Param("id"))
+	if err != nil {
+		return nil, err
+	}
+	if err := s.allowed(c, scheduleScope(sc.Kind)); err != nil {
+		return nil, err
+	}
+	return sc, nil
+}
+
 // scheduleOf is sc as the API shows it, with its last firing f.
 func scheduleOf(sc *schedule.Schedule, f *store.Firing, now time.Time) wire.Schedule {
 	out := wire.Schedule{ID: sc.ID, Name: sc.Name, Cron: sc.Cron, Timezone: sc.Timezone, Kind: sc.Kind, Request: sc.Request,
@@ -129,11 +142,8 @@ func (s *server) patchSchedule(c echo.Context) error {
 	if err := json.NewDecoder(c.Request().Body).Decode(&req); err != nil {
 		return run.Errorf(run.ECodeInvalid, "invalid JSON body: %v", err)
 	}
-	sc, err := s.store.GetSchedule(c.Request().Context(), c.Param("id"))
+	sc, err := s.changeable(c)
 	if err != nil {
-		return err
-	}
-	if err := s.allowed(c, scheduleScope(sc.Kind)); err != nil {
 		return err
 	}
 	sc.UpdatedAt = time.Now()
@@ -218,11 +228,8 @@ func (s *server) checkScheduled(sc *schedule.Schedule) error {
 // deleteSchedule is DELETE /v1/schedules/{id}.
 func (s *server) deleteSchedule(c echo.Context) error {
 	ctx := c.Request().Context()
-	sc, err := s.store.GetSchedule(ctx, c.Param("id"))
+	sc, err := s.changeable(c)
 	if err != nil {
-		return err
-	}
-	if err := s.allowed(c, scheduleScope(sc.Kind)); err != nil {
 		return err
 	}
 	if _, err := s.store.DeleteSchedule(ctx, sc.ID); err != nil {
@@ -236,11 +243,8 @@ func (s *server) deleteSchedule(c echo.Context) error {
 // the schedule's rules (a paused schedule fires too: it was asked to).
 func (s *server) triggerSchedule(c echo.Context) error {
 	ctx := c.Request().Context()
-	sc, err := s.store.GetSchedule(ctx, c.Param("id"))
+	sc, err := s.changeable(c)
 	if err != nil {
-		return err
-	}
-	if err := s.allowed(c, scheduleScope(sc.Kind)); err != nil {
 		return err
 	}
 	f := s.fire(ctx, sc, time.Now().Truncate(time.Millisecond))
