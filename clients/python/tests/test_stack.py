@@ -104,6 +104,20 @@ def test_scripts_start_follow_stop():
     assert out == "hello ['a', 'b']\n" and c.get(hello.run_id).status == "succeeded"
 
 
+def test_restart_policy():
+    c = Client(URL)
+    # fail.py exits 3: restarted once, then given up on.
+    run = c.start("fail.py", restart={"policy": "on-failure", "max_restarts": 1, "backoff_sec": 0.2})
+    out = "".join(text for stream, text in c.follow(run.run_id) if stream == "stdout")
+    end = c.get(run.run_id)
+    assert end.status == "failed" and end.attempt == 2 and len(end.restarts) == 1, end
+    assert end.restarts[0]["return_code"] == 3 and end.error.startswith("gave up after 1 restarts")
+    assert out.count("failing") == 2 and "[pyrunner] attempt 2 starts" in out
+    with pytest.raises(PyrunnerError) as e:
+        c.start("fail.py", restart="sometimes")
+    assert e.value.status == 400 and "restart.policy" in e.value.detail
+
+
 def test_auth():
     auth_url = os.environ["PYRUNNER_TEST_AUTH_URL"]
     tokens = json.loads(os.environ["PYRUNNER_TEST_TOKENS"])
