@@ -162,6 +162,31 @@ func TestRestartPolicies(t *testing.T) {
 			}
 		}
 	})
+
+	sub("RunsAllTakesRestart", func(t *testing.T) {
+		var e runRec
+		if st := s.do("POST", "/v1/runs/all", `{"restart":{"policy":"sometimes"}}`, &e); st != 400 || !strings.Contains(e.Detail, "restart.policy") {
+			t.Errorf("runs/all with a bad policy: %d %q", st, e.Detail)
+		}
+		var out struct {
+			Results []struct {
+				Script string `json:"script"`
+				Status string `json:"status"`
+				RunID  string `json:"run_id"`
+			} `json:"results"`
+		}
+		if st := s.do("POST", "/v1/runs/all", `{"restart":{"policy":"on-failure","backoff_sec":30}}`, &out); st != 200 || len(out.Results) != 3 {
+			t.Fatalf("runs/all: %d %+v", st, out)
+		}
+		for _, r := range out.Results {
+			if r.Script == "crash.py" {
+				if cur := s.waitStatus(r.RunID, 20*time.Second, func(cur runRec) bool { return cur.Status == "restarting" || ended(cur) }); cur.Status != "restarting" {
+					t.Errorf("crash.py started by runs/all with on-failure: %s", cur.Status)
+				}
+			}
+		}
+		s.do("POST", "/v1/runs/stop_all", "", nil)
+	})
 }
 
 // TestRestartAcrossWorkers: a bot with an on-failure policy outlives its
