@@ -104,6 +104,7 @@ const restartPoll = 250 * time.Millisecond
 // is over (store.DueRestart) whenever a slot is free, until ctx ends.
 // Every worker looks; the claim decides which one starts it.
 func (d *dispatcher) restartLoop(ctx context.Context) {
+	var pending idSet // being claimed here: a claim that waits (Redis's recovery window) is not tried twice
 	t := time.NewTicker(restartPoll)
 	defer t.Stop()
 	for {
@@ -118,7 +119,7 @@ func (d *dispatcher) restartLoop(ctx context.Context) {
 			continue // no free slot: another worker may take it
 		}
 		id, err := d.store.DueRestart(ctx, time.Now())
-		if id == "" {
+		if id == "" || !pending.add(id) {
 			<-d.slots
 			if err != nil && ctx.Err() == nil {
 				slog.Debug("could not look for due restarts", "err", err)
@@ -129,11 +130,38 @@ func (d *dispatcher) restartLoop(ctx context.Context) {
 		go func() {
 			defer d.wg.Done()
 			defer func() { <-d.slots }()
+			defer pending.remove(id)
 			if err := d.start(context.Background(), id, false); err != nil {
 				slog.Error("run failed in the worker", "run_id", id, "err", err)
 			}
 		}()
 	}
+}
+
+// idSet is a set of run ids safe for concurrent use.
+type idSet struct {
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+// add adds id, reporting false if it was there already.
+func (s *idSet) add(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ids[id] {
+		return false
+	}
+	if s.ids == nil {
+		s.ids = map[string]bool{}
+	}
+	s.ids[id] = true
+	return true
+}
+
+func (s *idSet) remove(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.ids, id)
 }
 
 // start is the one way a run begins here, whichever path brought its id:
