@@ -17,6 +17,8 @@
 //	(i) a backlog of 5 000 queued runs drained, next to the sustained rate
 //	(j) sustained trivial runs/s with Redis as shipped (append-only file,
 //	    everysec) next to Redis keeping nothing, two stacks in turn
+//	(k) the whole machine's CPU per isolated trivial run (clients
+//	    excluded) next to the fork floor's CPU per call, and by process
 //
 // BENCH_ONLY=gh (letters) runs only those parts and leaves RESULTS.md.
 // Run it with `make bench`.
@@ -617,6 +619,34 @@ func run() error {
 			fmt.Sprintf("%s (pyrunner / Jupyter: %.2f)", ms(j50), float64(p50)/float64(j50)))
 		add("(g) original-style request (fresh /usr/bin/python3, import pandas, pandas.read_sql of the 1 000 rows), interleaved: p50 (n=20)",
 			fmt.Sprintf("%s (%.0f× pyrunner's warm call)", ms(o50), float64(o50)/float64(p50)))
+	}
+
+	// (k) CPU per isolated trivial run, whole machine, next to the fork
+	// floor's CPU per call (measured before and after, averaged).
+	if only == "" || strings.Contains(only, "k") {
+		s, err := start(dir, db, 1)
+		if err != nil {
+			return err
+		}
+		floorA, err := forkFloorCPU(py, 600)
+		var per time.Duration
+		var rps float64
+		var parts map[string]time.Duration
+		if err == nil {
+			per, rps, parts, err = cpuPerRun(s, 8, 600)
+		}
+		var floorB time.Duration
+		if err == nil {
+			floorB, err = forkFloorCPU(py, 600)
+		}
+		s.stop()
+		if err != nil {
+			return err
+		}
+		floor := (floorA + floorB) / 2
+		add("(k) CPU per isolated trivial run, whole machine, clients excluded (n=600, 8 clients, 1 worker): per run / fork floor's CPU per call",
+			fmt.Sprintf("%s / %s (%.2f×; %.0f runs/s)", ms(per), ms(floor), float64(per)/float64(floor), rps))
+		add("(k) where a run's CPU goes, per run (the rest: kernel work outside these processes, other processes)", cpuLine(parts))
 	}
 
 	// (h) the MySQL path: 1M rows through the read-only connection, next to
