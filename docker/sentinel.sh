@@ -7,7 +7,7 @@
 #
 # SENTINEL_DOWN_AFTER_MS (default 1000): how long the primary may be silent
 # before a failover starts. A failover must complete within the workers'
-# fence (5 s) for scripts to run on through it: about 1.3 s after this.
+# fence (6 s) for scripts to run on through it: about 3 s after this.
 set -eu
 pass=$(cat /run/pyrunner-secrets/redis.pass)
 conf=/data/sentinel.conf

@@ -55,6 +55,14 @@ func TestCompose(t *testing.T) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("---- compose logs (tail) ----\n%s", c.output("--profile", "ha", "logs", "--no-color", "--tail", "40"))
+			// What ends runs, wherever it is in the logs.
+			var ends []string
+			for _, line := range strings.Split(c.output("--profile", "ha", "logs", "--no-color", "api", "worker"), "\n") {
+				if endsRun.MatchString(line) {
+					ends = append(ends, line)
+				}
+			}
+			t.Logf("---- what ended runs (api, workers) ----\n%s", strings.Join(ends, "\n"))
 		}
 		c.output("--profile", "mysql", "--profile", "ha", "down", "-v", "--remove-orphans")
 	})
@@ -99,6 +107,9 @@ func TestCompose(t *testing.T) {
 }
 
 // args are `docker compose`'s arguments for this project.
+// endsRun matches the log lines of what ends runs or puts them at risk.
+var endsRun = regexp.MustCompile(`killing|killed|keeper|fence|terminated|heartbeat failed|was lost|restarting|could not`)
+
 func (c *compose) args(more ...string) []string {
 	files := []string{"compose.yaml", "tools/compose/override.yaml"}
 	if c.base {

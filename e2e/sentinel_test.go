@@ -357,13 +357,13 @@ func testFailovers(t *testing.T, s *stack, ha redisHA, root string) {
 		was := running[i]
 		var r runRec
 		if st := s.do("GET", "/v1/runs/"+was.RunID, "", &r); st != 200 || r.Status != "running" || r.PID == nil || *r.PID != *was.PID {
-			t.Errorf("%s after the failovers: %d %+v (pid was %d)", name, st, r, *was.PID)
+			t.Errorf("%s after the failovers: %d %s %q on %s (pid was %d)", name, st, r.Status, deref(r.Error), deref(r.Worker), *was.PID)
 		}
 		if st := s.do("POST", "/v1/runs/"+was.RunID+"/stop", "", &r); st != 200 {
 			t.Errorf("stop %s: %d %+v", name, st, r)
 		}
 		if r = s.waitStatus(was.RunID, time.Minute, func(r runRec) bool { return r.Ended() }); r.Status != "stopped" {
-			t.Errorf("%s after its stop: %+v", name, r)
+			t.Errorf("%s after its stop: %s %q", name, r.Status, deref(r.Error))
 		}
 		if n := scan.most(filepath.Join(root, name)); n != 1 {
 			t.Errorf("%s had %d copies at most", name, n)

@@ -247,6 +247,9 @@ func (d *dispatcher) cancel(id string) {
 // when Redis restarted.
 func (d *dispatcher) reassert(ctx context.Context) {
 	for _, h := range d.held() {
+		if h.ending.Load() {
+			continue
+		}
 		rec := h.record()
 		found, detail, stop, err := d.store.Reassert(ctx, d.worker, &rec, h.duplicate())
 		if err != nil {

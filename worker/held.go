@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ztrade/pyrunner/pkg/run"
 	"github.com/ztrade/pyrunner/pkg/wire"
@@ -16,6 +17,10 @@ import (
 // file), the worker writes this copy again (dispatcher.reassert).
 type held struct {
 	cancel context.CancelCauseFunc
+	// ending is set once its process has ended and its outcome is being
+	// written: re-assertion leaves it alone (its record may already say
+	// it ended, and there is nothing left to kill).
+	ending atomic.Bool
 
 	mu  sync.Mutex
 	rec run.Run

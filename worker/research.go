@@ -63,6 +63,7 @@ func (w *worker) handleResearch(ctx context.Context, h *held) error {
 		QueueMs: started.Sub(r.CreatedAt).Milliseconds(),
 	}
 	finish := func(res *wire.ResearchResult, st run.Status) error {
+		h.ending.Store(true)
 		meta.TotalMs = time.Since(r.CreatedAt).Milliseconds()
 		return w.finishResearch(bg, r, res, st)
 	}

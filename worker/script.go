@@ -88,6 +88,7 @@ func (w *worker) handleScript(ctx context.Context, h *held) error {
 // through a Redis restart, and written again on a new primary: a run
 // must not stay "running" after its process has gone.
 func (w *worker) endAttempt(ctx context.Context, h *held, e run.Ending) error {
+	h.ending.Store(true)
 	rec := h.record()
 	var res restart.Result
 	err := w.store.RetryReplicated(ctx, redisWrite(), func() (err error) {

@@ -20,10 +20,10 @@ const (
 	// Interval is how often reapers look.
 	Interval = 2 * time.Second
 	// BeatInterval is how often workers beat. A lease runs Fence from
-	// the last beat that landed, so a beat a second leaves a failover
-	// (Sentinel electing a new primary) about Fence-BeatInterval to
-	// complete before scripts are fenced.
-	BeatInterval = time.Second
+	// the last beat that landed, so a beat every half second leaves a
+	// failover (Sentinel electing a new primary: about 4 s in compose)
+	// Fence-BeatInterval to complete before scripts are fenced.
+	BeatInterval = 500 * time.Millisecond
 	// beatRetry is how soon a beat that failed is tried again.
 	beatRetry = 250 * time.Millisecond
 	// Stale is how old a heartbeat may get before its worker counts as
@@ -33,8 +33,11 @@ const (
 	// Fence is how long a worker goes without a heartbeat that landed
 	// before it kills its own runs. It is shorter than Stale, so a run is
 	// dead before a reaper can say it was terminated and a second copy of
-	// a script can start.
-	Fence = 5 * time.Second
+	// a script can start: by 2 s at least (Stale - Fence), which covers
+	// clocks a second apart. It is as long as that allows, so that a
+	// Sentinel failover (about 4 s in compose, from the primary's death to
+	// the first beat that lands on the new one) does not fence scripts.
+	Fence = 6 * time.Second
 	// RecoveryWindow is how long after a Redis (re)start no script may
 	// start or be claimed (store.SetRecoveryWindow). A restart may have
 	// lost the records of runs a worker still holds; within Fence of its

@@ -134,6 +134,9 @@ func IsUnavailable(err error) bool {
 	if err == nil {
 		return false
 	}
+	if errors.Is(err, ErrFailingOver) {
+		return true
+	}
 	var rerr redis.Error
 	if errors.As(err, &rerr) {
 		for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"} {
@@ -163,6 +166,8 @@ func (s *Store) Retry(ctx context.Context, p backoff.Policy, write func() error)
 			return nil
 		case !IsUnavailable(err):
 			return backoff.Permanent(err)
+		case errors.Is(err, ErrFailingOver):
+			// a primary replaced mid-write: not a write Redis refused
 		case s.Ping(ctx) == nil:
 			if refusedOnce {
 				return backoff.Permanent(err)

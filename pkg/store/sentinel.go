@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -155,11 +156,37 @@ func (s *Store) PrimaryChanged() <-chan struct{} {
 // (down, or still in its first sync) is not waited on: runs are still
 // accepted, with the durability of one Redis. Without Sentinel it returns
 // at once.
+//
+// A primary that died mid-wait may not answer at all (a dead container's
+// address drops packets): the wait is given up, as ErrFailingOver, when
+// the sentinels name another primary or replicationTimeout and a second
+// have passed, and the blocked call is left to time out on its own.
 func (s *Store) Replicated(ctx context.Context) error {
 	c, ok := s.rdb.(*redis.Client) // a failover client is a *redis.Client
 	if s.sentinels == nil || !ok {
 		return nil
 	}
+	switched := s.PrimaryChanged()
+	done := make(chan error, 1)
+	go func() { done <- s.replicated(ctx, c) }()
+	select {
+	case err := <-done:
+		return err
+	case <-switched:
+		return fmt.Errorf("store: wait for a replica: the sentinels named another primary: %w", ErrFailingOver)
+	case <-time.After(replicationTimeout + time.Second):
+		return fmt.Errorf("store: wait for a replica: the primary does not answer: %w", ErrFailingOver)
+	case <-ctx.Done():
+		return fmt.Errorf("store: wait for a replica: %w", ctx.Err())
+	}
+}
+
+// ErrFailingOver says the primary stopped answering or was replaced while
+// a write waited for a replica: IsUnavailable, worth a retry.
+var ErrFailingOver = errors.New("redis is failing over")
+
+// replicated is Replicated's wait, on one connection of c.
+func (s *Store) replicated(ctx context.Context, c *redis.Client) error {
 	// One connection throughout: WAIT counts the writes of its own.
 	conn := c.Conn()
 	defer func() { _ = conn.Close() }() // back to the pool; nothing to report
