@@ -41,14 +41,14 @@ func (s *server) researchRun(c echo.Context) error {
 		}
 		wait = b
 	}
-	r, err := s.newResearchRun(c.Request().Context(), req, owner(c), origin{})
+	r, timeout, err := s.newResearchRun(c.Request().Context(), req, owner(c), origin{})
 	if err != nil {
 		return err
 	}
 	if !wait {
 		return c.JSON(http.StatusAccepted, map[string]string{"id": r.ID, "status": string(r.Status), "poll": pollURL(r.ID)})
 	}
-	return s.answerResearch(c, r.ID, s.waitCap(reqTimeout(r)+queueAllowance), false)
+	return s.answerResearch(c, r.ID, s.waitCap(timeout+queueAllowance), false)
 }
 
 // origin is where a run came from, beyond its request: a schedule's
@@ -57,12 +57,13 @@ type origin struct {
 	id, scheduleID string
 }
 
-// newResearchRun validates, records and queues one research run.
-func (s *server) newResearchRun(ctx context.Context, req research.Request, owner string, o origin) (*run.Run, error) {
+// newResearchRun validates, records and queues one research run. It
+// returns the run and its time limit (the request's, normalized).
+func (s *server) newResearchRun(ctx context.Context, req research.Request, owner string, o origin) (*run.Run, time.Duration, error) {
 	now := time.Now()
 	warnings, err := req.Normalize(s.researchLimits(), now)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	req.Wait = nil
 	stored, _ := json.Marshal(research.Stored{Request: req, Warnings: warnings})
@@ -71,7 +72,8 @@ func (s *server) newResearchRun(ctx context.Context, req research.Request, owner
 	if r.ID == "" {
 		r.ID = uuid.NewString()
 	}
-	err = s.submit(ctx, r, queue.QueueResearch, time.Duration(req.TimeoutSec)*time.Second+time.Minute,
+	timeout := time.Duration(req.TimeoutSec) * time.Second
+	err = s.submit(ctx, r, queue.QueueResearch, timeout+time.Minute,
 		func(ctx context.Context) error {
 			err := s.store.CreateRun(ctx, r)
 			if err != nil && run.ErrorCode(err) != run.ECodeConflict {
@@ -80,22 +82,15 @@ func (s *server) newResearchRun(ctx context.Context, req research.Request, owner
 			return err
 		})
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return r, nil
+	return r, timeout, nil
 }
 
 // researchLimits are the API's limits on research requests.
 func (s *server) researchLimits() research.Limits {
 	return research.Limits{MaxCodeBytes: s.cfg.MaxCodeBytes, DefaultTimeoutSec: s.cfg.DefaultTimeoutSec,
 		MaxTimeoutSec: s.cfg.MaxTimeoutSec, MaxRows: s.cfg.MaxRows}
-}
-
-// reqTimeout is a research run's time limit, from its stored request.
-func reqTimeout(r *run.Run) time.Duration {
-	var st research.Stored
-	_ = json.Unmarshal([]byte(r.Request), &st) // written by newResearchRun
-	return time.Duration(st.Request.TimeoutSec) * time.Second
 }
 
 // researchGet is GET /v1/research/runs/{id}[?wait=N].

@@ -391,7 +391,7 @@ func (s *server) submitFiring(ctx context.Context, sc *schedule.Schedule, id str
 		if err := json.Unmarshal(sc.Request, &req); err != nil {
 			return run.Errorf(run.ECodeInvalid, "request: %v", err)
 		}
-		_, err := s.newResearchRun(ctx, req, sc.Owner, o)
+		_, _, err := s.newResearchRun(ctx, req, sc.Owner, o)
 		return err
 	}
 	var req wire.ScriptRequest
