@@ -153,6 +153,24 @@ func (k *stepper) close() {
 // a clean-up. MariaDB is the root of PYRUNNER_BENCH_MYSQL (default the
 // local server, root, no password).
 func mysqlBig(ctx context.Context) (dsn string, pyArgs []string, cleanup func(), err error) {
+	return mysqlWith(ctx, func(w *demodata.Writer) error {
+		if err := w.CreateTable(ctx, "bench_BIG_1m", true); err != nil {
+			return err
+		}
+		return w.Insert(ctx, "bench_BIG_1m", demodata.Generate(demodata.DemoMarkets[0], t0, bigRows, 7), true)
+	})
+}
+
+// mysqlDemo is a MariaDB database with the demo markets (two days from t0).
+func mysqlDemo(ctx context.Context) (dsn string, cleanup func(), err error) {
+	dsn, _, cleanup, err = mysqlWith(ctx, func(w *demodata.Writer) error { return w.WriteDemo(ctx, t0, 2) })
+	return dsn, cleanup, err
+}
+
+// mysqlWith makes the bench's MariaDB database, has fill write its
+// tables, and grants a read-only user: its DSN, the arguments a Python
+// connect takes, and how to drop it all.
+func mysqlWith(ctx context.Context, fill func(*demodata.Writer) error) (dsn string, pyArgs []string, cleanup func(), err error) {
 	root := envOr("PYRUNNER_BENCH_MYSQL", "root:@tcp(127.0.0.1:3306)/")
 	const db, user = "pyrunner_bench", "pyrunner_bench_ro"
 	w, err := demodata.OpenWriter("mysql", root)
@@ -182,10 +200,7 @@ func mysqlBig(ctx context.Context) (dsn string, pyArgs []string, cleanup func(),
 		return "", nil, nil, err
 	}
 	defer dbw.Close()
-	err = dbw.CreateTable(ctx, "bench_BIG_1m", true)
-	if err == nil {
-		err = dbw.Insert(ctx, "bench_BIG_1m", demodata.Generate(demodata.DemoMarkets[0], t0, bigRows, 7), true)
-	}
+	err = fill(dbw)
 	b := make([]byte, 12)
 	rand.Read(b)
 	pw := hex.EncodeToString(b)

@@ -19,6 +19,9 @@
 //	    everysec) next to Redis keeping nothing, two stacks in turn
 //	(k) the whole machine's CPU per isolated trivial run (clients
 //	    excluded) next to the fork floor's CPU per call, and by process
+//	(l) the first research run's queueMs on a stack just started
+//	(m) one run that loads 20 markets (load_klines), next to 20 runs
+//	    that load one each
 //
 // BENCH_ONLY=gh (letters) runs only those parts and leaves RESULTS.md.
 // Run it with `make bench`.
@@ -178,6 +181,7 @@ type result struct {
 		LoadMs int64  `json:"loadMs"`
 		Cache  string `json:"klineCache"`
 		ExecMs int64  `json:"execMs"`
+		Queue  int64  `json:"queueMs"`
 	} `json:"meta"`
 }
 
@@ -422,6 +426,14 @@ func run() error {
 
 	only := os.Getenv("BENCH_ONLY") // e.g. "c" while working on one part
 	py := pythonPath()
+	// (l) the first run on a stack just started, as soon as /health lists
+	// its worker, SQLite and MariaDB (bench/first.go)
+	if only == "" || strings.Contains(only, "l") {
+		if err := firstRuns(ctx, dir, db, add); err != nil {
+			return err
+		}
+	}
+
 	// (a) latency, warm and cold
 	lat := map[string][2]time.Duration{}
 	for _, mode := range []string{"warm", "cold"} {
@@ -683,6 +695,16 @@ func run() error {
 			fmt.Sprintf(" (load %d ms, hand-off+df+code %d ms; whole call %s)", first.Meta.LoadMs, first.Meta.ExecMs, ms(firstD)))
 		add("(h) MySQL: the same call repeated (K-line cache), best of 3", ms(best)+fmt.Sprintf(" (%.1f× faster than the first)", float64(firstD)/float64(best)))
 		add("(h) MySQL: pandas.read_sql (pymysql) of the same rows, best of 3", fmt.Sprintf("%s (read_sql / pyrunner first call: %.1f×)", ms(pandas), float64(pandas)/float64(delivered)))
+	}
+
+	// (m) 20 markets in one run (load_klines) next to 20 runs of one
+	if only == "" || strings.Contains(only, "m") {
+		if err := writeCrossMarkets(ctx, db); err != nil {
+			return err
+		}
+		if err := crossSection(dir, db, add); err != nil {
+			return err
+		}
 	}
 
 	// (i) a backlog drains from the queue as fast as clients that wait

@@ -92,7 +92,16 @@ def shape(d):
     return {"columns": list(d.columns), "dtypes": [str(x) for x in d.dtypes], "rows": len(d)}
 other = load_kline("binance", "ETHUSDT", "1m", 1735689600, 1735693200)
 empty = load_kline("binance", "BTCUSDT", "1m", 1, 2)
+pairs = [("binance", "ETHUSDT"), ("okx", "BTC-USDT-SWAP"), ("bitmex", "XBTUSD"), ("binance", "BTCUSDT")]
+many = load_klines(pairs, "1m", 1735689600, 1735693200)
+try:
+    load_klines([("binance", "ETHUSDT"), ("nowhere", "NOPE")], "1m", 0, 1)
+    bad = None
+except ValueError as e:
+    bad = str(e)
 result = {"df": shape(df), "other": shape(other), "empty": shape(empty),
+          "many": [[e, s, len(f), bool(f.equals(load_kline(e, s, "1m", 1735689600, 1735693200)))] for (e, s), f in many.items()],
+          "many_bad": bad,
           "other_close": float(other.close.iloc[0]), "btc_close": float(df.close.iloc[0]),
           "first_time": df.time.iloc[0], "first_start": df.start.iloc[0]}
 `
@@ -106,8 +115,14 @@ result = {"df": shape(df), "other": shape(other), "empty": shape(empty),
 		BTCClose   float64 `json:"btc_close"`
 		FirstTime  string  `json:"first_time"`
 		FirstStart int64   `json:"first_start"`
+		Many       [][]any `json:"many"`
+		ManyBad    string  `json:"many_bad"`
 	}
 	s.mustOK(code, &got)
+	if fmt.Sprint(got.Many) != "[[binance ETHUSDT 61 true] [okx BTC-USDT-SWAP 61 true] [bitmex XBTUSD 61 true] [binance BTCUSDT 61 true]]" ||
+		!strings.HasPrefix(got.ManyBad, "nowhere:NOPE: ") {
+		t.Errorf("load_klines: %v, error %q", got.Many, got.ManyBad)
+	}
 	wantCols := "start,open,high,low,close,volume,turnover,trades,time"
 	wantTypes := "int64,float64,float64,float64,float64,float64,float64,int64,datetime64[ns, UTC]"
 	for name, sh := range map[string]struct {

@@ -57,6 +57,8 @@ func conversation(ctx context.Context, rs *runSetup, job Job, lim Limits, isolat
 	if err := sendFrame(conn, w, newJobMsg(job, lim, rs, isolated), job.Frame); err != nil {
 		return nil, fmt.Errorf("send job: %w", err)
 	}
+	ans := newAnswers(ctx, conn, w, job)
+	defer ans.close()
 	for {
 		h, err := readMsg(r, lim.maxMessage())
 		if err != nil {
@@ -76,13 +78,101 @@ func conversation(ctx context.Context, rs *runSetup, job Job, lim Limits, isolat
 			}
 			return &res, nil
 		case msgLoadKline:
-			if err := serveLoadKline(ctx, conn, w, job, h); err != nil {
+			if err := ans.ask(h); err != nil {
 				return nil, fmt.Errorf("answer load_kline: %w", err)
 			}
 		default:
 			return nil, fmt.Errorf("unexpected message %q from harness", kind.Type)
 		}
 	}
+}
+
+// loadParallel is how many of a run's load_kline requests are loaded at
+// once (the harness may send many before it reads an answer: load_klines).
+const loadParallel = 4
+
+// answers serves a run's load_kline requests: each is loaded as soon as
+// it is read, up to loadParallel at a time, and answered in the order
+// asked, which is the order the harness reads them in.
+type answers struct {
+	ctx     context.Context
+	conn    net.Conn
+	w       *bufio.Writer
+	job     Job
+	slots   chan struct{}
+	pending chan *answer // in the order asked
+	failed  chan struct{}
+	err     error // why writing failed; set before failed closes
+	done    chan struct{}
+}
+
+// answer is one request's frame or error, once loaded is closed.
+type answer struct {
+	f      *frame.Frame
+	err    error
+	loaded chan struct{}
+}
+
+func newAnswers(ctx context.Context, conn net.Conn, w *bufio.Writer, job Job) *answers {
+	a := &answers{ctx: ctx, conn: conn, w: w, job: job, slots: make(chan struct{}, loadParallel),
+		pending: make(chan *answer, 1024), failed: make(chan struct{}), done: make(chan struct{})}
+	go a.write()
+	return a
+}
+
+// ask starts loading the request h; its answer is written in turn.
+func (a *answers) ask(h []byte) error {
+	an := &answer{loaded: make(chan struct{})}
+	var req loadKlineMsg
+	if an.err = decodeStrict(h, &req); an.err != nil {
+		close(an.loaded)
+	} else {
+		go func() {
+			defer close(an.loaded)
+			select {
+			case a.slots <- struct{}{}:
+				defer func() { <-a.slots }()
+				an.f, an.err = a.job.LoadKline(a.ctx, req.Market)
+			case <-a.ctx.Done():
+				an.err = a.ctx.Err()
+			}
+		}()
+	}
+	select {
+	case a.pending <- an:
+		return nil
+	case <-a.failed:
+		return a.err
+	}
+}
+
+// write answers the requests in the order asked, until close.
+func (a *answers) write() {
+	defer close(a.done)
+	for an := range a.pending {
+		<-an.loaded
+		var err error
+		if an.err != nil {
+			err = writeMsg(a.w, errorMsg{Type: msgError, Error: an.err.Error()}, 0, nil)
+		} else {
+			err = sendFrame(a.conn, a.w, &frameMsg{Type: msgFrame}, an.f)
+		}
+		if err != nil {
+			a.err = err
+			close(a.failed)
+			for an := range a.pending { // let the loads end
+				<-an.loaded
+			}
+			return
+		}
+	}
+}
+
+// close waits for the answers being written (none are, once the result
+// came: the harness reads every answer before it sends its result).
+func (a *answers) close() {
+	close(a.pending)
+	<-a.done
 }
 
 // newJobMsg is the job message that starts job under lim.
@@ -102,19 +192,6 @@ func newJobMsg(job Job, lim Limits, rs *runSetup, isolated bool) *jobMsg {
 		}
 	}
 	return m
-}
-
-// serveLoadKline answers the load_kline request h with a frame or an error.
-func serveLoadKline(ctx context.Context, conn net.Conn, w *bufio.Writer, job Job, h []byte) error {
-	var req loadKlineMsg
-	f, err := (*frame.Frame)(nil), decodeStrict(h, &req)
-	if err == nil {
-		f, err = job.LoadKline(ctx, req.Market)
-	}
-	if err != nil {
-		return writeMsg(w, errorMsg{Type: msgError, Error: err.Error()}, 0, nil)
-	}
-	return sendFrame(conn, w, &frameMsg{Type: msgFrame}, f)
 }
 
 // sendFrame sends msg carrying f (as its "frame"): a small

@@ -3,12 +3,14 @@ package executor
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -96,6 +98,63 @@ print("hello")`, 10*time.Second)
 	if out.Stdout != "hello\n" {
 		t.Errorf("stdout = %q", out.Stdout)
 	}
+}
+
+func TestLoadKlinesAreLoadedConcurrentlyAndAnsweredInOrder(t *testing.T) {
+	forEachMode(t, func(t *testing.T, b *testBundle) {
+		// Each load waits until loadParallel loads are in flight at once:
+		// loads made one after another would never get there.
+		var mu sync.Mutex
+		inFlight, most := 0, 0
+		all := make(chan struct{})
+		load := func(ctx context.Context, r wire.Market) (*frame.Frame, error) {
+			if r.Symbol == "first" {
+				return sampleFrame(int(r.Limit)), nil
+			}
+			mu.Lock()
+			inFlight++
+			if inFlight > most {
+				most = inFlight
+			}
+			if most == loadParallel {
+				select {
+				case <-all:
+				default:
+					close(all)
+				}
+			}
+			mu.Unlock()
+			defer func() { mu.Lock(); inFlight--; mu.Unlock() }()
+			select {
+			case <-all:
+			case <-time.After(20 * time.Second):
+				return nil, errors.New("loads were not concurrent")
+			}
+			if r.Symbol == "BAD" {
+				return nil, errors.New("no such market")
+			}
+			return sampleFrame(int(r.Limit)), nil
+		}
+		code := `markets = [("x", f"S{i}") for i in range(8)]
+d = {s: len(load_kline(e, s, "1m", 0, 1, limit=1)) for e, s in [("x", "first")]}
+d.update({s: len(f) for (e, s), f in load_klines([(e, s) for e, s in markets], "1m", 0, 1, limit=3).items()})
+try:
+    load_klines([("x", "S9"), ("x", "BAD"), ("x", "S10"), ("x", "S11")], "1m", 0, 1)
+except ValueError as e:
+    d["error"] = str(e)
+result = d`
+		out, err := b.exec.Run(context.Background(), Job{RunID: "t", Code: code, Timeout: 60 * time.Second, Frame: sampleFrame(5), LoadKline: load})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !out.OK {
+			t.Fatalf("not ok: %s\n%s", out.Error, out.Stderr)
+		}
+		want := `{"first":1,"S0":3,"S1":3,"S2":3,"S3":3,"S4":3,"S5":3,"S6":3,"S7":3,"error":"x:BAD: no such market"}`
+		if string(out.Result) != want {
+			t.Errorf("result %s, want %s", out.Result, want)
+		}
+	})
 }
 
 func toStrings(v any) (s []string) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -30,7 +31,7 @@ const hardKillGrace = 2 * time.Second
 // answer instead of before it.
 func supervise(ctx context.Context, job Job, lim Limits, rs *runSetup, convDone <-chan convResult, pid int, wait func() int, outputClosed <-chan struct{}, stdout, stderr *capBuffer) (*Output, error) {
 	conn := rs.conn
-	oomBefore := oomKills()
+	oomBefore := oomSeen.recent()
 	waitDone := make(chan int, 1)
 	go func() { waitDone <- wait() }()
 
@@ -85,7 +86,10 @@ func supervise(ctx context.Context, job Job, lim Limits, rs *runSetup, convDone 
 		}
 		conv = <-convDone
 	}
-	return assemble(job, conv, code, stdout, stderr, cancelled, hardKill, oomKills() > oomBefore)
+	// Only a run killed without its result asks whether the OOM killer
+	// struck meanwhile: /proc/vmstat is read once per ended run at most.
+	oom := conv.res == nil && code == -int(syscall.SIGKILL) && oomKills() > oomBefore
+	return assemble(job, conv, code, stdout, stderr, cancelled, hardKill, oom)
 }
 
 // assemble is the Output of a run that has ended: code is its exit code,
@@ -120,6 +124,32 @@ func assemble(job Job, conv convResult, code int, stdout, stderr *capBuffer, can
 		out.Result = []byte("null")
 	}
 	return out, nil
+}
+
+// oomSeen caches the host's count of OOM kills for the starts of runs:
+// reading /proc/vmstat (a few kilobytes the kernel formats) for each of
+// a hundred runs a second was a twentieth of a busy worker's CPU. A count
+// up to oomMaxAge old can only make an OOM kill just before a run's start
+// count as one during it, for a run that was SIGKILLed anyway.
+var oomSeen oomCache
+
+const oomMaxAge = 250 * time.Millisecond
+
+type oomCache struct {
+	mu    sync.Mutex
+	at    time.Time
+	count int64
+}
+
+// recent is the count of OOM kills, read again when the last read is
+// older than oomMaxAge.
+func (c *oomCache) recent() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now := time.Now(); now.Sub(c.at) > oomMaxAge {
+		c.at, c.count = now, oomKills()
+	}
+	return c.count
 }
 
 // oomKills is the host's count of OOM kills so far (/proc/vmstat), or 0.

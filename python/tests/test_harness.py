@@ -125,6 +125,50 @@ def test_serve_whole_job_with_load_kline():
     assert got["result"]["ok"] is True and got["result"]["result"] == {"df": 3, "x": 2}
 
 
+def serve_with_markets(code, answers):
+    """Serve a job whose code calls load_klines; the worker's side reads
+    every request before it answers any (as load_klines must allow), then
+    answers them in order: a row count gives a frame, a string an error."""
+    ours, theirs = socket.socketpair()
+    header, body = encode_frame(ROWS)
+    got = {"requests": []}
+
+    def worker():
+        _send(ours, {**LIMITS, "type": "job", "frame": header, "code": code}, body)
+        for _ in answers:
+            req, _ = harness.recv_msg(ours)
+            got["requests"].append(req)
+        for a in answers:
+            if isinstance(a, str):
+                _send(ours, {"type": "error", "error": a})
+            else:
+                h, b = encode_frame(ROWS[:a])
+                _send(ours, {"type": "frame", "frame": h}, b)
+        got["result"], _ = harness.recv_msg(ours)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    harness.serve(theirs)
+    t.join(5)
+    return got
+
+
+def test_load_klines_asks_for_every_market_before_reading_answers_in_order():
+    code = ("d = load_klines([('a', 'X'), ('b', 'Y'), ('a', 'Z')], '1m', 0, 10, limit=5)\n"
+            "result = [[e, s, len(f)] for (e, s), f in d.items()]")
+    got = serve_with_markets(code, [1, 3, 2])
+    assert [(r["exchange"], r["symbol"], r["limit"]) for r in got["requests"]] == [("a", "X", 5), ("b", "Y", 5),
+                                                                                   ("a", "Z", 5)]
+    assert got["result"]["ok"] is True
+    assert got["result"]["result"] == [["a", "X", 1], ["b", "Y", 3], ["a", "Z", 2]]
+
+
+def test_load_klines_reads_every_answer_then_raises_the_failed_market():
+    code = "try:\n    load_klines([('a', 'X'), ('b', 'Y')], '1m', 0, 10)\nexcept ValueError as e:\n    result = str(e)"
+    got = serve_with_markets(code, ["no such market", 2])
+    assert got["result"]["ok"] is True and got["result"]["result"] == "a:X: no such market"
+
+
 @pytest.mark.parametrize("value", [None, True, False, 0, -12, 3.25, 1e300, "", "plain", "é\n\"\\\x7f",
                                    [], {}, [1, [2, [3]]], {"a": {"b": []}, "c": [None, "x" * 100]},
                                    ["y" * 1000] * 50])
