@@ -22,6 +22,8 @@
 //	(l) the first research run's queueMs on a stack just started
 //	(m) one run that loads 20 markets (load_klines), next to 20 runs
 //	    that load one each
+//	(n) 10M rows from SQLite and MariaDB: first call next to the 1M
+//	    first call, the worker's memory during it, the cached repeat
 //
 // BENCH_ONLY=gh (letters) runs only those parts and leaves RESULTS.md.
 // Run it with `make bench`.
@@ -66,6 +68,7 @@ type stack struct {
 	base    string
 	procs   []*exec.Cmd
 	workers []*exec.Cmd
+	shmem0  int64 // the machine's shared memory before the workers started
 }
 
 func (s *stack) stop() {
@@ -127,6 +130,7 @@ func startWith(dir, db string, workers int, redisConf []string, env ...string) (
 		"PYRUNNER_ZTRADE_CONFIG=/nonexistent")
 	common = append(common, env...)
 	logf, _ := os.Create(filepath.Join(dir, fmt.Sprintf("stack-%d.log", aport)))
+	s.shmem0 = meminfo("Shmem:")
 	for i := 0; i <= workers; i++ {
 		bin := "bin/pyrunner-worker"
 		if i == 0 {
@@ -352,6 +356,13 @@ func throughput(s *stack, clients int, d time.Duration) (perSec float64, peakRSS
 // their descendants: pages the zygote's children share with it are counted
 // once, not once a process (as VmRSS would).
 func (s *stack) rss() int64 {
+	var total int64
+	s.walk(func(pid int) { total += smapsField(pid, "Pss:") })
+	return total
+}
+
+// walk calls visit for each worker process and all its descendants.
+func (s *stack) walk(visit func(pid int)) {
 	children := map[int][]int{}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -367,16 +378,9 @@ func (s *stack) rss() int64 {
 		ppid, _ := strconv.Atoi(f[1])
 		children[ppid] = append(children[ppid], pid)
 	}
-	var total int64
 	var walk func(int)
 	walk = func(pid int) {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-		for _, line := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(line, "Pss:") {
-				kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
-				total += kb << 10
-			}
-		}
+		visit(pid)
 		for _, c := range children[pid] {
 			walk(c)
 		}
@@ -384,7 +388,6 @@ func (s *stack) rss() int64 {
 	for _, w := range s.workers {
 		walk(w.Process.Pid)
 	}
-	return total
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
@@ -703,6 +706,13 @@ func run() error {
 			return err
 		}
 		if err := crossSection(dir, db, add); err != nil {
+			return err
+		}
+	}
+
+	// (n) ten times the data: 10M rows, SQLite and MariaDB (bench/large.go)
+	if only == "" || strings.Contains(only, "n") {
+		if err := largeFrames(ctx, dir, db, add); err != nil {
 			return err
 		}
 	}

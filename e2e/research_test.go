@@ -17,6 +17,7 @@ import (
 
 	"github.com/ztrade/pyrunner/pkg/demodata"
 	"github.com/ztrade/pyrunner/pkg/frame"
+	"github.com/ztrade/pyrunner/pkg/store"
 )
 
 // rowsIn counts the candles of f with start in [a, b].
@@ -671,6 +672,86 @@ func TestReadyChildrenKilled(t *testing.T) {
 	if now := descendant(s.workers[0].cmd.Process.Pid, "zygote.py"); now != zygote {
 		t.Errorf("the zygote is now %d, was %d: it should have lived on", now, zygote)
 	}
+}
+
+// TestWorkerNotReadyTakesNoRuns: a worker whose zygote dies starts a new
+// one at once, not when a run arrives; until it is up, /health says the
+// worker is not ready and the worker takes no research run: the other
+// worker runs them all. The new zygote is frozen (SIGSTOP) before it is
+// ready, so "until it is up" lasts as long as the test needs.
+func TestWorkerNotReadyTakesNoRuns(t *testing.T) {
+	s := startStack(t, stackOpts{workers: 2})
+	if s.mode != "warm" {
+		t.Skip("only the warm executor has a zygote to wait for")
+	}
+	a, b := s.workers[0].cmd.Process.Pid, s.workers[1].cmd.Process.Pid
+	// ready is worker a's "ready" in /health, and whether /health lists a.
+	ready := func() (bool, bool) {
+		var h struct {
+			Workers []store.WorkerInfo `json:"workers"`
+		}
+		s.getJSON("/health", &h)
+		for _, w := range h.Workers {
+			if w.PID == a {
+				return w.Ready, true
+			}
+		}
+		return false, false
+	}
+	waitUntil(t, 30*time.Second, "/health saying worker a is ready", func() bool { r, _ := ready(); return r })
+	frozen := 0
+	defer func() {
+		if frozen != 0 {
+			syscall.Kill(frozen, syscall.SIGCONT)
+		}
+	}()
+	// Kill a's zygote and freeze the one that replaces it before it gets
+	// ready; should it get ready first (a very fast start), kill that one.
+	for try := 0; frozen == 0; try++ {
+		if try == 3 {
+			t.Fatal("each new zygote got ready before it could be frozen")
+		}
+		old := descendant(a, "zygote.py")
+		if old == 0 {
+			t.Fatal("worker a has no zygote")
+		}
+		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		next := 0
+		waitUntil(t, 30*time.Second, "a new zygote, started with no run asking for it", func() bool {
+			next = descendant(a, "zygote.py")
+			return next != 0 && next != old
+		})
+		if err := syscall.Kill(next, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			if r, listed := ready(); listed && !r {
+				frozen = next
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if frozen == 0 {
+			syscall.Kill(next, syscall.SIGCONT)
+		}
+	}
+	// Worker a is not ready: every run goes to b, none waits on a.
+	for i := 0; i < 6; i++ {
+		r := s.mustOK("result = len(df)", nil)
+		if w := fmt.Sprint(r.Meta["worker"]); !strings.HasSuffix(w, ":"+strconv.Itoa(b)) {
+			t.Errorf("run %d ran on %s while worker a (pid %d) was not ready; want worker b (pid %d)", i, w, a, b)
+		}
+	}
+	if r, listed := ready(); !listed || r {
+		t.Errorf("/health: worker a listed %v, ready %v; want listed and not ready while its zygote is frozen", listed, r)
+	}
+	// Thawed, the zygote gets ready and a is ready again.
+	syscall.Kill(frozen, syscall.SIGCONT)
+	frozen = 0
+	waitUntil(t, 30*time.Second, "/health saying worker a is ready again", func() bool { r, _ := ready(); return r })
 }
 
 // childrenOf lists a process's children (those of all its threads).

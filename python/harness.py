@@ -105,10 +105,12 @@ _UTC = pd.DatetimeTZDtype(tz="UTC")
 
 def _utc_times(start):
     """datetime64[ns, UTC] from unix seconds, without pandas' general
-    to_datetime parser (4x faster in a freshly forked child)."""
+    to_datetime parser (4x faster in a freshly forked child) and without
+    the copy _from_sequence makes of the nanoseconds (10M rows: 80 MB):
+    they are new, valid datetime64[ns] values, wrapped as they are."""
     ns = (start * 1_000_000_000).view("M8[ns]")
     try:
-        return pd.arrays.DatetimeArray._from_sequence(ns, dtype=_UTC)
+        return pd.arrays.DatetimeArray._simple_new(ns, dtype=_UTC)
     except (AttributeError, TypeError):  # another pandas: the public way
         return pd.to_datetime(start, unit="s", utc=True)
 

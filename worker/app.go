@@ -182,6 +182,7 @@ func (a *app) dispatchers() {
 	a.scripts = newDispatcher(w.store, w.id, queue.QueueScripts, cfg.ScriptConcurrency, w.handleScript)
 	a.research.claimed, a.scripts.claimed = a.qc.Drop, a.qc.Drop
 	a.scripts.restored = w.restoreLogs
+	a.research.prepare, a.research.ready = w.exec.Prepare, w.exec.Ready
 	byQueue := map[string]*dispatcher{queue.QueueResearch: a.research, queue.QueueScripts: a.scripts}
 	restarts := func() int64 { return 0 }
 	if z, ok := w.exec.(interface{ ZygoteRestarts() int64 }); ok {
@@ -210,7 +211,12 @@ func (a *app) serve() error {
 		return fmt.Errorf("refusing to start: PYRUNNER_METRICS_LISTEN: %w", err)
 	}
 	st := a.w.store
-	go liveness.Beat(a.bg, st, func() store.WorkerInfo { return a.info }, a.onBeat)
+	info := func() store.WorkerInfo {
+		i := a.info
+		i.Ready = a.w.exec.Ready()
+		return i
+	}
+	go liveness.Beat(a.bg, st, info, a.onBeat)
 	go liveness.Reap(a.bg, st, func(cause string) { a.w.metrics.Restarts.WithLabelValues(cause).Inc() })
 	go reportMarkets(a.bg, a.w.db, st)
 	onCancel := func(id string) { a.research.cancel(id); a.scripts.cancel(id) }

@@ -33,6 +33,11 @@ type dispatcher struct {
 	// restored is told of a run whose record Redis had lost and reassert
 	// wrote again (the worker restores its log tail).
 	restored func(h *held)
+	// prepare, when set, returns once a run taken now would start at once
+	// (executor.Prepare), and ready says whether one would (Ready): the
+	// dispatcher takes no run before.
+	prepare func(ctx context.Context) error
+	ready   func() bool
 
 	mu      sync.Mutex
 	running map[string]*held
@@ -56,6 +61,9 @@ func (d *dispatcher) fromQueue(ctx context.Context, id string) error {
 	if err != nil || r.Status != run.StatusQueued {
 		return nil // taken by another worker's wake path, stopped, or expired
 	}
+	// Not ready (the zygote restarting): wait, while a ready worker's
+	// wake path may take the run; start claims it only if still queued.
+	d.awaitReady(ctx)
 	select {
 	case d.slots <- struct{}{}:
 	case <-ctx.Done():
@@ -75,7 +83,16 @@ func (d *dispatcher) wakeLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+		d.awaitReady(ctx)
 		id, err := d.store.Awaken(ctx, d.queue, 2*time.Second)
+		if id != "" && d.ready != nil && !d.ready() {
+			// No longer ready (the zygote died while this waited): the
+			// run goes back to the list for a worker that is.
+			if err := d.store.Unawaken(ctx, d.queue, id); err != nil {
+				slog.Warn("could not give back a run this worker cannot start now; asynq delivers it", "run_id", id, "err", err)
+			}
+			id, err = "", errNotReady // and pause, should getting ready fail at once
+		}
 		if id == "" {
 			<-d.slots
 			if ctx.Err() != nil {
@@ -94,6 +111,21 @@ func (d *dispatcher) wakeLoop(ctx context.Context) {
 				slog.Error("run failed in the worker", "run_id", id, "err", err)
 			}
 		}()
+	}
+}
+
+// errNotReady: the worker could not start a run at once.
+var errNotReady = errors.New("worker not ready")
+
+// awaitReady returns once the worker can start a run at once (see
+// prepare), or when ctx ends; a failure to get ready is logged, and the run
+// taken next reports it.
+func (d *dispatcher) awaitReady(ctx context.Context) {
+	if d.prepare == nil {
+		return
+	}
+	if err := d.prepare(ctx); err != nil && ctx.Err() == nil {
+		slog.Error("worker not ready", "queue", d.queue, "err", err)
 	}
 }
 

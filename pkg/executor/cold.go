@@ -43,6 +43,12 @@ func (c *Cold) Sandbox() (string, string) { return c.opt.Sandbox, c.sandboxNote 
 // Close does nothing: a cold executor holds no processes between runs.
 func (c *Cold) Close() error { return nil }
 
+// Ready is always true: a cold run starts its own interpreter.
+func (c *Cold) Ready() bool { return true }
+
+// Prepare has nothing to do.
+func (c *Cold) Prepare(context.Context) error { return nil }
+
 // Run runs job in a new process group and a fresh working directory.
 func (c *Cold) Run(ctx context.Context, job Job) (*Output, error) {
 	isolated := c.opt.Sandbox == "bwrap"

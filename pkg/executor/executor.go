@@ -57,6 +57,12 @@ type Executor interface {
 	// Sandbox is the sandbox in force ("bwrap" or "none") and, when
 	// PYRUNNER_SANDBOX=auto fell back to none, a note saying why.
 	Sandbox() (mode, note string)
+	// Ready reports whether a run given now starts at once (the warm
+	// executor's zygote is up).
+	Ready() bool
+	// Prepare returns once a run given now would start at once, making
+	// the executor ready if it is not (starting a zygote that died).
+	Prepare(ctx context.Context) error
 	Close() error
 }
 

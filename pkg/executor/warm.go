@@ -28,8 +28,10 @@ type Warm struct {
 	mplDir      string
 	sandboxNote string
 
-	mu sync.Mutex // guards z
-	z  *zygote
+	mu     sync.Mutex // guards z and closed
+	z      *zygote
+	closed bool
+	live   atomic.Pointer[zygote] // z once it is ready, for Ready without mu
 
 	restarts atomic.Int64 // zygotes that died and were replaced
 
@@ -70,10 +72,54 @@ func (w *Warm) Mode() string { return "warm" }
 // Sandbox is the sandbox in force.
 func (w *Warm) Sandbox() (string, string) { return w.opt.Sandbox, w.sandboxNote }
 
+// Ready reports whether the zygote is up: false from its death until a
+// new one is ready (watch starts it at once).
+func (w *Warm) Ready() bool {
+	z := w.live.Load()
+	if z == nil {
+		return false
+	}
+	select {
+	case <-z.dead:
+		return false
+	default:
+		return true
+	}
+}
+
+// Prepare returns once the zygote is up, starting one if it is not.
+func (w *Warm) Prepare(context.Context) error {
+	if w.Ready() {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return errors.New("executor: closed")
+	}
+	_, err := w.zygoteLocked()
+	return err
+}
+
+// watch starts a new zygote as soon as z dies, so that the worker is
+// ready again before a run needs it rather than when one arrives.
+func (w *Warm) watch(z *zygote) {
+	<-z.dead
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed || w.z != z {
+		return
+	}
+	if _, err := w.zygoteLocked(); err != nil {
+		slog.Error("could not restart the python zygote; the next run tries again", "err", err)
+	}
+}
+
 // Close stops the zygote (its children die with it).
 func (w *Warm) Close() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.closed = true
 	if w.z != nil {
 		w.z.stop()
 		w.z = nil

@@ -201,6 +201,8 @@ func (w *Warm) zygoteLocked() (*zygote, error) {
 	}
 	slog.Info("python zygote ready", "pid", cmd.Process.Pid, "preload", w.opt.Preload)
 	w.z = z
+	w.live.Store(z)
+	go w.watch(z)
 	return z, nil
 }
 

@@ -72,3 +72,80 @@ func TestShare(t *testing.T) {
 		t.Errorf("a frame built from a shared one: shared %v body %d", ok, c.BodyLen())
 	}
 }
+
+// TestBlock: parts filled at once, some short of their room and one past
+// it, come out of Seal as one shared frame with every row in part order.
+func TestBlock(t *testing.T) {
+	fill := func(f *Frame, from, n int) {
+		for i := from; i < from+n; i++ {
+			f.Append(int64(i*60), float64(i), float64(i)+1, float64(i)-1, float64(i)+0.5, 10, math.NaN(), int64(i))
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		counts []int // rows each part gets; rooms are 5 each
+		copied bool  // whether the rows leave the block's file
+	}{
+		{"full", []int{5, 5, 5}, false},
+		{"short parts move down", []int{5, 3, 0, 4}, false},
+		{"a part past its room is copied out", []int{2, 7, 5}, true},
+		{"empty", []int{0, 0}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rooms := make([]int, len(tc.counts))
+			for i := range rooms {
+				rooms[i] = 5
+			}
+			b, err := NewBlock(rooms)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for i, k := range tc.counts {
+				fill(b.Part(i), n, k)
+				n += k
+			}
+			g, err := b.Seal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g.Len() != n {
+				t.Fatalf("sealed %d rows, want %d", g.Len(), n)
+			}
+			for i := 0; i < n; i++ {
+				if g.Start[i] != int64(i*60) || g.Close[i] != float64(i)+0.5 || g.Trades[i] != int64(i) || !math.IsNaN(g.Turnover[i]) {
+					t.Fatalf("row %d: start %d close %v trades %d", i, g.Start[i], g.Close[i], g.Trades[i])
+				}
+			}
+			if n == 0 {
+				return
+			}
+			fd, ok := g.SharedFile()
+			if !ok {
+				t.Fatal("a sealed block is not a shared frame")
+			}
+			if _, err := unix.Pwrite(fd, []byte{1}, 0); err == nil {
+				t.Error("the sealed file could be written")
+			}
+			// The header says where each column starts in the file.
+			h := g.Slice(1, n).Header()
+			if want := int64(len(rooms) * 5 * 64); !tc.copied && h.Shm != want {
+				t.Errorf("the frame's file is %d bytes, want the block's %d", h.Shm, want)
+			}
+			body := make([]byte, h.Shm)
+			if _, err := unix.Pread(fd, body, 0); err != nil {
+				t.Fatal(err)
+			}
+			for c, off := range h.Offsets {
+				got := math.Float64frombits(binary.LittleEndian.Uint64(body[off:]))
+				want := [...]float64{60, 1, 2, 0, 1.5, 10, math.NaN(), 1}[c]
+				if c == 0 || c == 7 {
+					got = float64(int64(binary.LittleEndian.Uint64(body[off:])))
+				}
+				if got != want && !(math.IsNaN(got) && math.IsNaN(want)) {
+					t.Errorf("column %d of row 1 reads %v in the file, want %v", c, got, want)
+				}
+			}
+		})
+	}
+}

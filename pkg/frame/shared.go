@@ -66,19 +66,30 @@ func ShareParts(parts []*Frame) (*Frame, error) {
 			}
 		}
 	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_WRITE|unix.F_SEAL_SEAL); err != nil {
-		return fail(err)
-	}
-	mem, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+	f, err := sealed(fd, int(size), n, n)
 	if err != nil {
 		return fail(err)
 	}
-	sh := &shared{fd: fd, mem: mem, rows: n}
+	return f, nil
+}
+
+// sealed seals the memory file fd of size bytes against any change, maps
+// it read-only and returns the frame of its first n rows, each column
+// starting rows rows after the one before.
+func sealed(fd, size, rows, n int) (*Frame, error) {
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_WRITE|unix.F_SEAL_SEAL); err != nil {
+		return nil, err
+	}
+	mem, err := unix.Mmap(fd, 0, size, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return nil, err
+	}
+	sh := &shared{fd: fd, mem: mem, rows: rows}
 	runtime.SetFinalizer(sh, func(sh *shared) {
 		unix.Munmap(sh.mem)
 		unix.Close(sh.fd)
 	})
-	col := func(i int) unsafe.Pointer { return unsafe.Pointer(&mem[i*n*8]) }
+	col := func(i int) unsafe.Pointer { return unsafe.Pointer(&mem[i*rows*8]) }
 	ints := func(i int) []int64 { return unsafe.Slice((*int64)(col(i)), n) }
 	floats := func(i int) []float64 { return unsafe.Slice((*float64)(col(i)), n) }
 	return &Frame{Start: ints(0), Open: floats(1), High: floats(2), Low: floats(3), Close: floats(4),
@@ -146,4 +157,144 @@ func Join(parts []*Frame) *Frame {
 		out.AppendFrame(p)
 	}
 	return out
+}
+
+// Block is a memory file that several readers fill at once, each reader
+// its own rows of every column (Part), and that Seal turns into a shared
+// frame without copying the rows out: a large load holds its rows once,
+// in the file, never also on the Go heap.
+//
+// Each part has room for a number of rows, fixed up front; the file is
+// sparse, so room never filled costs no memory. A part that holds fewer
+// rows than its room is moved down its column at Seal (the parts of a
+// column must follow each other); a reader that appends past its room
+// gets an ordinary slice (append copies it out), and Seal then copies
+// every part into a new file, as ShareParts does.
+type Block struct {
+	fd    int
+	mem   []byte // mapped writable until Seal
+	rows  int    // room per column: the sum of the parts' rooms
+	first []int  // each part's first row in a column
+	parts []*Frame
+}
+
+// NewBlock makes a block with the given room, in rows, for each part.
+func NewBlock(rooms []int) (*Block, error) {
+	b := &Block{first: make([]int, len(rooms)), parts: make([]*Frame, len(rooms))}
+	for i, r := range rooms {
+		b.first[i] = b.rows
+		b.rows += r
+	}
+	size := int64(b.rows) * 8 * int64(len(Columns))
+	fd, err := unix.MemfdCreate("pyrunner-frame", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, fmt.Errorf("frame: memfd: %w", err)
+	}
+	if err := unix.Ftruncate(fd, max(size, 1)); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("frame: block of %d rows: %w", b.rows, err)
+	}
+	if b.mem, err = unix.Mmap(fd, 0, int(max(size, 1)), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("frame: map a block of %d rows: %w", b.rows, err)
+	}
+	b.fd = fd
+	for i, r := range rooms {
+		col := func(c int) unsafe.Pointer { return unsafe.Pointer(&b.mem[(c*b.rows+b.first[i])*8]) }
+		ints := func(c int) []int64 { return unsafe.Slice((*int64)(col(c)), r)[:0] }
+		floats := func(c int) []float64 { return unsafe.Slice((*float64)(col(c)), r)[:0] }
+		if r == 0 {
+			b.parts[i] = &Frame{}
+			continue
+		}
+		b.parts[i] = &Frame{Start: ints(0), Open: floats(1), High: floats(2), Low: floats(3), Close: floats(4),
+			Volume: floats(5), Turnover: floats(6), Trades: ints(7)}
+	}
+	return b, nil
+}
+
+// Part is the empty frame part i appends its rows to. Its columns live in
+// the block: it must not be used after Seal or Close.
+func (b *Block) Part(i int) *Frame { return b.parts[i] }
+
+// inPlace reports whether part i's columns are still the block's memory.
+func (b *Block) inPlace(i int) bool {
+	p := b.parts[i]
+	if p.Len() == 0 {
+		return true
+	}
+	for c := range Columns {
+		at := unsafe.Pointer(&b.mem[(c*b.rows+b.first[i])*8])
+		var got unsafe.Pointer
+		switch s := p.column(c).(type) {
+		case []int64:
+			got = unsafe.Pointer(&s[0])
+		case []float64:
+			got = unsafe.Pointer(&s[0])
+		}
+		if got != at {
+			return false
+		}
+	}
+	return true
+}
+
+// Seal returns the parts' rows one after the other as a shared frame (see
+// Share). The block is used up: its parts must not be touched again.
+func (b *Block) Seal() (*Frame, error) {
+	n := 0
+	inPlace := true
+	for i := range b.parts {
+		n += b.parts[i].Len()
+		inPlace = inPlace && b.inPlace(i)
+	}
+	if !inPlace || n == 0 {
+		f, err := ShareParts(b.parts) // reads the parts before the block goes
+		b.Close()
+		return f, err
+	}
+	fail := func(err error) (*Frame, error) {
+		b.Close()
+		return nil, fmt.Errorf("frame: seal %d rows: %w", n, err)
+	}
+	for c := range Columns {
+		dst := c * b.rows
+		for i, p := range b.parts {
+			src, k := c*b.rows+b.first[i], p.Len()
+			if src != dst {
+				copy(b.mem[dst*8:(dst+k)*8], b.mem[src*8:(src+k)*8])
+			}
+			dst += k
+		}
+		// The room left at the column's end holds what was moved from it:
+		// give those pages back.
+		if free := c*b.rows + b.rows - dst; free > 0 {
+			if err := unix.Fallocate(b.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(dst)*8, int64(free)*8); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	size := len(b.mem)
+	if err := unix.Munmap(b.mem); err != nil {
+		return fail(err)
+	}
+	b.mem = nil
+	f, err := sealed(b.fd, size, b.rows, n)
+	if err != nil {
+		return fail(err)
+	}
+	b.fd = -1 // the frame's now
+	return f, nil
+}
+
+// Close gives the block back unsealed (when a read failed).
+func (b *Block) Close() {
+	if b.mem != nil {
+		unix.Munmap(b.mem)
+		b.mem = nil
+	}
+	if b.fd >= 0 {
+		unix.Close(b.fd)
+		b.fd = -1
+	}
 }

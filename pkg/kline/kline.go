@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net/url"
 	"runtime"
@@ -54,6 +55,7 @@ func (d *DB) UseCache(c *Cache) { d.cache = c }
 
 type tableInfo struct {
 	hasTurnover bool
+	hasID       bool // ztrade's id column (its primary key), which scanTable reads MySQL in
 	seen        time.Time
 }
 
@@ -271,7 +273,7 @@ func (d *DB) table(ctx context.Context, name string) (tableInfo, bool, error) {
 	if !m.HasTable(name) {
 		return tableInfo{}, false, nil
 	}
-	info = tableInfo{hasTurnover: m.HasColumn(name, "turnover"), seen: time.Now()}
+	info = tableInfo{hasTurnover: m.HasColumn(name, "turnover"), hasID: m.HasColumn(name, "id"), seen: time.Now()}
 	d.mu.Lock()
 	d.tables[name] = info
 	d.mu.Unlock()
@@ -307,7 +309,9 @@ const parallelRows = 150_000
 
 // read runs the range query on one table. size is the table's candle
 // length, used to size the frame up front and to decide on reading large
-// ranges in parallel slices of the start range.
+// ranges in parallel slices of the start range. The slices of a large
+// read are read straight into a shared memory file (frame.Block), so its
+// rows are never held twice.
 func (d *DB) read(ctx context.Context, table string, info tableInfo, start, end, limit, size int64) (*frame.Frame, error) {
 	hint := int64(0)
 	if end >= start {
@@ -318,12 +322,12 @@ func (d *DB) read(ctx context.Context, table string, info tableInfo, start, end,
 	}
 	parts := int64(min(runtime.GOMAXPROCS(0), 4))
 	if hint < parallelRows || parts < 2 {
-		return d.readRange(ctx, table, info, start, end, limit, hint)
+		f := &frame.Frame{}
+		f.Grow(int(min(hint, 1<<22)))
+		return d.readRange(ctx, table, info, start, end, limit, f)
 	}
-	if d.typ == "sqlite" && (limit == 0 || limit >= hint) {
-		if f, err := d.scanSQLite(ctx, table, info, start, end, parts); err != nil || f != nil {
-			return f, err
-		}
+	if f, err := d.scanTable(ctx, table, info, start, end, limit, size, parts); err != nil || f != nil {
+		return f, err
 	}
 	// Slice the range where the data is, so the slices hold similar counts.
 	var lo, hi sql.NullInt64
@@ -341,31 +345,50 @@ func (d *DB) read(ctx context.Context, table string, info tableInfo, start, end,
 	}
 	start, end = lo.Int64, min(end, hi.Int64)
 	span := (end - start + 1 + parts - 1) / parts
-	frames, err := readParts(parts, func(i int64) (*frame.Frame, error) {
-		return d.readRange(ctx, table, info, start+i*span, min(start+(i+1)*span-1, end), limit, hint/parts+1)
+	// A slice of span seconds holds at most span/size+1 candles (one per
+	// start); one more row of room lets the reader see the end without
+	// outgrowing it.
+	room := span/size + 2
+	if limit > 0 {
+		room = min(room, limit+1)
+	}
+	f, err := readBlock(parts, room, func(i int64, f *frame.Frame) error {
+		_, err := d.readRange(ctx, table, info, start+i*span, min(start+(i+1)*span-1, end), limit, f)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	out := frame.Join(frames)
-	if limit > 0 && int64(out.Len()) > limit {
-		out = out.Head(int(limit))
+	if limit > 0 && int64(f.Len()) > limit {
+		f = f.Head(int(limit))
 	}
-	return out, nil
+	return f, nil
 }
 
-// scanSQLite reads a range that covers most of a SQLite table in table
-// order (rowid slices read in parallel, the start index not used): a
-// third cheaper than walking the index, which costs a second b-tree
-// lookup per candle. ztrade appends candles in time order, so table order
-// is start order; where it is not, or the range is a small part of the
-// table, it returns nil and the indexed read is used.
-func (d *DB) scanSQLite(ctx context.Context, table string, info tableInfo, start, end, parts int64) (*frame.Frame, error) {
+// scanTable reads a range that covers most of a table in table order,
+// slices of the primary key read in parallel, the start index not used:
+// SQLite's rowid (a third cheaper than walking the index, which costs a
+// second b-tree lookup per candle), MySQL's id (InnoDB keeps rows in id
+// order, so each slice is read sequentially instead of one primary-key
+// lookup per candle in the order of the start index, which once the table
+// outgrows the buffer pool is most of the time). ztrade appends candles
+// in time order, so table order is start order; where it is not, the
+// range is a small part of the table, or a MySQL table has no id, it
+// returns nil and the indexed read is used; so it does when limit may cut
+// the range (the index finds the first candles, a scan would read all).
+func (d *DB) scanTable(ctx context.Context, table string, info tableInfo, start, end, limit, size, parts int64) (*frame.Frame, error) {
+	key, hint := "rowid", " NOT INDEXED"
+	if d.typ == "mysql" {
+		if !info.hasID {
+			return nil, nil
+		}
+		key, hint = "id", " FORCE INDEX (PRIMARY)"
+	}
 	var r0, r1, s0, s1 sql.NullInt64
 	// Four b-tree seeks: SQLite answers a lone MIN or MAX from an end of
 	// the b-tree, but several in one SELECT by scanning the whole table.
 	from := " FROM `" + table + "`)"
-	if err := d.gorm.WithContext(ctx).Raw("SELECT (SELECT MIN(rowid)"+from+", (SELECT MAX(rowid)"+from+", (SELECT MIN(start)"+from+", (SELECT MAX(start)"+from).
+	if err := d.gorm.WithContext(ctx).Raw("SELECT (SELECT MIN("+key+")"+from+", (SELECT MAX("+key+")"+from+", (SELECT MIN(start)"+from+", (SELECT MAX(start)"+from).
 		Row().Scan(&r0, &r1, &s0, &s1); err != nil {
 		return nil, fmt.Errorf("kline: extent of %s: %w", table, err)
 	}
@@ -376,50 +399,93 @@ func (d *DB) scanSQLite(ctx context.Context, table string, info tableInfo, start
 	if covered*10 < (s1.Int64-s0.Int64)*8 {
 		return nil, nil // under 80% of the table: the index wins
 	}
+	// At most one candle per key and one per start: a limit at least
+	// that many cannot cut the range.
+	if most := min(r1.Int64-r0.Int64+1, covered/size+1); limit > 0 && limit < most {
+		return nil, nil
+	}
 	turnover := "turnover"
 	if !info.hasTurnover {
 		turnover = "NULL AS turnover"
 	}
 	q := "SELECT start, open, high, low, close, volume, " + turnover + ", trades FROM `" + table +
-		"` NOT INDEXED WHERE rowid >= ? AND rowid <= ? AND start >= ? AND start <= ?"
+		"`" + hint + " WHERE " + key + " >= ? AND " + key + " <= ? AND start >= ? AND start <= ?"
 	span := (r1.Int64 - r0.Int64 + parts) / parts
-	frames, err := readParts(parts, func(i int64) (*frame.Frame, error) {
-		return d.readQuery(ctx, q, []any{r0.Int64 + i*span, min(r0.Int64+(i+1)*span-1, r1.Int64), start, end}, span)
+	f, err := readBlock(parts, span+1, func(i int64, f *frame.Frame) error {
+		return d.readQuery(ctx, q, []any{r0.Int64 + i*span, min(r0.Int64+(i+1)*span-1, r1.Int64), start, end}, f)
 	})
+	if err != nil && d.typ == "mysql" && ctx.Err() == nil {
+		// An id that is not the primary key, say: the index then.
+		slog.Debug("table-order read failed; reading through the start index", "table", table, "err", err)
+		return nil, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("kline: read %s: %w", table, err)
 	}
 	last := int64(-1 << 63)
-	for _, f := range frames {
-		for _, t := range f.Start {
-			if t <= last {
-				return nil, nil // not in start order: read through the index
-			}
-			last = t
+	for _, t := range f.Start {
+		if t <= last {
+			return nil, nil // not in start order: read through the index
 		}
+		last = t
 	}
-	return frame.Join(frames), nil
+	return f, nil
 }
 
-// readParts runs read for slices 0..n-1 at once, one connection each, and
-// returns their frames in order.
-func readParts(n int64, read func(i int64) (*frame.Frame, error)) ([]*frame.Frame, error) {
+// blockRows is the most rows a read puts in one memory file up front
+// (its room is sparse: only rows read take memory); a read of more
+// gathers its slices on the heap and copies them into the file.
+const blockRows = 1 << 30
+
+// readBlock runs read for slices 0..n-1 at once, one connection each,
+// each into room rows of one memory file, and returns their rows in
+// order as one shared frame.
+func readBlock(n, room int64, read func(i int64, f *frame.Frame) error) (*frame.Frame, error) {
+	rooms := make([]int, n)
+	var b *frame.Block
+	if n*room <= blockRows {
+		for i := range rooms {
+			rooms[i] = int(room)
+		}
+		var err error
+		if b, err = frame.NewBlock(rooms); err != nil {
+			b = nil // the heap then
+		}
+	}
+	part := func(i int64) *frame.Frame {
+		if b != nil {
+			return b.Part(int(i))
+		}
+		f := &frame.Frame{}
+		f.Grow(int(min(room, 1<<22)))
+		return f
+	}
 	frames := make([]*frame.Frame, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := int64(0); i < n; i++ {
+		frames[i] = part(i)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			frames[i], errs[i] = read(i)
+			errs[i] = read(i, frames[i])
 		}()
 	}
 	wg.Wait()
-	return frames, errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		if b != nil {
+			b.Close()
+		}
+		return nil, err
+	}
+	if b != nil {
+		return b.Seal()
+	}
+	return frame.Join(frames), nil
 }
 
-// readRange reads one slice of a table into a frame sized for hint rows.
-func (d *DB) readRange(ctx context.Context, table string, info tableInfo, start, end, limit, hint int64) (*frame.Frame, error) {
+// readRange reads one slice of a table, appending its rows to f.
+func (d *DB) readRange(ctx context.Context, table string, info tableInfo, start, end, limit int64, f *frame.Frame) (*frame.Frame, error) {
 	turnover := "turnover"
 	if !info.hasTurnover {
 		turnover = "NULL AS turnover"
@@ -431,30 +497,27 @@ func (d *DB) readRange(ctx context.Context, table string, info tableInfo, start,
 		q += " LIMIT ?"
 		args = append(args, limit)
 	}
-	f, err := d.readQuery(ctx, q, args, hint)
-	if err != nil {
+	if err := d.readQuery(ctx, q, args, f); err != nil {
 		return nil, fmt.Errorf("kline: read %s: %w", table, err)
 	}
 	return f, nil
 }
 
-// readQuery runs q, which selects the eight K-line columns in order, into
-// a frame sized for hint rows.
-func (d *DB) readQuery(ctx context.Context, q string, args []any, hint int64) (*frame.Frame, error) {
+// readQuery runs q, which selects the eight K-line columns in order,
+// appending its rows to f (within f's room while it lasts).
+func (d *DB) readQuery(ctx context.Context, q string, args []any, f *frame.Frame) error {
 	sqlDB, err := d.gorm.DB()
 	if err != nil {
-		return nil, fmt.Errorf("kline: %w", err)
+		return fmt.Errorf("kline: %w", err)
 	}
 	conn, err := sqlDB.Conn(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("kline: connect: %w", err)
+		return fmt.Errorf("kline: connect: %w", err)
 	}
 	defer conn.Close()
-	f := &frame.Frame{}
-	f.Grow(int(min(hint, 1<<22)))
 	// Rows are read at the driver level: database/sql's Scan converts every
 	// cell through reflection and costs half the time of a 1M-row load.
-	err = conn.Raw(func(dc any) error {
+	return conn.Raw(func(dc any) error {
 		if h := sqliteHandle(dc); h != nil && d.typ == "sqlite" {
 			ints := make([]int64, len(args))
 			for i, a := range args {
@@ -510,10 +573,6 @@ func (d *DB) readQuery(ctx context.Context, q string, args []any, hint int64) (*
 			f.Append(asInt(v[0]), asFloat(v[1]), asFloat(v[2]), asFloat(v[3]), asFloat(v[4]), asFloat(v[5]), asFloat(v[6]), asInt(v[7]))
 		}
 	})
-	if err != nil {
-		return nil, err
-	}
-	return f, nil
 }
 
 // asInt and asFloat convert a driver cell; NULL becomes 0 and NaN. MySQL

@@ -102,14 +102,18 @@ func readSQLite(ctx context.Context, db *C.sqlite3, q string, args []int64, f *f
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		// Within f's room while it lasts (a Block's part must not outgrow
+		// it), else doubling, should the room fall short.
 		n := f.Len()
-		if cap(f.Start)-n < sqliteBatch {
-			f.Grow(max(sqliteBatch, n)) // doubling, should the hint fall short
+		k := min(sqliteBatch, cap(f.Start)-n)
+		if k == 0 {
+			f.Grow(max(sqliteBatch, n))
+			k = sqliteBatch
 		}
-		f.Start, f.Open, f.High, f.Low = f.Start[:n+sqliteBatch], f.Open[:n+sqliteBatch], f.High[:n+sqliteBatch], f.Low[:n+sqliteBatch]
-		f.Close, f.Volume, f.Turnover, f.Trades = f.Close[:n+sqliteBatch], f.Volume[:n+sqliteBatch], f.Turnover[:n+sqliteBatch], f.Trades[:n+sqliteBatch]
+		f.Start, f.Open, f.High, f.Low = f.Start[:n+k], f.Open[:n+k], f.High[:n+k], f.Low[:n+k]
+		f.Close, f.Volume, f.Turnover, f.Trades = f.Close[:n+k], f.Volume[:n+k], f.Turnover[:n+k], f.Trades[:n+k]
 		var rc C.int
-		got := int(C.pr_read(st, sqliteBatch,
+		got := int(C.pr_read(st, C.long(k),
 			(*C.int64_t)(unsafe.Pointer(&f.Start[n])), (*C.double)(&f.Open[n]), (*C.double)(&f.High[n]), (*C.double)(&f.Low[n]),
 			(*C.double)(&f.Close[n]), (*C.double)(&f.Volume[n]), (*C.double)(&f.Turnover[n]), (*C.int64_t)(unsafe.Pointer(&f.Trades[n])), &rc))
 		m := n + got

@@ -185,3 +185,12 @@ func (s *Store) Awaken(ctx context.Context, queue string, timeout time.Duration)
 	}
 	return v[1], nil
 }
+
+// Unawaken puts back a run id Awaken returned to a worker that cannot
+// start it now, at the end Awaken takes from: the next idle worker gets it.
+func (s *Store) Unawaken(ctx context.Context, queue, id string) error {
+	if err := s.rdb.RPush(ctx, s.WakeKey(queue), id).Err(); err != nil {
+		return fmt.Errorf("store: give back run %s: %w", id, err)
+	}
+	return nil
+}

@@ -25,6 +25,10 @@ type WorkerInfo struct {
 	ResearchConcurrency int    `json:"research_concurrency"`
 	ScriptConcurrency   int    `json:"script_concurrency"`
 	ActiveRuns          int64  `json:"active_runs"`
+	// Ready says the worker can start a research run at once: its warm
+	// executor's zygote is up. It is false while the zygote (re)starts;
+	// the worker takes no research run meanwhile.
+	Ready bool `json:"ready"`
 }
 
 // Heartbeat records that the worker is alive now. Its description lives

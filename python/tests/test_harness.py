@@ -35,6 +35,8 @@ def test_frame_to_df_has_documented_columns_and_dtypes():
     assert list(df.columns) == harness.COLUMNS + ["time"]
     assert [str(t) for t in df.dtypes] == ["int64"] + ["float64"] * 6 + ["int64", "datetime64[ns, UTC]"]
     assert df.time.iloc[0] == pd.Timestamp("2025-01-01", tz="UTC")
+    assert (df.time == pd.to_datetime(df.start, unit="s", utc=True)).all()
+    assert list(df.set_index("time").close.resample("2min").count()) == [2, 1]
     assert math.isnan(df.turnover.iloc[1]) and df.open.iloc[2] == 3.0
     df.loc[0, "open"] = 99.0  # the frame is writable
 

@@ -384,7 +384,7 @@
       api('GET', ROOT + '/health').then(function (h) {
         w.innerHTML = ''; q.innerHTML = '';
         h.workers.forEach(function (x) {
-          w.appendChild(el('tr', {}, [el('td', { text: x.id }), el('td', { text: x.executor }), el('td', { text: x.sandbox + (x.sandbox_note ? ' — ' + x.sandbox_note : '') }),
+          w.appendChild(el('tr', {}, [el('td', { text: x.id }), el('td', { text: x.executor + (x.ready ? '' : ' (starting)') }), el('td', { text: x.sandbox + (x.sandbox_note ? ' — ' + x.sandbox_note : '') }),
             el('td', { text: String(x.active_runs) }), el('td', { text: x.research_concurrency + ' / ' + x.script_concurrency }), el('td', { text: x.db_type }), el('td', { text: fmtTime(x.last_heartbeat) })]));
         });
         Object.keys(h.queues).forEach(function (n) {
