@@ -3,6 +3,7 @@ package frame
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"math"
 	"testing"
 
@@ -73,28 +74,24 @@ func TestShare(t *testing.T) {
 	}
 }
 
-// TestBlock: parts filled at once, some short of their room and one past
-// it, come out of Seal as one shared frame with every row in part order.
+// TestBlock: parts filled at once, in batches flushed into the file, some
+// short of their room, come out of Seal as one shared frame with every row
+// in part order; a part past its room fails with ErrRoom.
 func TestBlock(t *testing.T) {
-	fill := func(f *Frame, from, n int) {
-		for i := from; i < from+n; i++ {
-			f.Append(int64(i*60), float64(i), float64(i)+1, float64(i)-1, float64(i)+0.5, 10, math.NaN(), int64(i))
-		}
-	}
+	const room = 20_000 // more than two batches
 	for _, tc := range []struct {
 		name   string
-		counts []int // rows each part gets; rooms are 5 each
-		copied bool  // whether the rows leave the block's file
+		counts []int // rows each part gets
 	}{
-		{"full", []int{5, 5, 5}, false},
-		{"short parts move down", []int{5, 3, 0, 4}, false},
-		{"a part past its room is copied out", []int{2, 7, 5}, true},
-		{"empty", []int{0, 0}, true},
+		{"full", []int{room, room, room}},
+		{"short parts move down", []int{room, 15_000, 0, 3}},
+		{"one part", []int{7}},
+		{"empty", []int{0, 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rooms := make([]int, len(tc.counts))
 			for i := range rooms {
-				rooms[i] = 5
+				rooms[i] = room
 			}
 			b, err := NewBlock(rooms)
 			if err != nil {
@@ -102,7 +99,9 @@ func TestBlock(t *testing.T) {
 			}
 			n := 0
 			for i, k := range tc.counts {
-				fill(b.Part(i), n, k)
+				if err := fillPart(b, i, n, k); err != nil {
+					t.Fatal(err)
+				}
 				n += k
 			}
 			g, err := b.Seal()
@@ -129,7 +128,7 @@ func TestBlock(t *testing.T) {
 			}
 			// The header says where each column starts in the file.
 			h := g.Slice(1, n).Header()
-			if want := int64(len(rooms) * 5 * 64); !tc.copied && h.Shm != want {
+			if want := int64(len(rooms) * room * 64); h.Shm != want {
 				t.Errorf("the frame's file is %d bytes, want the block's %d", h.Shm, want)
 			}
 			body := make([]byte, h.Shm)
@@ -148,4 +147,36 @@ func TestBlock(t *testing.T) {
 			}
 		})
 	}
+	t.Run("past its room", func(t *testing.T) {
+		b, err := NewBlock([]int{room, room})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		err = fillPart(b, 0, 0, room+1)
+		if err == nil {
+			_, err = b.Seal()
+		}
+		if !errors.Is(err, ErrRoom) {
+			t.Errorf("a part past its room: %v, want ErrRoom", err)
+		}
+	})
+}
+
+// fillPart appends k rows, numbered from `from`, to part i of b as a
+// reader does: flushing each full batch, the last one left to Seal.
+func fillPart(b *Block, i, from, k int) error {
+	f := b.Part(i)
+	for r := from; r < from+k; r++ {
+		if f.Len() == cap(f.Start) {
+			if err := b.Flush(i); err != nil {
+				return err
+			}
+		}
+		f.Append(int64(r*60), float64(r), float64(r)+1, float64(r)-1, float64(r)+0.5, 10, math.NaN(), int64(r))
+	}
+	if k > 0 && f.Len() == cap(f.Start) {
+		return b.Flush(i)
+	}
+	return nil
 }

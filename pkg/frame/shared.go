@@ -1,7 +1,9 @@
 package frame
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"runtime"
 	"unsafe"
 
@@ -160,30 +162,44 @@ func Join(parts []*Frame) *Frame {
 }
 
 // Block is a memory file that several readers fill at once, each reader
-// its own rows of every column (Part), and that Seal turns into a shared
-// frame without copying the rows out: a large load holds its rows once,
-// in the file, never also on the Go heap.
+// its own rows of every column (a part), and that Seal turns into a
+// shared frame without the rows ever being held anywhere else: a large
+// load holds its rows once, in the file, never also on the Go heap.
+//
+// A reader appends to its part's batch (Part), a small frame that Flush
+// writes into the file (pwrite, at the part's next rows of each column)
+// and empties. Writing through a mapping instead would fault in every
+// page of the file one at a time, which on a virtual machine costs more
+// than the copy (15× more for 256 MB on the CI machines).
 //
 // Each part has room for a number of rows, fixed up front; the file is
 // sparse, so room never filled costs no memory. A part that holds fewer
 // rows than its room is moved down its column at Seal (the parts of a
-// column must follow each other); a reader that appends past its room
-// gets an ordinary slice (append copies it out), and Seal then copies
-// every part into a new file, as ShareParts does.
+// column must follow each other); a Flush past a part's room fails with
+// ErrRoom, and the reader then reads into an ordinary frame instead.
 type Block struct {
-	fd    int
-	mem   []byte // mapped writable until Seal
-	rows  int    // room per column: the sum of the parts' rooms
-	first []int  // each part's first row in a column
-	parts []*Frame
+	fd      int
+	rows    int   // room per column: the sum of the parts' rooms
+	first   []int // each part's first row in a column
+	rooms   []int
+	written []int // rows each part has in the file
+	batches []*Frame
 }
+
+// ErrRoom is Flush's error when a part's rows outgrow its room.
+var ErrRoom = errors.New("frame: a part of a block outgrew its room")
+
+// blockBatch is the rows a part's batch holds before Flush.
+const blockBatch = 8192
 
 // NewBlock makes a block with the given room, in rows, for each part.
 func NewBlock(rooms []int) (*Block, error) {
-	b := &Block{first: make([]int, len(rooms)), parts: make([]*Frame, len(rooms))}
+	b := &Block{first: make([]int, len(rooms)), rooms: rooms, written: make([]int, len(rooms)), batches: make([]*Frame, len(rooms))}
 	for i, r := range rooms {
 		b.first[i] = b.rows
 		b.rows += r
+		b.batches[i] = &Frame{}
+		b.batches[i].Grow(blockBatch)
 	}
 	size := int64(b.rows) * 8 * int64(len(Columns))
 	fd, err := unix.MemfdCreate("pyrunner-frame", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
@@ -194,75 +210,85 @@ func NewBlock(rooms []int) (*Block, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("frame: block of %d rows: %w", b.rows, err)
 	}
-	if b.mem, err = unix.Mmap(fd, 0, int(max(size, 1)), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("frame: map a block of %d rows: %w", b.rows, err)
-	}
 	b.fd = fd
-	for i, r := range rooms {
-		col := func(c int) unsafe.Pointer { return unsafe.Pointer(&b.mem[(c*b.rows+b.first[i])*8]) }
-		ints := func(c int) []int64 { return unsafe.Slice((*int64)(col(c)), r)[:0] }
-		floats := func(c int) []float64 { return unsafe.Slice((*float64)(col(c)), r)[:0] }
-		if r == 0 {
-			b.parts[i] = &Frame{}
-			continue
-		}
-		b.parts[i] = &Frame{Start: ints(0), Open: floats(1), High: floats(2), Low: floats(3), Close: floats(4),
-			Volume: floats(5), Turnover: floats(6), Trades: ints(7)}
-	}
 	return b, nil
 }
 
-// Part is the empty frame part i appends its rows to. Its columns live in
-// the block: it must not be used after Seal or Close.
-func (b *Block) Part(i int) *Frame { return b.parts[i] }
+// Part is the batch part i appends its rows to, at most its capacity
+// before Flush(i).
+func (b *Block) Part(i int) *Frame { return b.batches[i] }
 
-// inPlace reports whether part i's columns are still the block's memory.
-func (b *Block) inPlace(i int) bool {
-	p := b.parts[i]
-	if p.Len() == 0 {
-		return true
+// Flush writes part i's batch into the file after the part's rows so far
+// and empties it.
+func (b *Block) Flush(i int) error {
+	f := b.batches[i]
+	k := f.Len()
+	if k == 0 {
+		return nil
+	}
+	if b.written[i]+k > b.rooms[i] {
+		return ErrRoom
 	}
 	for c := range Columns {
-		at := unsafe.Pointer(&b.mem[(c*b.rows+b.first[i])*8])
-		var got unsafe.Pointer
-		switch s := p.column(c).(type) {
-		case []int64:
-			got = unsafe.Pointer(&s[0])
-		case []float64:
-			got = unsafe.Pointer(&s[0])
-		}
-		if got != at {
-			return false
+		off := int64(c*b.rows+b.first[i]+b.written[i]) * 8
+		if err := writeColumn(&fdWriterAt{fd: b.fd, off: off}, f.column(c)); err != nil {
+			return fmt.Errorf("frame: write a block: %w", err)
 		}
 	}
-	return true
+	b.written[i] += k
+	f.Start, f.Open, f.High, f.Low = f.Start[:0], f.Open[:0], f.High[:0], f.Low[:0]
+	f.Close, f.Volume, f.Turnover, f.Trades = f.Close[:0], f.Volume[:0], f.Turnover[:0], f.Trades[:0]
+	return nil
 }
 
-// Seal returns the parts' rows one after the other as a shared frame (see
-// Share). The block is used up: its parts must not be touched again.
+// fdWriterAt writes at off and moves on.
+type fdWriterAt struct {
+	fd  int
+	off int64
+}
+
+func (w *fdWriterAt) Write(p []byte) (int, error) {
+	done := 0
+	for done < len(p) {
+		k, err := unix.Pwrite(w.fd, p[done:], w.off)
+		if err != nil {
+			return done, err
+		}
+		done += k
+		w.off += int64(k)
+	}
+	return done, nil
+}
+
+// Seal flushes the parts and returns their rows one after the other as a
+// shared frame (see Share). The block is used up either way.
 func (b *Block) Seal() (*Frame, error) {
-	n := 0
-	inPlace := true
-	for i := range b.parts {
-		n += b.parts[i].Len()
-		inPlace = inPlace && b.inPlace(i)
-	}
-	if !inPlace || n == 0 {
-		f, err := ShareParts(b.parts) // reads the parts before the block goes
-		b.Close()
-		return f, err
-	}
 	fail := func(err error) (*Frame, error) {
 		b.Close()
-		return nil, fmt.Errorf("frame: seal %d rows: %w", n, err)
+		return nil, fmt.Errorf("frame: seal a block: %w", err)
 	}
+	n := 0
+	for i := range b.batches {
+		if err := b.Flush(i); err != nil {
+			return fail(err)
+		}
+		n += b.written[i]
+	}
+	if n == 0 {
+		b.Close()
+		return &Frame{}, nil
+	}
+	buf := make([]byte, 1<<20)
 	for c := range Columns {
 		dst := c * b.rows
-		for i, p := range b.parts {
-			src, k := c*b.rows+b.first[i], p.Len()
+		for i := range b.batches {
+			src, k := c*b.rows+b.first[i], b.written[i]
 			if src != dst {
-				copy(b.mem[dst*8:(dst+k)*8], b.mem[src*8:(src+k)*8])
+				// Down the file in ascending chunks: a chunk is read
+				// before anything is written over it (dst < src).
+				if err := moveDown(b.fd, int64(dst)*8, int64(src)*8, int64(k)*8, buf); err != nil {
+					return fail(err)
+				}
 			}
 			dst += k
 		}
@@ -274,12 +300,7 @@ func (b *Block) Seal() (*Frame, error) {
 			}
 		}
 	}
-	size := len(b.mem)
-	if err := unix.Munmap(b.mem); err != nil {
-		return fail(err)
-	}
-	b.mem = nil
-	f, err := sealed(b.fd, size, b.rows, n)
+	f, err := sealed(b.fd, b.rows*8*len(Columns), b.rows, n)
 	if err != nil {
 		return fail(err)
 	}
@@ -287,12 +308,25 @@ func (b *Block) Seal() (*Frame, error) {
 	return f, nil
 }
 
+// moveDown copies n bytes of fd from src to dst < src.
+func moveDown(fd int, dst, src, n int64, buf []byte) error {
+	for done := int64(0); done < n; {
+		k := min(int64(len(buf)), n-done)
+		if m, err := unix.Pread(fd, buf[:k], src+done); err != nil {
+			return err
+		} else if int64(m) != k {
+			return io.ErrUnexpectedEOF
+		}
+		if _, err := (&fdWriterAt{fd: fd, off: dst + done}).Write(buf[:k]); err != nil {
+			return err
+		}
+		done += k
+	}
+	return nil
+}
+
 // Close gives the block back unsealed (when a read failed).
 func (b *Block) Close() {
-	if b.mem != nil {
-		unix.Munmap(b.mem)
-		b.mem = nil
-	}
 	if b.fd >= 0 {
 		unix.Close(b.fd)
 		b.fd = -1

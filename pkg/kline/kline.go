@@ -324,7 +324,7 @@ func (d *DB) read(ctx context.Context, table string, info tableInfo, start, end,
 	if hint < parallelRows || parts < 2 {
 		f := &frame.Frame{}
 		f.Grow(int(min(hint, 1<<22)))
-		return d.readRange(ctx, table, info, start, end, limit, f)
+		return d.readRange(ctx, table, info, start, end, limit, f, nil)
 	}
 	if f, err := d.scanTable(ctx, table, info, start, end, limit, size, parts); err != nil || f != nil {
 		return f, err
@@ -352,8 +352,8 @@ func (d *DB) read(ctx context.Context, table string, info tableInfo, start, end,
 	if limit > 0 {
 		room = min(room, limit+1)
 	}
-	f, err := readBlock(parts, room, func(i int64, f *frame.Frame) error {
-		_, err := d.readRange(ctx, table, info, start+i*span, min(start+(i+1)*span-1, end), limit, f)
+	f, err := readBlock(parts, room, func(i int64, f *frame.Frame, flush func() error) error {
+		_, err := d.readRange(ctx, table, info, start+i*span, min(start+(i+1)*span-1, end), limit, f, flush)
 		return err
 	})
 	if err != nil {
@@ -411,8 +411,8 @@ func (d *DB) scanTable(ctx context.Context, table string, info tableInfo, start,
 	q := "SELECT start, open, high, low, close, volume, " + turnover + ", trades FROM `" + table +
 		"`" + hint + " WHERE " + key + " >= ? AND " + key + " <= ? AND start >= ? AND start <= ?"
 	span := (r1.Int64 - r0.Int64 + parts) / parts
-	f, err := readBlock(parts, span+1, func(i int64, f *frame.Frame) error {
-		return d.readQuery(ctx, q, []any{r0.Int64 + i*span, min(r0.Int64+(i+1)*span-1, r1.Int64), start, end}, f)
+	f, err := readBlock(parts, span+1, func(i int64, f *frame.Frame, flush func() error) error {
+		return d.readQuery(ctx, q, []any{r0.Int64 + i*span, min(r0.Int64+(i+1)*span-1, r1.Int64), start, end}, f, flush)
 	})
 	if err != nil && d.typ == "mysql" && ctx.Err() == nil {
 		// An id that is not the primary key, say: the index then.
@@ -438,54 +438,61 @@ func (d *DB) scanTable(ctx context.Context, table string, info tableInfo, start,
 const blockRows = 1 << 30
 
 // readBlock runs read for slices 0..n-1 at once, one connection each,
-// each into room rows of one memory file, and returns their rows in
-// order as one shared frame.
-func readBlock(n, room int64, read func(i int64, f *frame.Frame) error) (*frame.Frame, error) {
-	rooms := make([]int, n)
-	var b *frame.Block
+// each into room rows of one memory file (frame.Block: read appends to f
+// and calls flush whenever f is full), and returns their rows in order as
+// one shared frame. Should a slice outgrow its room (starts that are not
+// unique, say), the slices are read again onto the heap (flush nil) and
+// copied into a file.
+func readBlock(n, room int64, read func(i int64, f *frame.Frame, flush func() error) error) (*frame.Frame, error) {
 	if n*room <= blockRows {
+		rooms := make([]int, n)
 		for i := range rooms {
 			rooms[i] = int(room)
 		}
-		var err error
-		if b, err = frame.NewBlock(rooms); err != nil {
-			b = nil // the heap then
+		if b, err := frame.NewBlock(rooms); err == nil {
+			err = inParallel(n, func(i int64) error {
+				return read(i, b.Part(int(i)), func() error { return b.Flush(int(i)) })
+			})
+			var f *frame.Frame
+			if err == nil {
+				f, err = b.Seal()
+			}
+			b.Close()
+			if !errors.Is(err, frame.ErrRoom) {
+				return f, err
+			}
+			slog.Debug("a slice outgrew its room; reading again", "room", room)
 		}
-	}
-	part := func(i int64) *frame.Frame {
-		if b != nil {
-			return b.Part(int(i))
-		}
-		f := &frame.Frame{}
-		f.Grow(int(min(room, 1<<22)))
-		return f
 	}
 	frames := make([]*frame.Frame, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := int64(0); i < n; i++ {
-		frames[i] = part(i)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = read(i, frames[i])
-		}()
+	for i := range frames {
+		frames[i] = &frame.Frame{}
+		frames[i].Grow(int(min(room, 1<<22)))
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		if b != nil {
-			b.Close()
-		}
+	if err := inParallel(n, func(i int64) error { return read(i, frames[i], nil) }); err != nil {
 		return nil, err
-	}
-	if b != nil {
-		return b.Seal()
 	}
 	return frame.Join(frames), nil
 }
 
-// readRange reads one slice of a table, appending its rows to f.
-func (d *DB) readRange(ctx context.Context, table string, info tableInfo, start, end, limit int64, f *frame.Frame) (*frame.Frame, error) {
+// inParallel runs fn(0..n-1) at once and joins their errors.
+func inParallel(n int64, fn func(i int64) error) error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := int64(0); i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn(i)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// readRange reads one slice of a table, appending its rows to f (see
+// readQuery for flush).
+func (d *DB) readRange(ctx context.Context, table string, info tableInfo, start, end, limit int64, f *frame.Frame, flush func() error) (*frame.Frame, error) {
 	turnover := "turnover"
 	if !info.hasTurnover {
 		turnover = "NULL AS turnover"
@@ -497,15 +504,16 @@ func (d *DB) readRange(ctx context.Context, table string, info tableInfo, start,
 		q += " LIMIT ?"
 		args = append(args, limit)
 	}
-	if err := d.readQuery(ctx, q, args, f); err != nil {
+	if err := d.readQuery(ctx, q, args, f, flush); err != nil {
 		return nil, fmt.Errorf("kline: read %s: %w", table, err)
 	}
 	return f, nil
 }
 
 // readQuery runs q, which selects the eight K-line columns in order,
-// appending its rows to f (within f's room while it lasts).
-func (d *DB) readQuery(ctx context.Context, q string, args []any, f *frame.Frame) error {
+// appending its rows to f. With flush set, f is a block's batch: full, it
+// is flushed (emptied into the block) rather than grown.
+func (d *DB) readQuery(ctx context.Context, q string, args []any, f *frame.Frame, flush func() error) error {
 	sqlDB, err := d.gorm.DB()
 	if err != nil {
 		return fmt.Errorf("kline: %w", err)
@@ -523,7 +531,7 @@ func (d *DB) readQuery(ctx context.Context, q string, args []any, f *frame.Frame
 			for i, a := range args {
 				ints[i] = a.(int64)
 			}
-			return readSQLite(ctx, h, q, ints, f)
+			return readSQLite(ctx, h, q, ints, f, flush)
 		}
 		qc, ok := dc.(driver.QueryerContext)
 		if !ok {
@@ -569,6 +577,11 @@ func (d *DB) readQuery(ctx context.Context, q string, args []any, f *frame.Frame
 				return nil
 			} else if err != nil {
 				return err
+			}
+			if flush != nil && f.Len() == cap(f.Start) {
+				if err := flush(); err != nil {
+					return err
+				}
 			}
 			f.Append(asInt(v[0]), asFloat(v[1]), asFloat(v[2]), asFloat(v[3]), asFloat(v[4]), asFloat(v[5]), asFloat(v[6]), asInt(v[7]))
 		}

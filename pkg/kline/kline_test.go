@@ -256,3 +256,46 @@ func TestLargeSQLiteReads(t *testing.T) {
 		})
 	}
 }
+
+// TestLargeReadOutgrowingItsRoom: a 1m table whose candles are 30 s apart
+// (twice the candles its binSize allows) read in parallel slices through
+// the index: the slices outgrow the room the binSize gives them, and the
+// read is done again on the heap, whole and in order.
+func TestLargeReadOutgrowingItsRoom(t *testing.T) {
+	const n = 800_000
+	want := demodata.Generate(demodata.DemoMarkets[0], 1_000_020, n, 9)
+	for i := range want.Start {
+		want.Start[i] = 1_000_020 + int64(i)*30
+	}
+	path := filepath.Join(t.TempDir(), "dense.db")
+	w, err := demodata.OpenWriter("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.CreateTable(context.Background(), "binance_BTCUSDT_1m", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Insert(context.Background(), "binance_BTCUSDT_1m", want, true); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	db, err := kline.Open(kline.Config{Type: "sqlite", URI: path}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	from, to := n/4, n*3/4 // half the table: through the index, not a scan
+	f, _, err := db.Load(context.Background(), kline.Query{Exchange: "binance", Symbol: "BTCUSDT", BinSize: "1m",
+		Start: want.Start[from], End: want.Start[to-1]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Len() != to-from {
+		t.Fatalf("got %d rows, want %d", f.Len(), to-from)
+	}
+	for i := 0; i < f.Len(); i++ {
+		if j := from + i; f.Start[i] != want.Start[j] || f.Close[i] != want.Close[j] {
+			t.Fatalf("row %d is %d/%v, want %d/%v", i, f.Start[i], f.Close[i], want.Start[j], want.Close[j])
+		}
+	}
+}

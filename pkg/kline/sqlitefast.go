@@ -84,8 +84,9 @@ func sqliteHandle(dc any) *C.sqlite3 {
 }
 
 // readSQLite runs q (placeholders bound to args, all integers) on db and
-// appends its rows, the eight K-line columns in order, to f.
-func readSQLite(ctx context.Context, db *C.sqlite3, q string, args []int64, f *frame.Frame) error {
+// appends its rows, the eight K-line columns in order, to f; a full f is
+// flushed when flush is set (a block's batch, see readQuery), else grown.
+func readSQLite(ctx context.Context, db *C.sqlite3, q string, args []int64, f *frame.Frame, flush func() error) error {
 	cq := C.CString(q)
 	defer C.free(unsafe.Pointer(cq))
 	var st *C.sqlite3_stmt
@@ -102,12 +103,15 @@ func readSQLite(ctx context.Context, db *C.sqlite3, q string, args []int64, f *f
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		// Within f's room while it lasts (a Block's part must not outgrow
-		// it), else doubling, should the room fall short.
 		n := f.Len()
 		k := min(sqliteBatch, cap(f.Start)-n)
-		if k == 0 {
-			f.Grow(max(sqliteBatch, n))
+		if k == 0 && flush != nil {
+			if err := flush(); err != nil {
+				return err
+			}
+			n, k = 0, min(sqliteBatch, cap(f.Start))
+		} else if k == 0 {
+			f.Grow(max(sqliteBatch, n)) // doubling, should the hint fall short
 			k = sqliteBatch
 		}
 		f.Start, f.Open, f.High, f.Low = f.Start[:n+k], f.Open[:n+k], f.High[:n+k], f.Low[:n+k]
