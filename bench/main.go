@@ -627,7 +627,9 @@ func run() error {
 		s.stop()
 		floor := percentile(floors, 0.5)
 		p50, j50, o50 := percentile(ours, 0.5), percentile(jup, 0.5), percentile(orig, 0.5)
-		add("(g) warm trivial call (1 000 rows, result = len(df)), over HTTP: p50 (n=200)", ms(p50))
+		p90 := percentile(ours, 0.9)
+		add("(g) warm trivial call (1 000 rows, result = len(df)), over HTTP: p50 / p90 (n=200)",
+			fmt.Sprintf("%s / %s (p90 / p50: %.2f)", ms(p50), ms(p90), float64(p90)/float64(p50)))
 		add("(g) fork floor: fork of the warm interpreter + a 1 000-row DataFrame in the child, same Python, interleaved: p50 (n=200)",
 			fmt.Sprintf("%s (pyrunner's call / fork floor: %.2f)", ms(floor), float64(p50)/float64(floor)))
 		add("(g) warm Jupyter kernel (jupyter_client → ipykernel) reloading the 1 000 rows from SQLite and running the snippet, interleaved: p50",
