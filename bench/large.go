@@ -110,16 +110,9 @@ func hugeFrame(dir, db, name string, add func(k, v string), env ...string) error
 	if err != nil {
 		return err
 	}
-	var best time.Duration
-	var bestR *result
-	for i := 0; i < 3; i++ {
-		r, d, err := s.research(hugeBody)
-		if err != nil {
-			return err
-		}
-		if best == 0 || d < best {
-			best, bestR = d, r
-		}
+	bestR, best, err := s.bestOf(3, hugeBody)
+	if err != nil {
+		return err
 	}
 	first1 := time.Duration(one.Meta.LoadMs+one.Meta.ExecMs) * time.Millisecond
 	first10 := time.Duration(ten.Meta.LoadMs+ten.Meta.ExecMs) * time.Millisecond
@@ -141,21 +134,23 @@ func hugeFrame(dir, db, name string, add func(k, v string), env ...string) error
 func (s *stack) memory() int64 {
 	var own int64
 	s.walk(func(pid int) {
-		own += smapsField(pid, "Pss:") - smapsField(pid, "Pss_Shmem:")
+		f := smaps(pid)
+		own += f["Pss:"] - f["Pss_Shmem:"]
 	})
 	return own + meminfo("Shmem:") - s.shmem0
 }
 
-// smapsField is a kB field of /proc/pid/smaps_rollup, in bytes.
-func smapsField(pid int, field string) int64 {
+// smaps is the kB fields of /proc/pid/smaps_rollup ("Pss:" → bytes).
+func smaps(pid int) map[string]int64 {
+	out := map[string]int64{}
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, field) {
-			kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
-			return kb << 10
+		if f := strings.Fields(line); len(f) >= 2 {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			out[f[0]] = kb << 10
 		}
 	}
-	return 0
+	return out
 }
 
 // meminfo is a kB field of /proc/meminfo, in bytes.

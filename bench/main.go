@@ -205,6 +205,22 @@ func (s *stack) research(body string) (*result, time.Duration, error) {
 	return &r, d, nil
 }
 
+// bestOf calls body n times and returns the fastest call.
+func (s *stack) bestOf(n int, body string) (*result, time.Duration, error) {
+	var best time.Duration
+	var bestR *result
+	for i := 0; i < n; i++ {
+		r, d, err := s.research(body)
+		if err != nil {
+			return nil, 0, err
+		}
+		if best == 0 || d < best {
+			best, bestR = d, r
+		}
+	}
+	return bestR, best, nil
+}
+
 // bigBody asks for the 1M-row table.
 var bigBody = fmt.Sprintf(`{"exchange":"bench","symbol":"BIG","binSize":"1m","start":0,"end":%d,"limit":%d,"code":"result = [len(df), float(df.close.sum())]"}`, t0+bigRows*60, bigRows)
 
@@ -357,7 +373,7 @@ func throughput(s *stack, clients int, d time.Duration) (perSec float64, peakRSS
 // once, not once a process (as VmRSS would).
 func (s *stack) rss() int64 {
 	var total int64
-	s.walk(func(pid int) { total += smapsField(pid, "Pss:") })
+	s.walk(func(pid int) { total += smaps(pid)["Pss:"] })
 	return total
 }
 
@@ -552,19 +568,11 @@ func run() error {
 		s.stop()
 		return err
 	}
-	var best time.Duration
-	var bestR *result
-	for i := 0; i < 3; i++ {
-		r, d, err := s.research(body)
-		if err != nil {
-			s.stop()
-			return err
-		}
-		if best == 0 || d < best {
-			best, bestR = d, r
-		}
-	}
+	bestR, best, err := s.bestOf(3, body)
 	s.stop()
+	if err != nil {
+		return err
+	}
 	pandas, err := readSQL(py, `import sqlite3; con = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)`, "?", db)
 	if err != nil {
 		return err

@@ -207,14 +207,6 @@ func TestLargeSQLiteReads(t *testing.T) {
 	want := demodata.Generate(demodata.DemoMarkets[0], 1_000_020, n, 5) // starts aligned to the minute
 	for _, order := range []string{"appended", "reversed"} {
 		t.Run(order, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "big.db")
-			w, err := demodata.OpenWriter("sqlite", path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := w.CreateTable(context.Background(), "binance_BTCUSDT_1m", true); err != nil {
-				t.Fatal(err)
-			}
 			rows := want
 			if order == "reversed" {
 				rows = &frame.Frame{}
@@ -222,15 +214,7 @@ func TestLargeSQLiteReads(t *testing.T) {
 					rows.Append(want.Start[i], want.Open[i], want.High[i], want.Low[i], want.Close[i], want.Volume[i], want.Turnover[i], want.Trades[i])
 				}
 			}
-			if err := w.Insert(context.Background(), "binance_BTCUSDT_1m", rows, true); err != nil {
-				t.Fatal(err)
-			}
-			w.Close()
-			db, err := kline.Open(kline.Config{Type: "sqlite", URI: path}, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
+			db := sqliteWith(t, rows)
 			// The last case asks for the whole table with a limit of 4/5 of
 			// its rows (enough to be read in parallel): those come back.
 			for _, c := range []struct{ from, to, limit int }{{0, n, 0}, {0, n * 9 / 10, 0}, {n / 4, n / 2, 0}, {0, n * 4 / 5, n * 4 / 5}} {
@@ -243,15 +227,7 @@ func TestLargeSQLiteReads(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if f.Len() != c.to-c.from {
-					t.Fatalf("rows %d..%d: got %d rows", c.from, c.to, f.Len())
-				}
-				for i := 0; i < f.Len(); i++ {
-					j := c.from + i
-					if f.Start[i] != want.Start[j] || f.Close[i] != want.Close[j] || f.Trades[i] != want.Trades[j] {
-						t.Fatalf("rows %d..%d: row %d is %d/%v, want %d/%v", c.from, c.to, i, f.Start[i], f.Close[i], want.Start[j], want.Close[j])
-					}
-				}
+				sameAs(t, f, want, c.from, c.to)
 			}
 		})
 	}
@@ -267,7 +243,21 @@ func TestLargeReadOutgrowingItsRoom(t *testing.T) {
 	for i := range want.Start {
 		want.Start[i] = 1_000_020 + int64(i)*30
 	}
-	path := filepath.Join(t.TempDir(), "dense.db")
+	db := sqliteWith(t, want)
+	from, to := n/4, n*3/4 // half the table: through the index, not a scan
+	f, _, err := db.Load(context.Background(), kline.Query{Exchange: "binance", Symbol: "BTCUSDT", BinSize: "1m",
+		Start: want.Start[from], End: want.Start[to-1]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameAs(t, f, want, from, to)
+}
+
+// sqliteWith is a SQLite file with rows as binance_BTCUSDT_1m, opened
+// read-only as the worker does.
+func sqliteWith(t *testing.T, rows *frame.Frame) *kline.DB {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "klines.db")
 	w, err := demodata.OpenWriter("sqlite", path)
 	if err != nil {
 		t.Fatal(err)
@@ -275,7 +265,7 @@ func TestLargeReadOutgrowingItsRoom(t *testing.T) {
 	if err := w.CreateTable(context.Background(), "binance_BTCUSDT_1m", true); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Insert(context.Background(), "binance_BTCUSDT_1m", want, true); err != nil {
+	if err := w.Insert(context.Background(), "binance_BTCUSDT_1m", rows, true); err != nil {
 		t.Fatal(err)
 	}
 	w.Close()
@@ -283,19 +273,19 @@ func TestLargeReadOutgrowingItsRoom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
-	from, to := n/4, n*3/4 // half the table: through the index, not a scan
-	f, _, err := db.Load(context.Background(), kline.Query{Exchange: "binance", Symbol: "BTCUSDT", BinSize: "1m",
-		Start: want.Start[from], End: want.Start[to-1]})
-	if err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// sameAs fails unless f holds want's rows from..to-1, in order.
+func sameAs(t *testing.T, f, want *frame.Frame, from, to int) {
+	t.Helper()
 	if f.Len() != to-from {
-		t.Fatalf("got %d rows, want %d", f.Len(), to-from)
+		t.Fatalf("rows %d..%d: got %d rows", from, to, f.Len())
 	}
 	for i := 0; i < f.Len(); i++ {
-		if j := from + i; f.Start[i] != want.Start[j] || f.Close[i] != want.Close[j] {
-			t.Fatalf("row %d is %d/%v, want %d/%v", i, f.Start[i], f.Close[i], want.Start[j], want.Close[j])
+		if j := from + i; f.Start[i] != want.Start[j] || f.Close[i] != want.Close[j] || f.Trades[i] != want.Trades[j] {
+			t.Fatalf("rows %d..%d: row %d is %d/%v, want %d/%v", from, to, i, f.Start[i], f.Close[i], want.Start[j], want.Close[j])
 		}
 	}
 }
