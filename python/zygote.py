@@ -37,7 +37,7 @@ import gc
 import importlib
 import json
 import os
-import random
+import random  # noqa: F401  (imported, it reseeds itself in every forked child)
 import select
 import selectors
 import signal
@@ -87,6 +87,7 @@ def warm_up():
     df = dummy_df(2)
     harness.to_jsonable({"a": df, "b": df.close, "c": np.float64(1), "d": df.time.iloc[0], "e": [float("nan")]})
     harness.execute(warm_up_job(), df, None)
+    np.random.seed()  # no cached normal deviate for children to share (reseed_numpy)
     gc.collect()
     # Objects alive now are never collected: children skip scanning them,
     # which keeps their pages shared instead of copied on write.
@@ -150,6 +151,33 @@ def get_ready():
     harness.linecache.cache.pop(harness.USER_FILENAME, None)
 
 
+# Where numpy's global RandomState keeps its Mersenne Twister: 624 words
+# of key, then the position in it (None: a numpy that hides it).
+try:
+    _MT = np.random.mtrand._rand._bit_generator.ctypes.state_address
+    if type(np.random.mtrand._rand._bit_generator).__name__ != "MT19937":
+        _MT = None
+except AttributeError:
+    _MT = None
+_MT_KEY = 624 * 4
+
+
+def reseed_numpy():
+    """Give numpy's global random generator (np.random.random & co.) a
+    fresh state from the OS, as np.random.seed() would: 624 random words
+    of key and a spent position, so the next draw twists them. Written in
+    place, because np.random.seed() in a freshly forked child costs ~5 ms
+    and ~200 copy-on-write faults (its seeding machinery is Python code
+    and temporary arrays), more than the rest of a trivial run. The
+    normal deviate numpy caches is not touched: warm_up() left none (the
+    zygote draws none after it)."""
+    if _MT is None:
+        np.random.seed()
+        return
+    ctypes.memmove(_MT, os.urandom(_MT_KEY), _MT_KEY)
+    ctypes.c_int.from_address(_MT + _MT_KEY).value = 624
+
+
 PREFORK = max(1, int(os.environ.pop("PYRUNNER_PREFORK", "2") or 2))
 # The nice value of the zygote's work (forking, getting children ready)
 # and of a child's exit after its result: background work, which a run in
@@ -180,8 +208,7 @@ def standby(sock, zygote_pid, keep, alive_r):
             signal.signal(s, signal.SIG_DFL)
         for fd in keep:
             os.close(fd)
-        random.seed()  # each child its own random generators
-        np.random.seed()
+        reseed_numpy()  # each child its own (random reseeds itself after a fork)
         if not select.select([sock], [], [], IDLE)[0]:
             get_ready()  # no run came at once: the machine has time for it
         data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)

@@ -233,6 +233,39 @@ result = seen`
 	}
 }
 
+// TestEachRunHasItsOwnRandomness: runs forked from one zygote do not
+// share their random generators' states (numpy's global one, random's,
+// and a normal deviate numpy would have cached), and numpy's draws are
+// uniform.
+func TestEachRunHasItsOwnRandomness(t *testing.T) { forEachMode(t, testEachRunHasItsOwnRandomness) }
+
+func testEachRunHasItsOwnRandomness(t *testing.T, b *testBundle) {
+	code := `import random
+u = np.random.random(20000)
+result = [np.random.randint(1 << 62), random.getrandbits(62), float(np.random.normal()), float(u.mean()), float(u.min())]`
+	seen := map[string]int{}
+	for i := 0; i < 6; i++ {
+		out := b.run(t, code, 10*time.Second)
+		if !out.OK {
+			t.Fatalf("run %d: %s\n%s", i, out.Error, out.Stderr)
+		}
+		var r []float64
+		if err := json.Unmarshal(out.Result, &r); err != nil || len(r) != 5 {
+			t.Fatalf("run %d: result %s (%v)", i, out.Result, err)
+		}
+		if r[3] < 0.48 || r[3] > 0.52 || r[4] < 0 {
+			t.Errorf("run %d: np.random.random is not uniform on [0, 1): mean %v, min %v", i, r[3], r[4])
+		}
+		for k, v := range r[:3] {
+			key := fmt.Sprintf("%d:%v", k, v)
+			if j, dup := seen[key]; dup {
+				t.Errorf("runs %d and %d drew the same value from generator %d: %v", j, i, k, v)
+			}
+			seen[key] = i
+		}
+	}
+}
+
 func TestZygoteKilledMidRun(t *testing.T) {
 	b := setup(t, "warm")
 	w := b.exec.(*Warm)

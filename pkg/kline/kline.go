@@ -309,9 +309,9 @@ const parallelRows = 150_000
 
 // read runs the range query on one table. size is the table's candle
 // length, used to size the frame up front and to decide on reading large
-// ranges in parallel slices of the start range. The slices of a large
-// read are read straight into a shared memory file (frame.Block), so its
-// rows are never held twice.
+// ranges in parallel slices of the start range. A read of frame.ShareRows
+// or more (handed over in a memory file in any case) is read straight
+// into one (frame.Block), so its rows are never held twice.
 func (d *DB) read(ctx context.Context, table string, info tableInfo, start, end, limit, size int64) (*frame.Frame, error) {
 	hint := int64(0)
 	if end >= start {
@@ -320,14 +320,25 @@ func (d *DB) read(ctx context.Context, table string, info tableInfo, start, end,
 	if limit > 0 && limit < hint {
 		hint = limit
 	}
+	if hint < frame.ShareRows {
+		f := &frame.Frame{}
+		f.Grow(int(hint))
+		return d.readRange(ctx, table, info, start, end, limit, f, nil)
+	}
 	parts := int64(min(runtime.GOMAXPROCS(0), 4))
 	if hint < parallelRows || parts < 2 {
-		f := &frame.Frame{}
-		f.Grow(int(min(hint, 1<<22)))
-		return d.readRange(ctx, table, info, start, end, limit, f, nil)
+		parts = 1
 	}
 	if f, err := d.scanTable(ctx, table, info, start, end, limit, size, parts); err != nil || f != nil {
 		return f, err
+	}
+	if parts == 1 {
+		// Straight into a memory file: the frame is handed over in one
+		// anyway, and so its rows are never also on the heap.
+		return readBlock(1, hint+1, func(_ int64, f *frame.Frame, flush func() error) error {
+			_, err := d.readRange(ctx, table, info, start, end, limit, f, flush)
+			return err
+		})
 	}
 	// Slice the range where the data is, so the slices hold similar counts.
 	var lo, hi sql.NullInt64

@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -137,26 +138,32 @@ func TestMissingConfigSaysWhat(t *testing.T) {
 	}
 }
 
-func BenchmarkLoad1M(b *testing.B) {
-	ctx := context.Background()
-	path := filepath.Join(b.TempDir(), "big.db")
-	w, err := demodata.OpenWriter("sqlite", path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	must2(b, w.CreateTable(ctx, "x_Y_1m", true))
-	must2(b, w.Insert(ctx, "x_Y_1m", demodata.Generate(demodata.DemoMarkets[0], t0, 1_000_000, 1), true))
-	w.Close()
-	db, err := kline.Open(kline.Config{Type: "sqlite", URI: path}, 2_000_000)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		f, _, err := db.Load(ctx, kline.Query{Exchange: "x", Symbol: "Y", BinSize: "1m", End: t0 + 1_000_000*60, Limit: 1_000_000})
-		if err != nil || f.Len() != 1_000_000 {
-			b.Fatal(err, f.Len())
-		}
+// BenchmarkLoad reads a whole table of 1M rows (parallel slices) and of
+// 100k (one reader, as a market of load_klines is).
+func BenchmarkLoad(b *testing.B) {
+	for _, rows := range []int{100_000, 1_000_000} {
+		b.Run(strconv.Itoa(rows), func(b *testing.B) {
+			ctx := context.Background()
+			path := filepath.Join(b.TempDir(), "big.db")
+			w, err := demodata.OpenWriter("sqlite", path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			must2(b, w.CreateTable(ctx, "x_Y_1m", true))
+			must2(b, w.Insert(ctx, "x_Y_1m", demodata.Generate(demodata.DemoMarkets[0], t0, rows, 1), true))
+			w.Close()
+			db, err := kline.Open(kline.Config{Type: "sqlite", URI: path}, 2_000_000)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				f, _, err := db.Load(ctx, kline.Query{Exchange: "x", Symbol: "Y", BinSize: "1m", End: t0 + int64(rows)*60, Limit: int64(rows)})
+				if err != nil || f.Len() != rows {
+					b.Fatal(err, f.Len())
+				}
+			}
+		})
 	}
 }
 
@@ -215,9 +222,12 @@ func TestLargeSQLiteReads(t *testing.T) {
 				}
 			}
 			db := sqliteWith(t, rows)
-			// The last case asks for the whole table with a limit of 4/5 of
-			// its rows (enough to be read in parallel): those come back.
-			for _, c := range []struct{ from, to, limit int }{{0, n, 0}, {0, n * 9 / 10, 0}, {n / 4, n / 2, 0}, {0, n * 4 / 5, n * 4 / 5}} {
+			// The last cases ask for the whole table with a limit of 4/5 of
+			// its rows (enough to be read in parallel) and of 11/20 (one
+			// reader, into a memory file): those come back. 11/20 of the
+			// table is read by one reader into a memory file as well.
+			for _, c := range []struct{ from, to, limit int }{{0, n, 0}, {0, n * 9 / 10, 0}, {n / 4, n / 2, 0}, {0, n * 11 / 20, 0},
+				{0, n * 4 / 5, n * 4 / 5}, {0, n * 11 / 20, n * 11 / 20}} {
 				end := want.Start[c.to-1]
 				if c.limit > 0 {
 					end = want.Start[n-1]
@@ -228,8 +238,28 @@ func TestLargeSQLiteReads(t *testing.T) {
 					t.Fatal(err)
 				}
 				sameAs(t, f, want, c.from, c.to)
+				if _, shared := f.SharedFile(); shared != (c.to-c.from >= frame.ShareRows) {
+					t.Errorf("rows %d..%d: in a memory file: %v", c.from, c.to, shared)
+				}
 			}
 		})
+	}
+}
+
+// TestWholeMidSizeTable: a table of fewer rows than are read in parallel
+// (one reader), read whole: in table order, into a memory file.
+func TestWholeMidSizeTable(t *testing.T) {
+	const n = 120_000
+	want := demodata.Generate(demodata.DemoMarkets[0], 1_000_020, n, 6)
+	db := sqliteWith(t, want)
+	f, _, err := db.Load(context.Background(), kline.Query{Exchange: "binance", Symbol: "BTCUSDT", BinSize: "1m",
+		Start: want.Start[0], End: want.Start[n-1]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameAs(t, f, want, 0, n)
+	if _, shared := f.SharedFile(); !shared {
+		t.Error("not in a memory file")
 	}
 }
 
@@ -244,13 +274,18 @@ func TestLargeReadOutgrowingItsRoom(t *testing.T) {
 		want.Start[i] = 1_000_020 + int64(i)*30
 	}
 	db := sqliteWith(t, want)
-	from, to := n/4, n*3/4 // half the table: through the index, not a scan
-	f, _, err := db.Load(context.Background(), kline.Query{Exchange: "binance", Symbol: "BTCUSDT", BinSize: "1m",
-		Start: want.Start[from], End: want.Start[to-1]})
-	if err != nil {
-		t.Fatal(err)
+	// Half the table (through the index, not a scan, in parallel slices),
+	// and 110 000 minutes of it (one reader: 220 000 candles, twice its
+	// room).
+	for _, r := range [][2]int{{n / 4, n * 3 / 4}, {n / 4, n/4 + 220_000}} {
+		from, to := r[0], r[1]
+		f, _, err := db.Load(context.Background(), kline.Query{Exchange: "binance", Symbol: "BTCUSDT", BinSize: "1m",
+			Start: want.Start[from], End: want.Start[to-1]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameAs(t, f, want, from, to)
 	}
-	sameAs(t, f, want, from, to)
 }
 
 // sqliteWith is a SQLite file with rows as binance_BTCUSDT_1m, opened
