@@ -10,7 +10,7 @@ paths on a dummy frame while it waits (get_ready). It hands each ready
 child's socket to the worker, which gives it a run directly, with nothing
 in between; the zygote forks the next child while nothing else is asked
 of it. The pages a child writes as it runs (reference counts, caches:
-~1 100 of them, found by two children that walk a run at start) are
+~1 350 of them, found by two children that walk a run at start) are
 pinned, so each fork copies them into the child at once instead of each
 costing the child a copy-on-write fault (pin_hot_pages: a third of a
 trivial run's CPU on a virtual machine); the rest of its heap is on huge
@@ -75,10 +75,19 @@ def preload():
     os.environ.pop("PYRUNNER_PRELOAD", None)
 
 
+# The frame header of rows candles, as the worker sends it.
+def dummy_frame(rows):
+    return {"rows": rows, "columns": [{"name": n, "dtype": "<i8" if n in ("start", "trades") else "<f8"}
+                                      for n in harness.COLUMNS]}
+
+
 def dummy_df(rows):
     """A DataFrame of rows zero candles, built as a run's df is."""
-    cols = [{"name": n, "dtype": "<i8" if n in ("start", "trades") else "<f8"} for n in harness.COLUMNS]
-    return harness.frame_to_df({"rows": rows, "columns": cols}, bytearray(rows * 8 * len(cols)))
+    return harness.frame_to_df(dummy_frame(rows), bytearray(rows * 8 * len(harness.COLUMNS)))
+
+
+# The signals a child takes back from the zygote's handlers.
+CHILD_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE)
 
 
 def warm_up_job():
@@ -213,7 +222,7 @@ def pin_hot_pages():
             os.dup2(devnull, fd)
         os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
-        for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+        for s in CHILD_SIGNALS:
             signal.signal(s, signal.SIG_DFL)
         reseed_numpy()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -224,9 +233,8 @@ def pin_hot_pages():
         os.environ.clear()
         os.environ.update(json.loads(data)["env"])
         chan, worker = socket.socketpair()
-        cols = [{"name": n, "dtype": "<i8" if n in ("start", "trades") else "<f8"} for n in harness.COLUMNS]
-        job = dict(warm_up_job(), type=protocol.JOB, frame={"rows": 1000, "columns": cols})
-        harness.send_msg(worker, job, bytes(1000 * 8 * len(cols)))
+        job = dict(warm_up_job(), type=protocol.JOB, frame=dummy_frame(1000))
+        harness.send_msg(worker, job, bytes(1000 * 8 * len(harness.COLUMNS)))
         job, body = harness.recv_msg(chan)
         df = harness.frame_to_df(job["frame"], body)
         harness.apply_limits(job)
@@ -266,7 +274,7 @@ def huge_pages(min_present=0.5, pinned=frozenset()):
     pinned_huge = {p & ~(HUGE_PAGE - 1) for p in pinned}
     madvise = _libc.madvise
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    pages = HUGE_PAGE // os.sysconf("SC_PAGE_SIZE")
+    pages = HUGE_PAGE // PAGE
     made = 0
     try:
         for line in maps:
@@ -356,7 +364,7 @@ def standby(sock, zygote_pid, keep, alive_r):
                 os._exit(1)
         os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
-        for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+        for s in CHILD_SIGNALS:
             signal.signal(s, signal.SIG_DFL)
         for fd in keep:
             os.close(fd)
