@@ -56,9 +56,9 @@ EXIT_NICE = 0
 
 # ---------------------------------------------------------------- protocol
 
-def recv_exact(sock, n):
-    """Read exactly n bytes into a fresh (writable) bytearray."""
-    buf = bytearray(n)
+def recv_exact(sock, n, fresh=bytearray):
+    """Read exactly n bytes into a fresh writable buffer (fresh(n))."""
+    buf = fresh(n)
     view = memoryview(buf)
     got = 0
     while got < n:
@@ -77,7 +77,7 @@ def recv_msg(sock):
     (hlen,) = struct.unpack(">I", recv_exact(sock, 4))
     header = json.loads(bytes(recv_exact(sock, hlen)))
     (blen,) = struct.unpack(">Q", recv_exact(sock, 8))
-    body = recv_exact(sock, blen) if blen else bytearray()
+    body = recv_exact(sock, blen, fresh_memory) if blen else bytearray()
     shm = (header.get("frame") or {}).get("shm")
     if shm:
         _, fds, _, _ = socket.recv_fds(sock, 1, 1)
@@ -98,6 +98,53 @@ def send_msg(sock, header, body=b""):
         sock.sendall(body)
 
 
+# ------------------------------------------------------------ fresh memory
+
+HUGE_PAGE = 2 << 20
+MADV_HUGEPAGE = 14
+ARENA_MIN = 256 << 10  # smaller buffers come from malloc, whose pages are reused
+ARENA_CHUNK = 8 << 20
+
+
+class _Arena:
+    """Fresh memory for a frame's columns, in 2 MiB pages.
+
+    A buffer numpy or bytearray allocates for a column of 100 000 rows is
+    new memory, each of whose 4 KiB pages costs a page fault when first
+    written. On a VM one costs 6-20 us: the time column of a 100k-row
+    frame took 2.5 ms of the 3 ms a freshly forked child spent building
+    its DataFrame. Carved from a mapping the kernel backs with huge pages
+    (MADV_HUGEPAGE), the same bytes cost one fault per 2 MiB: 20 such
+    columns took 6 ms instead of 47. A chunk is unmapped once nothing
+    carved from it is referenced. Each process has its own: a forked child
+    starts anew (carving the parent's would copy its 2 MiB pages)."""
+
+    def __init__(self):
+        self.pid, self.view, self.off, self.end = 0, None, 0, 0
+
+    def take(self, n):
+        """A writable memoryview of n zeroed bytes, 64-byte aligned."""
+        if n < ARENA_MIN:
+            return memoryview(bytearray(n))
+        if self.pid != os.getpid() or self.end - self.off < n:
+            size = max(ARENA_CHUNK, -(-n // HUGE_PAGE) * HUGE_PAGE)
+            m = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            try:
+                m.madvise(MADV_HUGEPAGE)
+            except OSError:
+                pass  # 4 KiB pages then, as malloc's
+            address = np.frombuffer(m, dtype=np.uint8, count=1).ctypes.data
+            self.pid, self.view = os.getpid(), memoryview(m)
+            self.off = -address % HUGE_PAGE
+            self.end = self.off + size
+        v = self.view[self.off:self.off + n]
+        self.off += -(-n // 64) * 64
+        return v
+
+
+fresh_memory = _Arena().take
+
+
 # ------------------------------------------------------------------ frames
 
 _UTC = pd.DatetimeTZDtype(tz="UTC")
@@ -108,7 +155,9 @@ def _utc_times(start):
     to_datetime parser (4x faster in a freshly forked child) and without
     the copy _from_sequence makes of the nanoseconds (10M rows: 80 MB):
     they are new, valid datetime64[ns] values, wrapped as they are."""
-    ns = (start * 1_000_000_000).view("M8[ns]")
+    ns = np.frombuffer(fresh_memory(start.nbytes), dtype=np.int64, count=len(start))
+    np.multiply(start, 1_000_000_000, out=ns)
+    ns = ns.view("M8[ns]")
     try:
         return pd.arrays.DatetimeArray._simple_new(ns, dtype=_UTC)
     except (AttributeError, TypeError):  # another pandas: the public way

@@ -278,12 +278,15 @@ func (b *Block) Seal() (*Frame, error) {
 		b.Close()
 		return &Frame{}, nil
 	}
-	buf := make([]byte, 1<<20)
+	var buf []byte // made when a part must move: one part never does
 	for c := range Columns {
 		dst := c * b.rows
 		for i := range b.batches {
 			src, k := c*b.rows+b.first[i], b.written[i]
 			if src != dst {
+				if buf == nil {
+					buf = make([]byte, 1<<20)
+				}
 				// Down the file in ascending chunks: a chunk is read
 				// before anything is written over it (dst < src).
 				if err := moveDown(b.fd, int64(dst)*8, int64(src)*8, int64(k)*8, buf); err != nil {

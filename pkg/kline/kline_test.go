@@ -142,21 +142,21 @@ func TestMissingConfigSaysWhat(t *testing.T) {
 // 100k (one reader, as a market of load_klines is).
 func BenchmarkLoad(b *testing.B) {
 	for _, rows := range []int{100_000, 1_000_000} {
+		// Written once, not for each of b.Run's rounds.
+		ctx := context.Background()
+		path := filepath.Join(b.TempDir(), "big.db")
+		w, err := demodata.OpenWriter("sqlite", path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		must2(b, w.CreateTable(ctx, "x_Y_1m", true))
+		must2(b, w.Insert(ctx, "x_Y_1m", demodata.Generate(demodata.DemoMarkets[0], t0, rows, 1), true))
+		w.Close()
+		db, err := kline.Open(kline.Config{Type: "sqlite", URI: path}, 2_000_000)
+		if err != nil {
+			b.Fatal(err)
+		}
 		b.Run(strconv.Itoa(rows), func(b *testing.B) {
-			ctx := context.Background()
-			path := filepath.Join(b.TempDir(), "big.db")
-			w, err := demodata.OpenWriter("sqlite", path)
-			if err != nil {
-				b.Fatal(err)
-			}
-			must2(b, w.CreateTable(ctx, "x_Y_1m", true))
-			must2(b, w.Insert(ctx, "x_Y_1m", demodata.Generate(demodata.DemoMarkets[0], t0, rows, 1), true))
-			w.Close()
-			db, err := kline.Open(kline.Config{Type: "sqlite", URI: path}, 2_000_000)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				f, _, err := db.Load(ctx, kline.Query{Exchange: "x", Symbol: "Y", BinSize: "1m", End: t0 + int64(rows)*60, Limit: int64(rows)})
 				if err != nil || f.Len() != rows {
@@ -212,14 +212,26 @@ func TestSQLiteFastPathIsTaken(t *testing.T) {
 func TestLargeSQLiteReads(t *testing.T) {
 	const n = 200_000
 	want := demodata.Generate(demodata.DemoMarkets[0], 1_000_020, n, 5) // starts aligned to the minute
-	for _, order := range []string{"appended", "reversed"} {
+	// Stored order: the row of want each stored row is. "halves" and
+	// "blocks" are in order within each half or 4 096-row block (a read's
+	// batch), and out of order only where one meets the next.
+	stored := map[string]func(i int) int{
+		"appended": func(i int) int { return i },
+		"reversed": func(i int) int { return n - 1 - i },
+		"halves":   func(i int) int { return (i + n/2) % n },
+		"blocks": func(i int) int {
+			if j := i ^ 4096; j < n {
+				return j
+			}
+			return i // the last, short block
+		},
+	}
+	for _, order := range []string{"appended", "reversed", "halves", "blocks"} {
 		t.Run(order, func(t *testing.T) {
-			rows := want
-			if order == "reversed" {
-				rows = &frame.Frame{}
-				for i := n - 1; i >= 0; i-- {
-					rows.Append(want.Start[i], want.Open[i], want.High[i], want.Low[i], want.Close[i], want.Volume[i], want.Turnover[i], want.Trades[i])
-				}
+			rows := &frame.Frame{}
+			for k := range n {
+				i := stored[order](k)
+				rows.Append(want.Start[i], want.Open[i], want.High[i], want.Low[i], want.Close[i], want.Volume[i], want.Turnover[i], want.Trades[i])
 			}
 			db := sqliteWith(t, rows)
 			// The last cases ask for the whole table with a limit of 4/5 of

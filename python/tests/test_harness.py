@@ -41,6 +41,55 @@ def test_frame_to_df_has_documented_columns_and_dtypes():
     df.loc[0, "open"] = 99.0  # the frame is writable
 
 
+def _mapping(address):
+    """The range and VmFlags of the mapping of this process that holds
+    address."""
+    found = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif head == "VmFlags:" and inside:
+                found = (lo, hi, line.split()[1:])
+    return found
+
+
+def _address(buf):
+    return np.frombuffer(buf, np.uint8).ctypes.data
+
+
+def test_a_large_frames_time_column_is_right_and_in_huge_page_memory():
+    n = 100_000
+    start = 1735689600 + 60 * np.arange(n, dtype=np.int64)
+    cols = [start if c["dtype"] == "<i8" else np.full(n, 1.5) for c in COLS]
+    df = harness.frame_to_df({"rows": n, "columns": COLS}, bytearray(b"".join(c.tobytes() for c in cols)))
+    assert (df.time == pd.to_datetime(start, unit="s", utc=True)).all()
+    # Its nanoseconds were written into memory advised for 2 MiB pages.
+    address = df.time.array._ndarray.ctypes.data
+    assert "hg" in _mapping(address)[2]
+
+
+def test_fresh_memory_is_zeroed_unshared_and_each_processes_own():
+    n = harness.ARENA_MIN
+    a, b = harness.fresh_memory(n), harness.fresh_memory(n)
+    assert bytes(a) == bytes(n) and bytes(b) == bytes(n)
+    a[:] = b"\x01" * n
+    assert bytes(b) == bytes(n)  # no overlap
+    small = harness.fresh_memory(100)
+    assert len(small) == 100 and bytes(small) == bytes(100)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        c = harness.fresh_memory(n)
+        same = _mapping(_address(c))[:2] == _mapping(_address(b))[:2]
+        os.write(w, b"1" if bytes(c) == bytes(n) and not same else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(r, 1) == b"1", "a forked child carved its parent's chunk"
+
+
 def test_empty_frame_keeps_columns():
     df = harness.frame_to_df({"rows": 0, "columns": COLS}, bytearray())
     assert len(df) == 0 and [str(t) for t in df.dtypes][-1] == "datetime64[ns, UTC]"
