@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -60,9 +64,13 @@ func (c *copyScan) loop() {
 	}
 }
 
-// scan lists the live (not zombie) pids running each script.
+// scan lists the live (not zombie) pids running each script. A process
+// whose parent runs the same script is that copy's own fork (between a
+// fork and its exec, as stubborn.py's subprocess.Popen, it still shows
+// the script's argv), not another copy: copies are started by keepers.
 func (c *copyScan) scan() map[string][]int {
-	out := map[string][]int{}
+	found := map[string][]int{}
+	parent := map[int]int{}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -80,12 +88,36 @@ func (c *copyScan) scan() map[string][]int {
 		for _, a := range argv[1:] {
 			for _, s := range c.scripts {
 				if a == s {
-					out[s] = append(out[s], pid)
+					found[s] = append(found[s], pid)
+					parent[pid] = ppid(pid)
 				}
 			}
 		}
 	}
+	out := map[string][]int{}
+	for s, pids := range found {
+		for _, pid := range pids {
+			if !slices.Contains(pids, parent[pid]) {
+				out[s] = append(out[s], pid)
+			}
+		}
+	}
 	return out
+}
+
+// ppid is pid's parent (0 when it is gone).
+func ppid(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// pid (comm) state ppid …: comm may hold spaces and parentheses.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n
 }
 
 // live is the pids running script in the last scan.
@@ -109,4 +141,37 @@ func (c *copyScan) finish() {
 		close(c.stop)
 	}
 	<-c.done
+}
+
+// TestCopyScanCountsCopiesNotForks: a script whose process has forked (a
+// child that has not exec'd shows the script's argv too) is one copy; a
+// second process started on the same script is a second copy.
+func TestCopyScanCountsCopiesNotForks(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "forker.py")
+	body := "import os, sys, time\nif os.fork() == 0:\n    time.sleep(60)\n    os._exit(0)\nprint('forked', flush=True)\ntime.sleep(60)\n"
+	if err := os.WriteFile(script, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := &copyScan{scripts: []string{script}}
+	start := func() {
+		cmd := exec.Command("/usr/bin/python3", script)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its fork too is killed at the end
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() })
+		if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for want := 1; want <= 2; want++ {
+		start()
+		if got := len(c.scan()[script]); got != want {
+			t.Errorf("%d processes started on the script, each forked: %d copies seen, want %d", want, got, want)
+		}
+	}
 }
