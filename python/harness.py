@@ -123,12 +123,16 @@ class _Arena:
         self.pid, self.view, self.off, self.end = 0, None, 0, 0
 
     def take(self, n):
-        """A writable memoryview of n zeroed bytes, 64-byte aligned."""
+        """A writable memoryview of n zeroed bytes: carved from a chunk
+        (64-byte aligned) when n is ARENA_MIN or more."""
         if n < ARENA_MIN:
             return memoryview(bytearray(n))
         if self.pid != os.getpid() or self.end - self.off < n:
             size = max(ARENA_CHUNK, -(-n // HUGE_PAGE) * HUGE_PAGE)
-            m = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            try:
+                m = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            except OSError:  # the run's address space is nearly spent: no room to spare
+                return memoryview(bytearray(n))
             try:
                 m.madvise(MADV_HUGEPAGE)
             except OSError:
