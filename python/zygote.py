@@ -249,7 +249,7 @@ def pin_hot_pages():
     return (ring, pages) if ring is not None else (None, set())
 
 
-HUGE_PAGE = 1 << 21
+HUGE_PAGE = harness.HUGE_PAGE
 MADV_COLLAPSE = 25  # Linux 6.1+
 
 
