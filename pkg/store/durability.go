@@ -156,7 +156,10 @@ func IsUnavailable(err error) bool {
 // failover), with policy p. A write Redis refuses for what it is (too
 // large, wrong type) is not retried. Redis signals some refusals by
 // closing the connection, which looks like an outage: a write that fails
-// so twice while Redis answers PING in between counts as refused.
+// so twice while Redis answers PING in between counts as refused. A write
+// that could not even connect was refused by no one: during a failover
+// the sentinels can name the old primary to one dial and the new one to
+// the next (PING), so a failed dial is always retried.
 func (s *Store) Retry(ctx context.Context, p backoff.Policy, write func() error) error {
 	refusedOnce := false
 	return backoff.Retry(ctx, p, func() error {
@@ -166,8 +169,9 @@ func (s *Store) Retry(ctx context.Context, p backoff.Policy, write func() error)
 			return nil
 		case !IsUnavailable(err):
 			return backoff.Permanent(err)
-		case errors.Is(err, ErrFailingOver):
-			// a primary replaced mid-write: not a write Redis refused
+		case errors.Is(err, ErrFailingOver), isDial(err):
+			// a primary replaced mid-write, or not reached at all: not a
+			// write Redis refused
 		case s.Ping(ctx) == nil:
 			if refusedOnce {
 				return backoff.Permanent(err)
@@ -197,6 +201,12 @@ func (s *Store) RetryReplicated(ctx context.Context, p backoff.Policy, write fun
 		}
 		return err
 	})
+}
+
+// isDial reports whether err is a failure to connect (nothing was sent).
+func isDial(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // ConnectOptions say how a process connects to pyrunner's Redis.

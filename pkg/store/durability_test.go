@@ -2,6 +2,8 @@ package store_test
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -81,7 +83,8 @@ func TestRecoveryWindow(t *testing.T) {
 // TestIsUnavailable: a Redis that is down is unavailable (worth a retry,
 // a 503); a command Redis refused is not. Retry gives up at once on a
 // refused write, also on one Redis refuses by closing the connection
-// (over proto-max-bulk-len), and retries through an outage.
+// (over proto-max-bulk-len), and retries through an outage, also a write
+// that could not connect while PING answers (a failover).
 func TestIsUnavailable(t *testing.T) {
 	srv := redistest.Start(t)
 	st := srv.Store(t)
@@ -98,11 +101,34 @@ func TestIsUnavailable(t *testing.T) {
 	if err == nil || time.Since(began) > 3*time.Second {
 		t.Errorf("a write redis refuses by closing the connection: %v after %s", err, time.Since(began))
 	}
+	// A write whose connection could not be made (a dial to a primary the
+	// sentinels no longer name) is retried even while PING answers.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := l.Addr().String()
+	l.Close()
+	tries := 0
+	err = st.Retry(ctx, policy, func() error {
+		if tries++; tries < 3 {
+			c, err := net.Dial("tcp", gone)
+			if err == nil {
+				c.Close()
+				return nil
+			}
+			return fmt.Errorf("store: finish run x: %w", err)
+		}
+		return st.SetResult(ctx, "x", []byte(`{"ok":true}`))
+	})
+	if err != nil || tries != 3 {
+		t.Errorf("a write whose dial failed twice while redis answers PING: %d tries, %v", tries, err)
+	}
 	srv.Stop(t)
 	if err := st.Ping(ctx); !store.IsUnavailable(err) {
 		t.Errorf("redis down: %v is not unavailable", err)
 	}
-	tries := 0
+	tries = 0
 	err = st.Retry(ctx, policy, func() error { tries++; return st.Ping(ctx) })
 	if err == nil || tries != 4 {
 		t.Errorf("a write while redis is down: %d tries, %v", tries, err)
