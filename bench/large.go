@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ztrade/pyrunner/pkg/demodata"
+	"github.com/ztrade/pyrunner/pkg/frame"
 )
 
 const hugeRows = 10 * bigRows
@@ -116,7 +117,7 @@ func hugeFrame(dir, db, name string, add func(k, v string), env ...string) error
 	}
 	first1 := time.Duration(one.Meta.LoadMs+one.Meta.ExecMs) * time.Millisecond
 	first10 := time.Duration(ten.Meta.LoadMs+ten.Meta.ExecMs) * time.Millisecond
-	frameBytes := int64(hugeRows) * 8 * 8
+	frameBytes := int64(hugeRows) * 8 * int64(len(frame.Columns))
 	add(fmt.Sprintf("(n) %s: 10M-row frame to user code, first call (meta loadMs+execMs) / the 1M first call, same stack", name),
 		fmt.Sprintf("%s / %s (%.1f×; 10M: load %d ms, hand-off+df+code %d ms, whole call %s)", ms(first10), ms(first1),
 			float64(first10)/float64(first1), ten.Meta.LoadMs, ten.Meta.ExecMs, ms(tenD)))

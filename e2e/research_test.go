@@ -617,11 +617,16 @@ func TestLargeFrameShared(t *testing.T) {
 				dbEnv: map[string]string{"PYRUNNER_READONLY_TYPE": "sqlite", "PYRUNNER_READONLY_URI": db}})
 			extra := map[string]any{"start": seedStart, "end": seedStart + rows*60, "limit": rows}
 			for i := 0; i < 3; i++ {
-				st, r := s.research(`s = float(df.close.sum())
+				st, r := s.research(`import pandas as pd
+s = float(df.close.sum())
 mapped = any("memfd:pyrunner-frame" in line for line in open("/proc/self/maps"))
+def times_ok(d):
+    return float(len(d) > 0 and (d.time == pd.to_datetime(d.start, unit="s", utc=True)).all())
+mid = load_kline("binance", "BTCUSDT", "1m", `+fmt.Sprint(seedStart+1000*60)+`, `+fmt.Sprint(seedStart+rows*60)+`)
+times = times_ok(df) + times_ok(mid) + float(mid.start.iloc[0] == `+fmt.Sprint(seedStart+1000*60)+`)
 df.loc[:, "close"] = 0.0
 df["open"] *= 2
-result = {"rows": len(df), "sum": s, "after": float(df.close.sum()), "mapped": float(mapped),
+result = {"rows": len(df), "sum": s, "after": float(df.close.sum()), "mapped": float(mapped), "times": times,
           "other": float(load_kline("binance", "BTCUSDT", "1m", `+fmt.Sprint(seedStart)+`, `+fmt.Sprint(seedStart+rows*60)+`).close.sum())}`, extra)
 				var got map[string]float64
 				if st != 200 || !r.ok() || json.Unmarshal(r.Result, &got) != nil {
@@ -632,6 +637,9 @@ result = {"rows": len(df), "sum": s, "after": float(df.close.sum()), "mapped": f
 				}
 				if got["mapped"] != 1 {
 					t.Errorf("run %d: the frame is not a mapped memory file in the run", i)
+				}
+				if got["times"] != 3 {
+					t.Errorf("run %d: df.time or a later range's time is not start as UTC datetimes (%v of 3 checks)", i, got["times"])
 				}
 				if cache := fmt.Sprint(r.Meta["klineCache"]); i > 0 && cache != "hit" {
 					t.Errorf("run %d: klineCache %s", i, cache)

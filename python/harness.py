@@ -47,7 +47,7 @@ import isolation  # noqa: E402
 import protocol  # noqa: E402
 
 USER_FILENAME = "<user_code>"
-COLUMNS = ["start", "open", "high", "low", "close", "volume", "turnover", "trades"]
+COLUMNS = [name for name, _ in protocol.FRAME_COLUMNS]  # df's, "time" last
 MAX_CHUNK = 1 << 22
 # The nice value a warm child takes once its result is sent (the zygote
 # sets it; 0: none).
@@ -107,11 +107,12 @@ ARENA_CHUNK = 8 << 20
 
 
 class _Arena:
-    """Fresh memory for a frame's columns, in 2 MiB pages.
+    """Fresh memory for a frame's body that comes inline (recv_msg; a
+    frame of 4k-100k rows), in 2 MiB pages.
 
     A buffer numpy or bytearray allocates for a column of 100 000 rows is
     new memory, each of whose 4 KiB pages costs a page fault when first
-    written. On a VM one costs 6-20 us: the time column of a 100k-row
+    written. On a VM one costs 6-20 us: writing a column of a 100k-row
     frame took 2.5 ms of the 3 ms a freshly forked child spent building
     its DataFrame. Carved from a mapping the kernel backs with huge pages
     (MADV_HUGEPAGE), the same bytes cost one fault per 2 MiB: 20 such
@@ -154,28 +155,21 @@ fresh_memory = _Arena().take
 _UTC = pd.DatetimeTZDtype(tz="UTC")
 
 
-def _utc_times(start):
-    """datetime64[ns, UTC] from unix seconds, without pandas' general
-    to_datetime parser (4x faster in a freshly forked child) and without
-    the copy _from_sequence makes of the nanoseconds (10M rows: 80 MB):
-    they are new, valid datetime64[ns] values, wrapped as they are."""
-    ns = np.frombuffer(fresh_memory(start.nbytes), dtype=np.int64, count=len(start))
-    np.multiply(start, 1_000_000_000, out=ns)
-    ns = ns.view("M8[ns]")
-    try:
-        return pd.arrays.DatetimeArray._simple_new(ns, dtype=_UTC)
-    except (AttributeError, TypeError):  # another pandas: the public way
-        return pd.to_datetime(start, unit="s", utc=True)
+def frame_header(rows):
+    """The header of a frame of rows candles, as the worker sends it."""
+    return {"rows": rows, "columns": [{"name": n, "dtype": d} for n, d in protocol.FRAME_COLUMNS]}
 
 
 def frame_to_df(header, body):
     """Build the documented DataFrame from a frame header and its body.
-    Columns map the body's bytes (numpy.frombuffer), they are not parsed."""
+    Columns map the body's bytes (numpy.frombuffer), they are not parsed
+    or copied: "time" too, whose nanoseconds come from the worker (in a
+    large frame's memory file, or received into 2 MiB pages)."""
     n = int(header.get("rows", 0))
     offsets = header.get("offsets")  # a shared frame: where each column starts
     cols = {}
     off = 0
-    for i, c in enumerate(header.get("columns") or [{"name": name, "dtype": "<f8"} for name in COLUMNS]):
+    for i, c in enumerate(header["columns"]):
         dt = np.dtype(c["dtype"])
         if offsets:
             off = int(offsets[i])
@@ -184,11 +178,23 @@ def frame_to_df(header, body):
         else:
             cols[c["name"]] = np.empty(0, dtype=dt)
         off += n * dt.itemsize
+    missing = [name for name in COLUMNS if name not in cols]
+    if missing:
+        raise ValueError(f"protocol: a frame without the columns {missing}")
     cols = {name: cols[name] for name in COLUMNS}
     cols["start"] = cols["start"].astype("int64", copy=False)
     cols["trades"] = cols["trades"].astype("int64", copy=False)
-    cols["time"] = _utc_times(cols["start"])
+    cols["time"] = _utc(cols["time"])
     return pd.DataFrame(cols, copy=False)
+
+
+def _utc(ns):
+    """datetime64[ns, UTC] of datetime64[ns] values, wrapped as they are:
+    pandas' public constructors copy them (10M rows: 80 MB)."""
+    try:
+        return pd.arrays.DatetimeArray._simple_new(ns, dtype=_UTC)
+    except (AttributeError, TypeError):  # another pandas: the public way
+        return pd.to_datetime(ns, utc=True)
 
 
 def make_loaders(sock):

@@ -45,6 +45,11 @@ OPTIONAL = {
     LOAD_KLINE: ("binSize", "limit"),  # as in a research request: 1m, and the server's maximum
     RUN: ("isolate",),
 }
+# A frame's columns on the wire, in df's order, each with its numpy dtype
+# (pkg/frame's Columns). "time" is start in nanoseconds, written by the
+# worker with the rest, so user code gets it without computing it.
+FRAME_COLUMNS = (("start", "<i8"), ("open", "<f8"), ("high", "<f8"), ("low", "<f8"), ("close", "<f8"),
+                 ("volume", "<f8"), ("turnover", "<f8"), ("trades", "<i8"), ("time", "<M8[ns]"))
 # The fields of a job's (and a run's) "isolate".
 ISOLATE_FIELDS = ("uid", "gid", "diskBytes")
 
@@ -63,4 +68,5 @@ def message(kind, **fields):
 
 def mirror():
     """What TestProtocolMirror compares with the Go side."""
-    return {"fields": FIELDS, "optional": OPTIONAL, "isolate": ISOLATE_FIELDS}
+    return {"fields": FIELDS, "optional": OPTIONAL, "isolate": ISOLATE_FIELDS,
+            "frameColumns": [{"name": n, "dtype": d} for n, d in FRAME_COLUMNS]}

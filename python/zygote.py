@@ -75,15 +75,9 @@ def preload():
     os.environ.pop("PYRUNNER_PRELOAD", None)
 
 
-# The frame header of rows candles, as the worker sends it.
-def dummy_frame(rows):
-    return {"rows": rows, "columns": [{"name": n, "dtype": "<i8" if n in ("start", "trades") else "<f8"}
-                                      for n in harness.COLUMNS]}
-
-
 def dummy_df(rows):
     """A DataFrame of rows zero candles, built as a run's df is."""
-    return harness.frame_to_df(dummy_frame(rows), bytearray(rows * 8 * len(harness.COLUMNS)))
+    return harness.frame_to_df(harness.frame_header(rows), bytearray(rows * 8 * len(harness.COLUMNS)))
 
 
 # The signals a child takes back from the zygote's handlers.
@@ -233,7 +227,7 @@ def pin_hot_pages():
         os.environ.clear()
         os.environ.update(json.loads(data)["env"])
         chan, worker = socket.socketpair()
-        job = dict(warm_up_job(), type=protocol.JOB, frame=dummy_frame(1000))
+        job = dict(warm_up_job(), type=protocol.JOB, frame=harness.frame_header(1000))
         harness.send_msg(worker, job, bytes(1000 * 8 * len(harness.COLUMNS)))
         job, body = harness.recv_msg(chan)
         df = harness.frame_to_df(job["frame"], body)

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/ztrade/pyrunner/pkg/frame"
 )
 
 // goFields lists the JSON fields of a message struct (embedded structs
@@ -31,7 +33,8 @@ func goFields(t reflect.Type) (fields, optional []string) {
 }
 
 // TestProtocolMirror: python/protocol.py names the same messages with the
-// same fields as this package's message structs.
+// same fields as this package's message structs, and a frame's columns as
+// pkg/frame does.
 func TestProtocolMirror(t *testing.T) {
 	py, err := FindPython("")
 	if err != nil {
@@ -49,6 +52,8 @@ func TestProtocolMirror(t *testing.T) {
 		Fields   map[string][]string `json:"fields"`
 		Optional map[string][]string `json:"optional"`
 		Isolate  []string            `json:"isolate"`
+		// A frame's wire columns, in order.
+		FrameColumns []frame.Column `json:"frameColumns"`
 	}
 	if err := json.Unmarshal(out, &mirror); err != nil {
 		t.Fatal(err)
@@ -69,6 +74,9 @@ func TestProtocolMirror(t *testing.T) {
 	}
 	if iso, _ := goFields(reflect.TypeOf(isolateMsg{})); !sameSet(iso, mirror.Isolate) {
 		t.Errorf("isolate: Go has %v, python/protocol.py %v", iso, mirror.Isolate)
+	}
+	if !slices.Equal(frame.Columns, mirror.FrameColumns) {
+		t.Errorf("frame columns: Go has %v, python/protocol.py %v", frame.Columns, mirror.FrameColumns)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"sync"
 	"unsafe"
 )
 
@@ -77,18 +78,26 @@ func (f *Frame) Append(start int64, open, high, low, close, volume, turnover flo
 // NaN is the value of a missing turnover.
 var NaN = math.NaN()
 
-// Column names the columns in the order df has them (before "time",
-// which Python derives from start).
+// Column names a wire column and its numpy dtype.
 type Column struct {
 	Name  string `json:"name"`
-	DType string `json:"dtype"` // numpy dtype string: "<i8" or "<f8"
+	DType string `json:"dtype"` // numpy dtype string: "<i8", "<f8" or "<M8[ns]"
 }
 
-// Columns is the wire order of the columns.
+// Columns is the wire order of the columns, df's order. The last, "time",
+// is no field of Frame: it is Start in nanoseconds (datetime64[ns], UTC),
+// written when the frame is (WriteBody, Share, Block), so that a frame
+// kept in a memory file carries it and a run that maps the file again
+// does not compute it again (10M rows: 80 MB written in each run).
+// python/protocol.py's FRAME_COLUMNS mirrors it (TestProtocolMirror).
 var Columns = []Column{
 	{"start", "<i8"}, {"open", "<f8"}, {"high", "<f8"}, {"low", "<f8"},
 	{"close", "<f8"}, {"volume", "<f8"}, {"turnover", "<f8"}, {"trades", "<i8"},
+	{"time", "<M8[ns]"},
 }
+
+// timeColumn is the index of "time" in Columns.
+const timeColumn = 8
 
 // Header describes an encoded frame; it travels as JSON ahead of the bytes.
 type Header struct {
@@ -137,18 +146,41 @@ func (f *Frame) ByteLen() int64 { return int64(f.Len()) * 8 * int64(len(Columns)
 // WriteBody writes each column's raw bytes in Columns order. On a
 // little-endian machine the slices are written as they sit in memory.
 func (f *Frame) WriteBody(w io.Writer) error {
-	for i := range Columns {
-		c := f.column(i)
-		if err := writeColumn(w, c); err != nil {
+	for c := range Columns {
+		if err := f.writeCol(w, c); err != nil {
 			return fmt.Errorf("write frame column: %w", err)
 		}
 	}
 	return nil
 }
 
-// column is column i (in Columns order): a []int64 or a []float64.
-func (f *Frame) column(i int) any {
-	return [...]any{f.Start, f.Open, f.High, f.Low, f.Close, f.Volume, f.Turnover, f.Trades}[i]
+// writeCol writes column c (in Columns order) of f.
+func (f *Frame) writeCol(w io.Writer, c int) error {
+	if c == timeColumn {
+		return writeNanos(w, f.Start)
+	}
+	return writeColumn(w, [...]any{f.Start, f.Open, f.High, f.Low, f.Close, f.Volume, f.Turnover, f.Trades}[c])
+}
+
+// nanosBufs are writeNanos's buffers, 64 KiB each.
+var nanosBufs = sync.Pool{New: func() any { return new([8192 * 8]byte) }}
+
+// writeNanos writes the time column of start (unix seconds): each
+// second × 10⁹, little-endian, in chunks of 8 192 rows.
+func writeNanos(w io.Writer, start []int64) error {
+	buf := nanosBufs.Get().(*[8192 * 8]byte)
+	defer nanosBufs.Put(buf)
+	for len(start) > 0 {
+		k := min(len(start), len(buf)/8)
+		for i, s := range start[:k] {
+			binary.LittleEndian.PutUint64(buf[i*8:], uint64(s*1_000_000_000))
+		}
+		if _, err := w.Write(buf[:k*8]); err != nil {
+			return err
+		}
+		start = start[k:]
+	}
+	return nil
 }
 
 var littleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointer(&x)) == 1 }()

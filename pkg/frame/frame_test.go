@@ -35,6 +35,30 @@ func TestWriteBodyIsLittleEndianColumns(t *testing.T) {
 	if int64(u(15)) != 9 {
 		t.Errorf("trades[1] = %d", u(15))
 	}
+	// time: start in nanoseconds.
+	if int64(u(16)) != 60e9 || int64(u(17)) != 120e9 {
+		t.Errorf("time column = %d,%d", u(16), u(17))
+	}
+}
+
+// TestWriteBodyTimeColumnPastOneChunk: the time column is written in
+// chunks; a frame longer than one has every row's nanoseconds.
+func TestWriteBodyTimeColumnPastOneChunk(t *testing.T) {
+	f := &Frame{}
+	const n = 20_000
+	for i := 0; i < n; i++ {
+		f.Append(int64(1_700_000_000+i*60), 1, 1, 1, 1, 1, 1, 1)
+	}
+	var buf bytes.Buffer
+	if err := f.WriteBody(&buf); err != nil {
+		t.Fatal(err)
+	}
+	times := buf.Bytes()[timeColumn*n*8:]
+	for i := 0; i < n; i++ {
+		if got := int64(binary.LittleEndian.Uint64(times[i*8:])); got != f.Start[i]*1e9 {
+			t.Fatalf("time[%d] = %d, want %d", i, got, f.Start[i]*1e9)
+		}
+	}
 }
 
 // TestShare: a shared frame holds the same rows in a sealed memory file
@@ -63,13 +87,13 @@ func TestShare(t *testing.T) {
 	}
 	s := g.Slice(10, 20)
 	h := s.Header()
-	if h.Shm != 1000*8*8 || len(h.Offsets) != 8 || h.Offsets[0] != 10*8 || h.Offsets[4] != (4*1000+10)*8 || s.BodyLen() != 0 {
+	if h.Shm != 1000*8*int64(len(Columns)) || len(h.Offsets) != len(Columns) || h.Offsets[0] != 10*8 || h.Offsets[4] != (4*1000+10)*8 || s.BodyLen() != 0 {
 		t.Errorf("slice header %+v, body %d", h, s.BodyLen())
 	}
 	// Appending copies out of the file: the result is an ordinary frame.
 	c := &Frame{}
 	c.AppendFrame(s)
-	if _, ok := c.SharedFile(); ok || c.BodyLen() != 10*64 || c.Open[0] != 10 {
+	if _, ok := c.SharedFile(); ok || c.BodyLen() != 10*8*int64(len(Columns)) || c.Open[0] != 10 {
 		t.Errorf("a frame built from a shared one: shared %v body %d", ok, c.BodyLen())
 	}
 }
@@ -128,7 +152,7 @@ func TestBlock(t *testing.T) {
 			}
 			// The header says where each column starts in the file.
 			h := g.Slice(1, n).Header()
-			if want := int64(len(rooms) * room * 64); h.Shm != want {
+			if want := int64(len(rooms) * room * 8 * len(Columns)); h.Shm != want {
 				t.Errorf("the frame's file is %d bytes, want the block's %d", h.Shm, want)
 			}
 			body := make([]byte, h.Shm)
@@ -137,12 +161,18 @@ func TestBlock(t *testing.T) {
 			}
 			for c, off := range h.Offsets {
 				got := math.Float64frombits(binary.LittleEndian.Uint64(body[off:]))
-				want := [...]float64{60, 1, 2, 0, 1.5, 10, math.NaN(), 1}[c]
-				if c == 0 || c == 7 {
+				want := [...]float64{60, 1, 2, 0, 1.5, 10, math.NaN(), 1, 60e9}[c]
+				if c == 0 || c == 7 || c == timeColumn {
 					got = float64(int64(binary.LittleEndian.Uint64(body[off:])))
 				}
 				if got != want && !(math.IsNaN(got) && math.IsNaN(want)) {
 					t.Errorf("column %d of row 1 reads %v in the file, want %v", c, got, want)
+				}
+			}
+			// Every row's time, moved down with its part as the others.
+			for i := 1; i < n; i++ {
+				if got := int64(binary.LittleEndian.Uint64(body[h.Offsets[timeColumn]+int64(i-1)*8:])); got != int64(i*60)*1e9 {
+					t.Fatalf("time of row %d reads %d in the file", i, got)
 				}
 			}
 		})

@@ -63,7 +63,7 @@ func ShareParts(parts []*Frame) (*Frame, error) {
 	w := &fdWriter{fd: fd}
 	for c := range Columns {
 		for _, p := range parts {
-			if err := writeColumn(w, p.column(c)); err != nil {
+			if err := p.writeCol(w, c); err != nil {
 				return fail(err)
 			}
 		}
@@ -231,7 +231,7 @@ func (b *Block) Flush(i int) error {
 	}
 	for c := range Columns {
 		off := int64(c*b.rows+b.first[i]+b.written[i]) * 8
-		if err := writeColumn(&fdWriterAt{fd: b.fd, off: off}, f.column(c)); err != nil {
+		if err := f.writeCol(&fdWriterAt{fd: b.fd, off: off}, c); err != nil {
 			return fmt.Errorf("frame: write a block: %w", err)
 		}
 	}

@@ -15,14 +15,16 @@ import pytest
 
 import harness
 
-COLS = [{"name": n, "dtype": "<i8" if n in ("start", "trades") else "<f8"} for n in harness.COLUMNS]
+COLS = harness.frame_header(0)["columns"]
 
 
 def encode_frame(rows):
-    """Columnar body for a list of 8-tuples, as the worker sends it."""
+    """Columnar body for a list of 8-tuples, as the worker sends it: time
+    is start in nanoseconds."""
+    rows = [r + (r[0] * 1_000_000_000,) for r in rows]
     body = b""
     for i, c in enumerate(COLS):
-        body += np.array([r[i] for r in rows], dtype=c["dtype"]).tobytes()
+        body += np.array([r[i] for r in rows], dtype=c["dtype"] if i < 8 else "<i8").tobytes()
     return {"rows": len(rows), "columns": COLS}, body
 
 
@@ -32,7 +34,7 @@ ROWS = [(1735689600 + 60 * i, 1.0 + i, 2.0 + i, 0.5, 1.5, 10.0, float("nan") if 
 def test_frame_to_df_has_documented_columns_and_dtypes():
     header, body = encode_frame(ROWS)
     df = harness.frame_to_df(header, bytearray(body))
-    assert list(df.columns) == harness.COLUMNS + ["time"]
+    assert list(df.columns) == harness.COLUMNS and harness.COLUMNS[-1] == "time"
     assert [str(t) for t in df.dtypes] == ["int64"] + ["float64"] * 6 + ["int64", "datetime64[ns, UTC]"]
     assert df.time.iloc[0] == pd.Timestamp("2025-01-01", tz="UTC")
     assert (df.time == pd.to_datetime(df.start, unit="s", utc=True)).all()
@@ -60,15 +62,32 @@ def _address(buf):
     return np.frombuffer(buf, np.uint8).ctypes.data
 
 
-def test_a_large_frames_time_column_is_right_and_in_huge_page_memory():
-    n = 100_000
+def test_a_large_inline_frame_is_received_into_huge_page_memory_and_mapped_as_it_is():
+    n = 90_000  # below ShareRows: it comes inline
     start = 1735689600 + 60 * np.arange(n, dtype=np.int64)
-    cols = [start if c["dtype"] == "<i8" else np.full(n, 1.5) for c in COLS]
-    df = harness.frame_to_df({"rows": n, "columns": COLS}, bytearray(b"".join(c.tobytes() for c in cols)))
-    assert (df.time == pd.to_datetime(start, unit="s", utc=True)).all()
-    # Its nanoseconds were written into memory advised for 2 MiB pages.
+    cols = [start if c["dtype"] == "<i8" else np.full(n, 1.5) for c in COLS[:8]] + [start * 1_000_000_000]
+    ours, theirs = socket.socketpair()
+    body = b"".join(c.tobytes() for c in cols)
+    sender = threading.Thread(target=harness.send_msg, args=(ours, harness.frame_header(n), body))
+    sender.start()
+    header, body = harness.recv_msg(theirs)
+    sender.join()
+    ours.close()
+    theirs.close()
+    df = harness.frame_to_df(header, body)
+    assert (df.time == pd.to_datetime(start, unit="s", utc=True)).all() and (df.start == start).all()
+    # The time column is the received bytes (not a copy), in memory
+    # advised for 2 MiB pages.
     address = df.time.array._ndarray.ctypes.data
+    assert address == _address(body) + 8 * 8 * n
     assert "hg" in _mapping(address)[2]
+
+
+def test_a_frame_without_a_column_is_a_protocol_error():
+    header, body = encode_frame(ROWS)
+    header = dict(header, columns=header["columns"][:8])
+    with pytest.raises(ValueError, match="without the columns .'time'."):
+        harness.frame_to_df(header, bytearray(body))
 
 
 def test_fresh_memory_is_zeroed_unshared_and_each_processes_own():

@@ -77,11 +77,9 @@ def run_in_child(w, tmp_path, code):
     for fd in (out_w, err_w):
         os.close(fd)
     child_chan.close()
-    cols = [{"name": n, "dtype": "<i8" if n in ("start", "trades") else "<f8"} for n in harness.COLUMNS]
     job = {"type": "job", "code": code, "timeoutSec": 10, "maxImages": 3, "maxImageBytes": 1 << 20, "maxResultBytes": 0,
-           "frame": {"rows": 2, "columns": cols}}
-    harness.send_msg(chan, job,
-                     np.zeros(16, dtype="<f8").tobytes())
+           "frame": harness.frame_header(2)}
+    harness.send_msg(chan, job, np.zeros(2 * len(harness.COLUMNS), dtype="<f8").tobytes())
     result, _ = harness.recv_msg(chan)
     code = w.exit_of(pid)
     stdout = os.read(out_r, 65536).decode()
